@@ -1,0 +1,163 @@
+//! One configuration struct, loaded from a TOML file and `TETHER_PRO_*` environment variables
+//! (nested keys joined by `__`, e.g. `TETHER_PRO_CLICKHOUSE__DATABASE=tether`). The plain
+//! `CLICKHOUSE_URL` variable is honoured too, because that is what everyone sets.
+//! Unknown keys are rejected: a typo must not silently fall back to a default.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything tether-pro can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub clickhouse: ClickHouseConfig,
+    pub retention: RetentionConfig,
+    pub replay: ReplayConfig,
+}
+
+/// Where captured data goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP URL of a ClickHouse server. Unset: the demo starts the embedded local one.
+    pub url: Option<String>,
+    /// Database holding tether-pro's tables (created by `migrate`).
+    pub database: String,
+    pub user: String,
+    pub password: String,
+    /// Data directory of the embedded ClickHouse (used only when `url` is unset).
+    pub embedded_data_dir: PathBuf,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig {
+            url: None,
+            database: "tether".into(),
+            user: "default".into(),
+            password: String::new(),
+            embedded_data_dir: PathBuf::from(".tether-pro/clickhouse"),
+        }
+    }
+}
+
+/// How long rows are kept (ClickHouse TTL; whole daily partitions are dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Raw requests and mutations, in days.
+    pub days: u32,
+    /// Five-minute aggregates, in days.
+    pub aggregate_days: u32,
+}
+
+impl RetentionConfig {
+    pub const DEFAULT_DAYS: u32 = 30;
+    pub const DEFAULT_AGGREGATE_DAYS: u32 = 400;
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { days: Self::DEFAULT_DAYS, aggregate_days: Self::DEFAULT_AGGREGATE_DAYS }
+    }
+}
+
+/// Replay of captured pushes. Off unless explicitly enabled.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayConfig {
+    /// Enables replay preview and live apply.
+    pub live_enabled: bool,
+}
+
+impl Config {
+    /// Defaults, then the TOML file (if given, it must exist), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig
+            .merge(Env::raw().only(&["CLICKHOUSE_URL"]).map(|_| "clickhouse.url".into()))
+            .merge(Env::prefixed("TETHER_PRO_").ignore(&["CONFIG"]).split("__"));
+        let cfg: Config = fig.extract()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot, before anything is started.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let db = &self.clickhouse.database;
+        anyhow::ensure!(
+            !db.is_empty()
+                && db.len() <= 64
+                && db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !db.starts_with(|c: char| c.is_ascii_digit()),
+            "clickhouse.database must be a plain identifier (letters, digits, _), got {db:?}"
+        );
+        anyhow::ensure!(self.retention.days >= 1, "retention.days must be at least 1");
+        anyhow::ensure!(
+            self.retention.aggregate_days >= self.retention.days,
+            "retention.aggregate_days must be at least retention.days"
+        );
+        if let Some(url) = &self.clickhouse.url {
+            anyhow::ensure!(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "clickhouse.url must be an http(s) URL, got {url:?}"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let c = Config::default();
+        assert_eq!(c.clickhouse.database, "tether");
+        assert_eq!(c.retention.days, 30);
+        assert!(!c.replay.live_enabled);
+    }
+
+    #[test]
+    fn toml_then_env_override_and_clickhouse_url_is_honoured() {
+        Jail::expect_with(|jail| {
+            jail.create_file("t.toml", "[clickhouse]\ndatabase = \"obs\"\n[retention]\ndays = 7\n[replay]\nlive_enabled = true\n")?;
+            jail.set_env("TETHER_PRO_RETENTION__DAYS", "9");
+            jail.set_env("CLICKHOUSE_URL", "http://127.0.0.1:1234");
+            let c = Config::load(Some(Path::new("t.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.clickhouse.database, "obs");
+            assert_eq!(c.retention.days, 9);
+            assert!(c.replay.live_enabled);
+            assert_eq!(c.clickhouse.url.as_deref(), Some("http://127.0.0.1:1234"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        Jail::expect_with(|jail| {
+            jail.create_file("t.toml", "[clickhouse]\ndatabse = \"typo\"\n")?;
+            let err = Config::load(Some(Path::new("t.toml"))).unwrap_err().to_string();
+            assert!(err.contains("databse"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn hostile_database_names_are_refused() {
+        let mut c = Config::default();
+        for bad in ["", "a;DROP TABLE x", "x`y", "1abc", "a b", "db.name"] {
+            c.clickhouse.database = bad.into();
+            assert!(c.validate().is_err(), "{bad:?} accepted");
+        }
+    }
+}

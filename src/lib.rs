@@ -1,0 +1,5 @@
+pub mod config;
+pub mod protocol;
+pub mod sim;
+pub mod store;
+pub mod sync;

@@ -1,0 +1,240 @@
+//! The Tether wire format (see PROTOCOL.md): exact field names, enum values and JSON shapes.
+//!
+//! Parsing is tolerant the way a sync server must be: unknown fields are ignored, absent
+//! arrays and payloads are empty, and an unknown rejection reason is kept verbatim rather
+//! than failing the whole response (we observe servers we did not write).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+/// Header every Tether client sends with its app/SDK version.
+pub const CLIENT_VERSION_HEADER: &str = "x-tether-client-version";
+/// Path of the push endpoint.
+pub const PUSH_PATH: &str = "/tether/push";
+/// Path of the pull endpoint.
+pub const PULL_PATH: &str = "/tether/pull";
+/// Default sync-key column name.
+pub const SYNC_KEY: &str = "tether_id";
+
+/// A JSON object: payloads and record states.
+pub type Object = Map<String, Value>;
+
+/// `null` and absent both mean "empty object" for payloads.
+fn object_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Object, D::Error> {
+    Ok(Option::<Object>::deserialize(d)?.unwrap_or_default())
+}
+
+/// `null` and absent both mean "empty list" for arrays.
+fn vec_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// `POST /tether/push` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushRequest {
+    pub client_id: String,
+    #[serde(default, deserialize_with = "vec_or_null")]
+    pub mutations: Vec<Mutation>,
+}
+
+/// One immutable client write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mutation {
+    /// ULID; the idempotency key.
+    pub mutation_id: String,
+    /// ULID of the record (its sync key value).
+    pub entity_id: String,
+    /// Short model name, e.g. `Task`.
+    pub model: String,
+    pub operation: Operation,
+    /// Full current values of the synced fields for create/update; empty for delete.
+    #[serde(default, deserialize_with = "object_or_null")]
+    pub payload: Object,
+    /// Per-entity counter starting at 1.
+    pub version: u64,
+    /// Client time of the write, milliseconds since the Unix epoch.
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "create",
+            Operation::Update => "update",
+            Operation::Delete => "delete",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `POST /tether/push` response. Each array may be absent on the wire (= empty).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PushResponse {
+    #[serde(default, deserialize_with = "vec_or_null")]
+    pub applied: Vec<String>,
+    #[serde(default, deserialize_with = "vec_or_null")]
+    pub rejected: Vec<Rejection>,
+    #[serde(default, deserialize_with = "vec_or_null")]
+    pub conflicts: Vec<Rejection>,
+}
+
+/// An entry of `rejected` or `conflicts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub mutation_id: String,
+    pub reason: RejectionReason,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+/// Why a mutation was not applied. Unknown reasons from other servers are kept verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum RejectionReason {
+    /// `data.messages`: field -> list of messages.
+    ValidationFailed,
+    /// Transient; clients retry up to 3 times.
+    Error,
+    /// Update/delete of a record the server does not have.
+    NotFound,
+    /// Mutation id already applied; clients count it as synced.
+    Duplicate,
+    /// `data.server_state` and `data.server_updated_at`.
+    Conflict,
+    Other(String),
+}
+
+impl RejectionReason {
+    pub fn as_str(&self) -> &str {
+        match self {
+            RejectionReason::ValidationFailed => "validation_failed",
+            RejectionReason::Error => "error",
+            RejectionReason::NotFound => "not_found",
+            RejectionReason::Duplicate => "duplicate",
+            RejectionReason::Conflict => "conflict",
+            RejectionReason::Other(s) => s,
+        }
+    }
+}
+
+impl From<String> for RejectionReason {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "validation_failed" => RejectionReason::ValidationFailed,
+            "error" => RejectionReason::Error,
+            "not_found" => RejectionReason::NotFound,
+            "duplicate" => RejectionReason::Duplicate,
+            "conflict" => RejectionReason::Conflict,
+            _ => RejectionReason::Other(s),
+        }
+    }
+}
+
+impl From<RejectionReason> for String {
+    fn from(r: RejectionReason) -> String {
+        r.as_str().to_owned()
+    }
+}
+
+impl fmt::Display for RejectionReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `data` of a `validation_failed` rejection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ValidationData {
+    pub messages: BTreeMap<String, Vec<String>>,
+}
+
+/// `data` of a conflict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictData {
+    pub server_state: Object,
+    /// RFC 3339, UTC.
+    pub server_updated_at: String,
+}
+
+impl Rejection {
+    pub fn validation_failed(mutation_id: impl Into<String>, data: ValidationData) -> Self {
+        Rejection {
+            mutation_id: mutation_id.into(),
+            reason: RejectionReason::ValidationFailed,
+            data: Some(serde_json::to_value(data).expect("plain data serialises")),
+        }
+    }
+
+    pub fn conflict(mutation_id: impl Into<String>, data: ConflictData) -> Self {
+        Rejection {
+            mutation_id: mutation_id.into(),
+            reason: RejectionReason::Conflict,
+            data: Some(serde_json::to_value(data).expect("plain data serialises")),
+        }
+    }
+
+    pub fn simple(mutation_id: impl Into<String>, reason: RejectionReason) -> Self {
+        Rejection { mutation_id: mutation_id.into(), reason, data: None }
+    }
+}
+
+/// `POST /tether/pull` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullRequest {
+    pub client_id: String,
+    /// Microseconds; `null` on a first, full pull.
+    #[serde(default)]
+    pub last_sync_cursor: Option<i64>,
+    /// Page size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// `POST /tether/pull` response.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PullResponse {
+    #[serde(default, deserialize_with = "vec_or_null")]
+    pub snapshots: Vec<Snapshot>,
+    /// Microseconds; `null` only when nothing has ever been synced to this client.
+    #[serde(default)]
+    pub new_sync_cursor: Option<i64>,
+    #[serde(default)]
+    pub has_more: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub entity_id: String,
+    pub model: String,
+    pub operation: SnapshotOperation,
+    #[serde(default, deserialize_with = "object_or_null")]
+    pub payload: Object,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotOperation {
+    Upsert,
+    Delete,
+}
+
+/// True when `s` is a canonical 26-character Crockford base32 ULID.
+pub fn is_ulid(s: &str) -> bool {
+    s.len() == 26 && ulid::Ulid::from_string(s).is_ok()
+}

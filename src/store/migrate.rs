@@ -1,0 +1,208 @@
+//! Versioned schema migrations, embedded in the binary and recorded in `schema_migrations`.
+//!
+//! Each migration runs once per database; its SQL checksum is recorded so that a migration
+//! edited after it shipped is reported instead of silently diverging. Retention is applied on
+//! every run, so changing `retention.days` takes effect at the next start.
+
+use clickhouse::Client;
+use serde::Deserialize;
+
+use crate::config::RetentionConfig;
+
+/// One embedded migration. `{retention_days}` and `{aggregate_retention_days}` are filled
+/// from the configuration (validated integers, never user text).
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, in order.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "core_tables", sql: include_str!("migrations/0001_core_tables.sql") },
+    Migration { version: 2, name: "aggregates", sql: include_str!("migrations/0002_aggregates.sql") },
+    Migration { version: 3, name: "views", sql: include_str!("migrations/0003_views.sql") },
+];
+
+/// Tables whose TTL follows `retention.days` / `retention.aggregate_days`.
+const RAW_TTL: &[(&str, &str)] = &[("sync_requests", "started_at"), ("sync_mutations", "started_at")];
+const AGG_TTL: &[(&str, &str)] = &[("sync_requests_5m", "bucket"), ("sync_mutations_5m", "bucket")];
+
+/// What a migration run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationReport {
+    pub applied: Vec<u32>,
+    pub already_applied: Vec<u32>,
+}
+
+/// FNV-1a: a stable checksum for drift detection (not for security).
+fn checksum(sql: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in sql.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Splits a migration into statements: `;` at the end of a line ends one; `--` lines are
+/// comments.
+pub fn statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in sql.lines() {
+        if line.trim_start().starts_with("--") {
+            continue;
+        }
+        let trimmed = line.trim_end();
+        if let Some(body) = trimmed.strip_suffix(';') {
+            cur.push_str(body);
+            if !cur.trim().is_empty() {
+                out.push(std::mem::take(&mut cur).trim().to_owned());
+            }
+            cur.clear();
+        } else {
+            cur.push_str(line);
+            cur.push('\n');
+        }
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_owned());
+    }
+    out
+}
+
+fn render(sql: &str, r: &RetentionConfig) -> String {
+    sql.replace("{retention_days}", &r.days.to_string())
+        .replace("{aggregate_retention_days}", &r.aggregate_days.to_string())
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct Applied {
+    version: u32,
+    checksum: String,
+}
+
+/// Creates the database if needed, applies pending migrations in order, and brings the TTLs
+/// in line with `retention`. Idempotent; safe to run at every start.
+///
+/// `server` must not be bound to a database (the database may not exist yet).
+pub async fn migrate(server: &Client, database: &str, retention: &RetentionConfig) -> anyhow::Result<MigrationReport> {
+    server
+        .query_raw("CREATE DATABASE IF NOT EXISTS {db:Identifier}")
+        .param("db", database)
+        .execute()
+        .await?;
+    let db = server.clone().with_database(database);
+    db.query_raw(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
+         ) ENGINE = ReplacingMergeTree ORDER BY version
+         COMMENT 'Migrations applied by tether-pro'",
+    )
+    .execute()
+    .await?;
+    let done: Vec<Applied> = db
+        .query_raw("SELECT version, any(checksum) AS checksum FROM schema_migrations GROUP BY version")
+        .fetch_all()
+        .await?;
+    let mut report = MigrationReport::default();
+    for m in MIGRATIONS {
+        let sum = checksum(m.sql);
+        if let Some(a) = done.iter().find(|a| a.version == m.version) {
+            anyhow::ensure!(
+                a.checksum == sum,
+                "migration {:04}_{} was changed after it was applied to database {database} \
+                 (recorded checksum {}, embedded {sum}); add a new migration instead",
+                m.version,
+                m.name,
+                a.checksum
+            );
+            report.already_applied.push(m.version);
+            continue;
+        }
+        for stmt in statements(&render(m.sql, retention)) {
+            db.query_raw(&stmt).execute().await.map_err(|e| {
+                anyhow::anyhow!("migration {:04}_{} failed: {e}\n--- statement ---\n{stmt}", m.version, m.name)
+            })?;
+        }
+        db.query_raw("INSERT INTO schema_migrations (version, name, checksum) VALUES ({v:UInt32}, {n:String}, {c:String})")
+            .param("v", m.version)
+            .param("n", m.name)
+            .param("c", &sum)
+            .execute()
+            .await?;
+        report.applied.push(m.version);
+    }
+    apply_retention(&db, database, retention).await?;
+    Ok(report)
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct TableTtl {
+    name: String,
+    engine_full: String,
+}
+
+/// Sets each table's TTL to the configured days when it differs. Metadata only: existing
+/// parts are not rewritten (`materialize_ttl_after_modify = 0`); old partitions drop as they
+/// expire.
+async fn apply_retention(db: &Client, database: &str, r: &RetentionConfig) -> anyhow::Result<()> {
+    let tables: Vec<TableTtl> = db
+        .query_raw("SELECT name, engine_full FROM system.tables WHERE database = {db:String}")
+        .param("db", database)
+        .fetch_all()
+        .await?;
+    let wanted = RAW_TTL.iter().map(|t| (t, r.days)).chain(AGG_TTL.iter().map(|t| (t, r.aggregate_days)));
+    for ((table, column), days) in wanted {
+        let Some(t) = tables.iter().find(|t| t.name == *table) else { continue };
+        if t.engine_full.contains(&format!("toIntervalDay({days})")) {
+            continue;
+        }
+        let expr = if *column == "bucket" { column.to_string() } else { format!("toDateTime({column})") };
+        db.query_raw(&format!("ALTER TABLE {table} MODIFY TTL {expr} + INTERVAL {days} DAY"))
+            .with_setting("materialize_ttl_after_modify", "0")
+            .execute()
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_splits_into_statements_without_comments() {
+        for m in MIGRATIONS {
+            let stmts = statements(m.sql);
+            assert!(!stmts.is_empty(), "{} has no statements", m.name);
+            for s in stmts {
+                assert!(!s.starts_with("--"), "{s}");
+                assert!(!s.ends_with(';'), "{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn versions_are_strictly_increasing() {
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
+    }
+
+    #[test]
+    fn checksum_is_stable_and_sensitive() {
+        assert_eq!(checksum("abc"), checksum("abc"));
+        assert_ne!(checksum("abc"), checksum("abd"));
+        assert_eq!(checksum(""), "cbf29ce484222325");
+    }
+
+    #[test]
+    fn retention_placeholders_are_all_filled() {
+        let r = RetentionConfig { days: 7, aggregate_days: 90 };
+        for m in MIGRATIONS {
+            let sql = render(m.sql, &r);
+            assert!(!sql.contains("{retention_days}") && !sql.contains("{aggregate_retention_days}"));
+        }
+        assert!(render(MIGRATIONS[0].sql, &r).contains("INTERVAL 7 DAY"));
+    }
+}

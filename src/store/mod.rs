@@ -1,0 +1,15 @@
+//! ClickHouse: schema, migrations, writer, reads, and the embedded local server.
+
+pub mod local;
+pub mod migrate;
+
+use crate::config::ClickHouseConfig;
+
+/// A client for the server (not bound to a database: the database may not exist yet).
+pub fn server_client(url: &str, cfg: &ClickHouseConfig) -> clickhouse::Client {
+    let mut c = clickhouse::Client::default().with_url(url).with_user(&cfg.user);
+    if !cfg.password.is_empty() {
+        c = c.with_password(&cfg.password);
+    }
+    c
+}

@@ -1,0 +1,226 @@
+//! The processing rules of PROTOCOL.md, one mutation at a time, in order, inside one
+//! SQLite transaction per push.
+
+use std::collections::BTreeMap;
+
+use rusqlite::Connection;
+
+use super::db::{self, Db, Record};
+use super::models::{Schema, state_with_key};
+use super::resolver::{ConflictResolver, PayloadMapper, Resolution, ServerRecord};
+use crate::protocol::{
+    ConflictData, Mutation, Object, Operation, PullRequest, PullResponse, PushRequest, PushResponse, Rejection,
+    RejectionReason, Snapshot, SnapshotOperation, ValidationData, is_ulid,
+};
+
+/// What happened to one mutation, with the record state around it. The server emits this
+/// for observers (before/after capture); it is not part of the wire response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MutationEffect {
+    pub index: usize,
+    pub outcome: EffectOutcome,
+    /// Record state (with sync key) before processing; `None` when there was no live record.
+    pub before: Option<Object>,
+    /// Record state after processing; `None` when there is no live record afterwards.
+    pub after: Option<Object>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EffectOutcome {
+    Applied,
+    Rejected,
+    Conflict,
+    Duplicate,
+}
+
+/// A processed push: the wire response and one effect per mutation, in batch order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PushResult {
+    pub response: PushResponse,
+    pub effects: Vec<MutationEffect>,
+}
+
+pub(crate) struct Rules<'a> {
+    pub schema: &'a Schema,
+    pub resolver: &'a dyn ConflictResolver,
+    pub mapper: Option<&'a dyn PayloadMapper>,
+}
+
+fn live(rec: &Option<Record>) -> Option<&Record> {
+    rec.as_ref().filter(|r| r.deleted_at_us.is_none())
+}
+
+pub fn rfc3339_from_us(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+enum Step {
+    Applied { after: Option<Object> },
+    Rejected(Rejection),
+    Conflict(Rejection),
+    Duplicate(Rejection),
+}
+
+pub(crate) fn push(db: &mut Db, rules: &Rules<'_>, req: &PushRequest) -> rusqlite::Result<PushResult> {
+    let mut result = PushResult::default();
+    let Db { conn, last_change_us } = db;
+    let mut clock = ChangeClock(last_change_us);
+    let mut tx = conn.transaction()?;
+    for (index, m) in req.mutations.iter().enumerate() {
+        let before_rec = db::load(&tx, &m.model, &m.entity_id)?;
+        let before = live(&before_rec).map(|r| state_with_key(&m.entity_id, &r.data));
+        let sp = tx.savepoint()?;
+        let step = match process_one(&sp, &mut clock, rules, &req.client_id, m, live(&before_rec)) {
+            Ok(step) => {
+                sp.commit()?;
+                step
+            }
+            // A storage failure is transient for that mutation only (clients retry `error`);
+            // dropping the savepoint rolls its partial writes back.
+            Err(_) => Step::Rejected(Rejection::simple(&m.mutation_id, RejectionReason::Error)),
+        };
+        let (outcome, after) = match step {
+            Step::Applied { after } => {
+                result.response.applied.push(m.mutation_id.clone());
+                (EffectOutcome::Applied, after)
+            }
+            Step::Rejected(r) => {
+                result.response.rejected.push(r);
+                (EffectOutcome::Rejected, before.clone())
+            }
+            Step::Duplicate(r) => {
+                result.response.rejected.push(r);
+                (EffectOutcome::Duplicate, before.clone())
+            }
+            Step::Conflict(r) => {
+                result.response.conflicts.push(r);
+                (EffectOutcome::Conflict, before.clone())
+            }
+        };
+        result.effects.push(MutationEffect { index, outcome, before, after });
+    }
+    tx.commit()?;
+    Ok(result)
+}
+
+/// Hands out strictly increasing change stamps (see `Db`).
+pub(crate) struct ChangeClock<'a>(pub &'a mut i64);
+
+impl ChangeClock<'_> {
+    fn next(&mut self) -> i64 {
+        let now = chrono::Utc::now().timestamp_micros();
+        *self.0 = now.max(*self.0 + 1);
+        *self.0
+    }
+}
+
+fn shape_errors(m: &Mutation) -> BTreeMap<String, Vec<String>> {
+    let mut messages: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    if !is_ulid(&m.mutation_id) {
+        messages.entry("mutation_id".into()).or_default().push("The mutation id must be a valid ULID.".into());
+    }
+    if !is_ulid(&m.entity_id) {
+        messages.entry("entity_id".into()).or_default().push("The entity id must be a valid ULID.".into());
+    }
+    if m.version < 1 {
+        messages.entry("version".into()).or_default().push("The version field must be at least 1.".into());
+    }
+    if m.timestamp < 0 {
+        messages.entry("timestamp".into()).or_default().push("The timestamp field must be at least 0.".into());
+    }
+    messages
+}
+
+fn process_one(
+    conn: &Connection,
+    clock: &mut ChangeClock<'_>,
+    rules: &Rules<'_>,
+    client_id: &str,
+    m: &Mutation,
+    current: Option<&Record>,
+) -> rusqlite::Result<Step> {
+    let invalid = |messages| Step::Rejected(Rejection::validation_failed(&m.mutation_id, ValidationData { messages }));
+    let shape = shape_errors(m);
+    if !shape.is_empty() {
+        return Ok(invalid(shape));
+    }
+    // 1. Idempotency: a mutation id already applied is never applied again.
+    if db::is_logged(conn, &m.mutation_id)? {
+        return Ok(Step::Duplicate(Rejection::simple(&m.mutation_id, RejectionReason::Duplicate)));
+    }
+    let Some(spec) = rules.schema.get(&m.model) else {
+        return Ok(invalid(BTreeMap::from([("model".to_owned(), vec!["The selected model is invalid.".to_owned()])])));
+    };
+    // 2. Server-side payload mapper.
+    let mut payload = match rules.mapper {
+        Some(mapper) => mapper.map(client_id, m, m.payload.clone()),
+        None => m.payload.clone(),
+    };
+    let ts_us = m.timestamp.saturating_mul(1000);
+    // 3. Conflict check, non-create only: older than the record's last write.
+    if m.operation != Operation::Create {
+        if let Some(rec) = current.filter(|r| ts_us < r.updated_at_us) {
+            let server = ServerRecord { data: rec.data.clone(), version: rec.version, updated_at_us: rec.updated_at_us };
+            match rules.resolver.resolve(m, &server) {
+                Resolution::ServerWins => {
+                    let data = ConflictData {
+                        server_state: state_with_key(&m.entity_id, &rec.data),
+                        server_updated_at: rfc3339_from_us(rec.updated_at_us),
+                    };
+                    return Ok(Step::Conflict(Rejection::conflict(&m.mutation_id, data)));
+                }
+                Resolution::Apply(resolved) => payload = resolved,
+            }
+        }
+    }
+    // 4. Apply (whitelisted, validated fields only).
+    let after = match m.operation {
+        Operation::Create | Operation::Update => {
+            if m.operation == Operation::Update && current.is_none() {
+                return Ok(Step::Rejected(Rejection::simple(&m.mutation_id, RejectionReason::NotFound)));
+            }
+            let data = match spec.validate(&payload) {
+                Ok(data) => data,
+                Err(messages) => return Ok(invalid(messages)),
+            };
+            let updated = current.map_or(ts_us, |r| r.updated_at_us.max(ts_us));
+            db::upsert(conn, &m.model, &m.entity_id, &data, m.version, updated, clock.next())?;
+            Some(state_with_key(&m.entity_id, &data))
+        }
+        Operation::Delete => {
+            if current.is_none() {
+                return Ok(Step::Rejected(Rejection::simple(&m.mutation_id, RejectionReason::NotFound)));
+            }
+            db::soft_delete(conn, &m.model, &m.entity_id, m.version, ts_us, clock.next())?;
+            None
+        }
+    };
+    // 5. The server mutation log.
+    db::log_mutation(conn, &m.mutation_id, client_id, &m.model, &m.entity_id, m.operation.as_str(), chrono::Utc::now().timestamp_micros())?;
+    Ok(Step::Applied { after })
+}
+
+/// Default page size of a pull without `limit`.
+pub const DEFAULT_PULL_LIMIT: u32 = 100;
+/// Largest page a pull may ask for.
+pub const MAX_PULL_LIMIT: u32 = 1000;
+
+pub(crate) fn pull(db: &Db, req: &PullRequest) -> rusqlite::Result<PullResponse> {
+    let limit = req.limit.unwrap_or(DEFAULT_PULL_LIMIT).clamp(1, MAX_PULL_LIMIT) as usize;
+    let mut rows = db::changed_since(&db.conn, req.last_sync_cursor, limit + 1)?;
+    let has_more = rows.len() > limit;
+    rows.truncate(limit);
+    let new_sync_cursor = rows.last().map(|r| r.changed_us).or(req.last_sync_cursor);
+    let snapshots = rows
+        .into_iter()
+        .map(|r| Snapshot {
+            entity_id: r.entity_id,
+            model: r.model,
+            operation: if r.deleted { SnapshotOperation::Delete } else { SnapshotOperation::Upsert },
+            payload: if r.deleted { Object::new() } else { r.data },
+        })
+        .collect();
+    Ok(PullResponse { snapshots, new_sync_cursor, has_more })
+}

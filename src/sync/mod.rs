@@ -1,0 +1,170 @@
+//! A reference Tether sync server: `POST /tether/push` and `POST /tether/pull` over SQLite.
+//!
+//! It is the host the demo, the tests and the benchmarks observe, and a model of how a user
+//! instruments their own server. Processing follows PROTOCOL.md rule by rule (see `engine`).
+
+mod db;
+pub mod engine;
+pub mod http;
+pub mod models;
+pub mod resolver;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+pub use engine::{EffectOutcome, MutationEffect, PushResult};
+pub use http::{RecordState, SyncError, router};
+pub use models::{FieldKind, FieldSpec, ModelSpec, Schema};
+pub use resolver::{ClientWins, ConflictResolver, MergeFields, PayloadMapper, Resolution, ServerRecord, ServerWins};
+
+use crate::protocol::{PullRequest, PullResponse, PushRequest};
+
+/// Where the server keeps its records.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Storage {
+    Memory,
+    File(PathBuf),
+}
+
+/// Request limits: bad input gets a clear 4xx, never unbounded work.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Most mutations in one push.
+    pub max_batch: usize,
+}
+
+impl Limits {
+    pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+    pub const DEFAULT_MAX_BATCH: usize = 10_000;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES, max_batch: Self::DEFAULT_MAX_BATCH }
+    }
+}
+
+struct Inner {
+    db: Mutex<db::Db>,
+    schema: Schema,
+    resolver: Box<dyn ConflictResolver>,
+    mapper: Option<Box<dyn PayloadMapper>>,
+    limits: Limits,
+}
+
+/// The reference server's state. Cheap to clone.
+#[derive(Clone)]
+pub struct SyncServer {
+    inner: Arc<Inner>,
+}
+
+/// Builds a [`SyncServer`].
+pub struct SyncServerBuilder {
+    storage: Storage,
+    schema: Schema,
+    resolver: Box<dyn ConflictResolver>,
+    mapper: Option<Box<dyn PayloadMapper>>,
+    limits: Limits,
+}
+
+impl SyncServerBuilder {
+    pub fn storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
+        self
+    }
+    pub fn schema(mut self, schema: Schema) -> Self {
+        self.schema = schema;
+        self
+    }
+    pub fn resolver(mut self, resolver: impl ConflictResolver) -> Self {
+        self.resolver = Box::new(resolver);
+        self
+    }
+    pub fn payload_mapper(mut self, mapper: impl PayloadMapper) -> Self {
+        self.mapper = Some(Box::new(mapper));
+        self
+    }
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+    pub fn build(self) -> anyhow::Result<SyncServer> {
+        let db = match &self.storage {
+            Storage::Memory => db::Db::open_in_memory()?,
+            Storage::File(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                db::Db::open(path)?
+            }
+        };
+        Ok(SyncServer {
+            inner: Arc::new(Inner {
+                db: Mutex::new(db),
+                schema: self.schema,
+                resolver: self.resolver,
+                mapper: self.mapper,
+                limits: self.limits,
+            }),
+        })
+    }
+}
+
+impl SyncServer {
+    /// In-memory storage, the demo schema, server-wins conflicts, default limits.
+    pub fn builder() -> SyncServerBuilder {
+        SyncServerBuilder {
+            storage: Storage::Memory,
+            schema: Schema::demo(),
+            resolver: Box::new(ServerWins),
+            mapper: None,
+            limits: Limits::default(),
+        }
+    }
+
+    pub fn in_memory() -> SyncServer {
+        SyncServer::builder().build().expect("an in-memory SQLite database opens")
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.inner.schema
+    }
+
+    /// Applies a push batch (blocking: call it off the async executor).
+    pub fn push_blocking(&self, req: &PushRequest) -> rusqlite::Result<PushResult> {
+        let inner = &*self.inner;
+        let rules = engine::Rules {
+            schema: &inner.schema,
+            resolver: inner.resolver.as_ref(),
+            mapper: inner.mapper.as_deref(),
+        };
+        let mut db = inner.db.lock().unwrap_or_else(|p| p.into_inner());
+        engine::push(&mut db, &rules, req)
+    }
+
+    /// Answers a pull (blocking: call it off the async executor).
+    pub fn pull_blocking(&self, req: &PullRequest) -> rusqlite::Result<PullResponse> {
+        let db = self.inner.db.lock().unwrap_or_else(|p| p.into_inner());
+        engine::pull(&db, req)
+    }
+
+    /// One record's current state, tombstones included (blocking).
+    pub fn state_blocking(&self, model: &str, entity_id: &str) -> rusqlite::Result<Option<RecordState>> {
+        let db = self.inner.db.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(db::load(&db.conn, model, entity_id)?.map(|r| RecordState {
+            model: model.to_owned(),
+            entity_id: entity_id.to_owned(),
+            deleted: r.deleted_at_us.is_some(),
+            version: r.version,
+            updated_at: engine::rfc3339_from_us(r.updated_at_us),
+            updated_at_us: r.updated_at_us,
+            state: models::state_with_key(entity_id, &r.data),
+        }))
+    }
+}

@@ -1,0 +1,111 @@
+//! Test support shared by the integration tests that need ClickHouse.
+//!
+//! `clickhouse()` uses `CLICKHOUSE_URL` when it is set (CI starts one server and exports
+//! it); otherwise it starts one embedded local ClickHouse per test process. Every call gets
+//! its own fresh database, so tests can run in parallel. A test that cannot get a
+//! ClickHouse panics: it never skips silently.
+
+// Each test binary compiles its own copy of this module and uses only part of it.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tether_pro::store::local::{LocalClickHouse, LocalClickHouseOptions};
+
+/// A ClickHouse server and a database created for one test.
+#[derive(Debug, Clone)]
+pub struct TestClickHouse {
+    pub url: String,
+    pub database: String,
+}
+
+impl TestClickHouse {
+    /// A client bound to this test's database.
+    pub fn client(&self) -> clickhouse::Client {
+        server_client(&self.url).with_database(&self.database)
+    }
+}
+
+/// The process-wide local server (or why it could not be started). A static is never
+/// dropped: the server lives until the test process exits, and then the launcher sees its
+/// stdin close and stops it (and deletes its ephemeral data directory).
+static LOCAL: OnceLock<Result<LocalClickHouse, String>> = OnceLock::new();
+
+/// A ClickHouse server with a fresh, empty database `test_<ulid>` for the caller.
+pub async fn clickhouse() -> TestClickHouse {
+    let url = match std::env::var("CLICKHOUSE_URL") {
+        Ok(url) if !url.trim().is_empty() => url.trim().to_string(),
+        _ => match tokio::task::spawn_blocking(local_server_url).await {
+            Ok(Ok(url)) => url,
+            Ok(Err(err)) => no_clickhouse(&err),
+            Err(err) => no_clickhouse(&format!("starting the local ClickHouse panicked: {err}")),
+        },
+    };
+    let database = format!("test_{}", ulid::Ulid::new().to_string().to_lowercase());
+    if let Err(err) = server_client(&url)
+        .query(&format!("CREATE DATABASE {database}"))
+        .execute()
+        .await
+    {
+        no_clickhouse(&format!(
+            "CREATE DATABASE {database} on {url} failed: {err}"
+        ));
+    }
+    TestClickHouse { url, database }
+}
+
+/// Starts (once) the embedded local ClickHouse and returns its URL. A failure is kept
+/// too, so the other tests fail at once with the same message instead of retrying.
+fn local_server_url() -> Result<String, String> {
+    let server = LOCAL.get_or_init(|| {
+        let data_dir = tempfile::Builder::new()
+            .prefix("tether-pro-test-clickhouse-")
+            .tempdir()
+            .map_err(|err| format!("cannot create a temporary data directory: {err}"))?
+            // The launcher deletes it (--ephemeral) when it stops.
+            .keep();
+        LocalClickHouse::start(LocalClickHouseOptions {
+            data_dir: data_dir.clone(),
+            port: 0,
+            ephemeral: true,
+            startup_timeout: Duration::from_secs(300),
+        })
+        .map_err(|err| {
+            let _ = std::fs::remove_dir_all(&data_dir);
+            format!("{err:#}")
+        })
+    });
+    match server {
+        Ok(server) => Ok(server.url().to_string()),
+        Err(err) => Err(format!(
+            "the embedded local ClickHouse did not start: {err}"
+        )),
+    }
+}
+
+/// A client for the server as a whole, with `CLICKHOUSE_USER`/`CLICKHOUSE_PASSWORD` if set.
+fn server_client(url: &str) -> clickhouse::Client {
+    let mut client = clickhouse::Client::default().with_url(url);
+    if let Ok(user) = std::env::var("CLICKHOUSE_USER") {
+        client = client.with_user(user);
+    }
+    if let Ok(password) = std::env::var("CLICKHOUSE_PASSWORD") {
+        client = client.with_password(password);
+    }
+    client
+}
+
+fn no_clickhouse(why: &str) -> ! {
+    panic!(
+        "\n\n==================== NO CLICKHOUSE FOR THIS TEST ====================\n\
+         {why}\n\n\
+         Tests that need ClickHouse never skip. To get one, either:\n  \
+         * let the tests start the embedded one: needs `python3` (3.9+, with the venv\n    \
+           module) and access to PyPI the first time, to install chdb-core into\n    \
+           ~/.cache/tether-pro (try `scripts/clickhouse-local --install-only`); or\n  \
+         * run a server yourself (`scripts/clickhouse-local`, or the official\n    \
+           clickhouse-server image) and set CLICKHOUSE_URL=http://127.0.0.1:8123\n\
+         =====================================================================\n"
+    )
+}
