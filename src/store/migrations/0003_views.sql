@@ -27,6 +27,6 @@ SELECT
     argMax(status, updated_at) AS status,
     argMax(host_http_status, updated_at) AS host_http_status,
     argMax(host_reason, updated_at) AS host_reason,
-    max(updated_at) AS updated_at
+    max(updated_at) AS last_updated_at
 FROM replay_links
 GROUP BY replay_id, original_request_id, original_mutation_id, clone_mutation_id, position, actor, idempotency_key, created_at;
