@@ -234,7 +234,9 @@ pub enum SnapshotOperation {
     Delete,
 }
 
-/// True when `s` is a canonical 26-character Crockford base32 ULID.
+/// True when `s` is a 26-character Crockford base32 ULID (either case) within 128 bits.
 pub fn is_ulid(s: &str) -> bool {
-    s.len() == 26 && ulid::Ulid::from_string(s).is_ok()
+    // The `ulid` crate silently drops the bits of a first character above `7`
+    // ("8ZZ…" decodes as "0ZZ…"); the ULID spec says such strings must be rejected.
+    s.len() == 26 && matches!(s.as_bytes()[0], b'0'..=b'7') && ulid::Ulid::from_string(s).is_ok()
 }

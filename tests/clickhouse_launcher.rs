@@ -166,6 +166,8 @@ async fn data_survives_a_restart_on_the_same_data_dir() {
         .execute()
         .await
         .unwrap();
+    // Close our keep-alive connections first: ClickHouse waits up to 5 s for idle ones.
+    drop(client);
     tokio::task::spawn_blocking(move || server.stop())
         .await
         .unwrap();
@@ -178,6 +180,7 @@ async fn data_survives_a_restart_on_the_same_data_dir() {
         .await
         .unwrap();
     assert_eq!(rows, vec![(7, "still here".to_string())]);
+    drop(client);
     tokio::task::spawn_blocking(move || server.stop())
         .await
         .unwrap();

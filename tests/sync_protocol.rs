@@ -731,6 +731,16 @@ async fn bad_ulids_version_and_timestamp_fail_validation() {
         ])
     );
     assert_eq!(srv.pull(None, None).await["snapshots"], json!([]));
+
+    // The largest ULID is accepted, and so is lowercase (Laravel's HasUlids sends lowercase).
+    let (m1, m2) = (ulid(), ulid().to_lowercase());
+    let resp = srv
+        .push(vec![
+            create(&m1, "7ZZZZZZZZZZZZZZZZZZZZZZZZZ", json!({"title": "max"}), T),
+            create(&m2, &ulid().to_lowercase(), json!({"title": "lower"}), T),
+        ])
+        .await;
+    assert_eq!(resp, applied(&[&m1, &m2]));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1055,12 +1065,19 @@ async fn nesting_100000_deep_is_rejected_and_the_server_still_answers() {
         r#"{{"client_id":"{CLIENT}","mutations":[{{"mutation_id":"{m}","entity_id":"{e}","model":"Task","operation":"create","payload":{objects},"version":1,"timestamp":{T}}}]}}"#
     );
     assert_error(srv.post_bytes("/tether/push", Some("application/json"), body.into_bytes()).await, 400, "invalid_json");
-    // Unterminated nesting -> 400.
-    assert_error(srv.post_bytes("/tether/pull", Some("application/json"), "[".repeat(depth).into_bytes()).await, 400, "invalid_json");
+    // Unterminated nesting inside an (ignored) unknown field -> 400.
     let body = format!(r#"{{"client_id":"{CLIENT}","x":{}"#, "[".repeat(depth));
     assert_error(srv.post_bytes("/tether/pull", Some("application/json"), body.into_bytes()).await, 400, "invalid_json");
-    // A nested array where a request object belongs: the wrong shape, found at the first level -> 422.
-    assert_error(srv.post_bytes("/tether/push", Some("application/json"), nested.clone().into_bytes()).await, 422, "invalid_request");
+    // Well-formed nesting inside an unknown field is skipped without recursion (tolerated).
+    let body = format!(r#"{{"client_id":"{CLIENT}","x":{nested}}}"#);
+    let got = srv.post_bytes("/tether/pull", Some("application/json"), body.into_bytes()).await;
+    assert_eq!(got, (200, json!({"snapshots": [], "new_sync_cursor": null, "has_more": false})));
+    // A nested array where a request object belongs, closed or not: the wrong shape, found
+    // at the first level -> 422.
+    for path in ["/tether/push", "/tether/pull"] {
+        assert_error(srv.post_bytes(path, Some("application/json"), nested.clone().into_bytes()).await, 422, "invalid_request");
+        assert_error(srv.post_bytes(path, Some("application/json"), "[".repeat(depth).into_bytes()).await, 422, "invalid_request");
+    }
 
     assert_eq!(srv.state("Task", &e).await.0, 404);
     assert_still_answers(&srv).await;

@@ -163,7 +163,9 @@ fn process_one(
     if m.operation != Operation::Create {
         if let Some(rec) = current.filter(|r| ts_us < r.updated_at_us) {
             let server = ServerRecord { data: rec.data.clone(), version: rec.version, updated_at_us: rec.updated_at_us };
-            match rules.resolver.resolve(m, &server) {
+            // The resolver sees the mapped payload: ClientWins/MergeFields must not undo the mapper.
+            let mapped = Mutation { payload: payload.clone(), ..m.clone() };
+            match rules.resolver.resolve(&mapped, &server) {
                 Resolution::ServerWins => {
                     let data = ConflictData {
                         server_state: state_with_key(&m.entity_id, &rec.data),
