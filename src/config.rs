@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub clickhouse: ClickHouseConfig,
     pub retention: RetentionConfig,
+    pub capture: CaptureConfig,
     pub replay: ReplayConfig,
 }
 
@@ -65,6 +66,73 @@ impl Default for RetentionConfig {
     }
 }
 
+/// What is captured and how it travels to ClickHouse.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// Capture on/off. Off: `CaptureLayer` passes requests through untouched, no span, no copy.
+    pub enabled: bool,
+    /// Keys whose values are replaced by `[REDACTED]` at any depth of any JSON (case-insensitive;
+    /// a key also matches when it ends with one of these, e.g. `user_password`).
+    pub redact_keys: Vec<String>,
+    /// Largest stored text of one request or response body; longer bodies are cut with a
+    /// marker naming the true size.
+    pub body_cap_bytes: usize,
+    /// Bytes of one body kept in memory for parsing (per-mutation rows come from it).
+    pub retain_bytes: usize,
+    /// Queue capacity in records.
+    pub queue_records: usize,
+    /// Queue capacity in bytes (bodies held); together with the batch in flight this bounds
+    /// the pipeline's memory.
+    pub queue_bytes: usize,
+    /// Rows per insert at most.
+    pub batch_rows: usize,
+    /// Bytes of row data per insert at most.
+    pub batch_bytes: usize,
+    /// How often queued records are written, in milliseconds.
+    pub batch_interval_ms: u64,
+    /// How long shutdown waits for the last records to be written, in milliseconds.
+    pub flush_timeout_ms: u64,
+}
+
+impl CaptureConfig {
+    pub const DEFAULT_BODY_CAP_BYTES: usize = 64 * 1024;
+    pub const DEFAULT_RETAIN_BYTES: usize = 16 * 1024 * 1024;
+    pub const DEFAULT_QUEUE_RECORDS: usize = 10_000;
+    pub const DEFAULT_QUEUE_BYTES: usize = 256 * 1024 * 1024;
+    pub const DEFAULT_BATCH_ROWS: usize = 10_000;
+    pub const DEFAULT_BATCH_BYTES: usize = 16 * 1024 * 1024;
+    pub const DEFAULT_BATCH_INTERVAL_MS: u64 = 1_000;
+    pub const DEFAULT_FLUSH_TIMEOUT_MS: u64 = 5_000;
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.queue_records >= 1, "capture.queue_records must be at least 1");
+        anyhow::ensure!(self.queue_bytes >= 1024, "capture.queue_bytes must be at least 1024");
+        anyhow::ensure!(self.batch_rows >= 1, "capture.batch_rows must be at least 1");
+        anyhow::ensure!(self.batch_interval_ms >= 1, "capture.batch_interval_ms must be at least 1");
+        anyhow::ensure!(self.body_cap_bytes >= 64, "capture.body_cap_bytes must be at least 64");
+        anyhow::ensure!(self.redact_keys.iter().all(|k| !k.trim().is_empty()), "capture.redact_keys has an empty key");
+        Ok(())
+    }
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            enabled: true,
+            redact_keys: crate::pipeline::redact::DEFAULT_KEYS.iter().map(|k| k.to_string()).collect(),
+            body_cap_bytes: Self::DEFAULT_BODY_CAP_BYTES,
+            retain_bytes: Self::DEFAULT_RETAIN_BYTES,
+            queue_records: Self::DEFAULT_QUEUE_RECORDS,
+            queue_bytes: Self::DEFAULT_QUEUE_BYTES,
+            batch_rows: Self::DEFAULT_BATCH_ROWS,
+            batch_bytes: Self::DEFAULT_BATCH_BYTES,
+            batch_interval_ms: Self::DEFAULT_BATCH_INTERVAL_MS,
+            flush_timeout_ms: Self::DEFAULT_FLUSH_TIMEOUT_MS,
+        }
+    }
+}
+
 /// Replay of captured pushes. Off unless explicitly enabled.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -99,6 +167,7 @@ impl Config {
                 && !db.starts_with(|c: char| c.is_ascii_digit()),
             "clickhouse.database must be a plain identifier (letters, digits, _), got {db:?}"
         );
+        self.capture.validate()?;
         anyhow::ensure!(self.retention.days >= 1, "retention.days must be at least 1");
         anyhow::ensure!(
             self.retention.aggregate_days >= self.retention.days,

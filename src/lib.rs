@@ -1,5 +1,7 @@
+pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod pipeline;
 pub mod protocol;
 pub mod sim;
 pub mod store;

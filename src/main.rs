@@ -7,19 +7,18 @@ use tether_pro::cli::{Cli, Command, DemoArgs, SimArgs};
 use tether_pro::config::Config;
 use tether_pro::sim::{self, CancellationToken, SimConfig, SimStats, SimTotals};
 use tether_pro::store::local::{LocalClickHouse, LocalClickHouseOptions};
+use tether_pro::pipeline::{self, Capture, ClickHouseWriter};
 use tether_pro::store::{migrate, server_client};
+use tracing_subscriber::Layer;
 use tether_pro::sync::{self, Storage, SyncServer};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,tether_pro=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let config = Config::load(cli.config.as_deref())?;
+    if !matches!(cli.command, Command::Demo(_)) {
+        init_tracing(None);
+    }
     match cli.command {
         Command::Demo(args) => demo(config, args).await,
         Command::Migrate => {
@@ -129,7 +128,12 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         .with_context(|| format!("migrating ClickHouse at {ch_url}"))?;
     println!("ClickHouse at {ch_url}, database `{db}` (migrations applied now: {:?})", report.applied);
 
-    // 2. The reference sync server.
+    // 2. Capture: the pipeline into ClickHouse, the tracing layer, the tower layer.
+    let writer = ClickHouseWriter::new(server_client(&ch_url, &config.clickhouse).with_database(db));
+    let (capture, mut guard) = pipeline::start(&config.capture, writer)?;
+    init_tracing(Some(&capture));
+
+    // 3. The reference sync server, instrumented the way a user instruments theirs.
     let server = SyncServer::builder().storage(Storage::File(args.sync_db.clone())).build()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -138,13 +142,16 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let stop_server = CancellationToken::new();
     let server_task = tokio::spawn({
         let stop = stop_server.clone();
-        async move { axum::serve(listener, sync::router(server)).with_graceful_shutdown(stop.cancelled_owned()).await }
+        let app = sync::router(server).layer(capture.http_layer());
+        async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }
     });
     let base = format!("http://{addr}");
     println!("reference Tether sync server at {base} (POST /tether/push, POST /tether/pull, GET /tether/state/{{model}}/{{entity_id}})");
-    println!("where to look:");
-    println!("  ClickHouse SQL:  curl '{ch_url}/?database={db}' --data-binary 'SHOW TABLES'");
-    println!("  a record:        curl {base}/tether/state/Task/<entity_id>");
+    println!("where to look (ClickHouse SQL over HTTP; the tables are documented in the README):");
+    println!("  curl '{ch_url}/?database={db}' --data-binary 'SELECT kind, outcome, count() FROM sync_requests GROUP BY ALL'");
+    println!("  curl '{ch_url}/?database={db}' --data-binary 'SELECT outcome, reason, model, count() FROM sync_mutations GROUP BY ALL ORDER BY 4 DESC'");
+    println!("  curl '{ch_url}/?database={db}' --data-binary 'SELECT mutation_id, state_before, state_after, diff FROM sync_mutations WHERE outcome = \'conflict\' ORDER BY started_at DESC LIMIT 3 FORMAT Vertical'");
+    println!("  a record's state: curl {base}/tether/state/Task/<entity_id>");
     println!(
         "simulating {} devices at {} pushes/s{} (Ctrl-C stops)…",
         args.sim.clients,
@@ -152,15 +159,35 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         args.sim.duration.map(|d| format!(" for {}", humantime::format_duration(d))).unwrap_or_default()
     );
 
-    // 3. The simulated clients.
+    // 4. The simulated clients.
     let stats = Arc::new(SimStats::default());
     let totals = run_sim(sim_config(&base, &args.sim), stats).await?;
     stop_server.cancel();
     server_task.await??;
+    tokio::task::block_in_place(|| guard.shutdown());
     let secs = started.elapsed().as_secs_f64();
     println!("done in {secs:.1}s: {}", summary(&totals));
+    let c = capture.stats().totals();
+    println!(
+        "captured: {} requests and {} mutations written to ClickHouse, {} dropped, {} failed, {} inserts (mean {:.1} ms)",
+        c.requests_written,
+        c.mutations_written,
+        c.dropped,
+        c.records_failed,
+        c.inserts,
+        c.insert_latency_us_sum as f64 / c.inserts.max(1) as f64 / 1000.0
+    );
     anyhow::ensure!(totals.errors == 0, "{} requests failed", totals.errors);
     Ok(())
+}
+
+/// Logs to stderr (`RUST_LOG` filters), plus the capture layer when there is one.
+fn init_tracing(capture: Option<&Capture>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,tether_pro=info".into());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter);
+    tracing_subscriber::registry().with(capture.map(|c| c.layer())).with(fmt).init();
 }
 
 async fn shutdown_signal() {

@@ -139,7 +139,8 @@ impl LocalClickHouse {
         &self.url
     }
 
-    /// Stops the server cleanly (see [`Drop`]).
+    /// Stops the server cleanly (see [`Drop`]). ClickHouse waits up to ~5 s for idle
+    /// keep-alive connections, so drop its clients first for a fast stop.
     pub fn stop(self) {
         drop(self)
     }

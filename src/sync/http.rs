@@ -117,10 +117,16 @@ async fn push(
     if req.mutations.len() > server.limits().max_batch {
         return Err(SyncError::TooManyMutations(server.limits().max_batch));
     }
-    let result = tokio::task::spawn_blocking(move || server.push_blocking(&req))
+    let (req, result) = tokio::task::spawn_blocking(move || server.push_blocking(&req).map(|r| (req, r)))
         .await
         .map_err(|e| SyncError::Internal(e.to_string()))?
         .map_err(|e| SyncError::Internal(e.to_string()))?;
+    // Before/after state for observers: how a host reports it (a no-op without capture).
+    for effect in result.effects {
+        if let Some(m) = req.mutations.get(effect.index) {
+            crate::capture::record_mutation_state(&m.mutation_id, effect.before, effect.after);
+        }
+    }
     Ok(Json(result.response))
 }
 

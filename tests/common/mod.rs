@@ -109,3 +109,39 @@ fn no_clickhouse(why: &str) -> ! {
          =====================================================================\n"
     )
 }
+
+impl TestClickHouse {
+    /// Creates tether-pro's tables in this test's database (the real migrations).
+    pub async fn migrate(&self) {
+        let retention = tether_pro::config::RetentionConfig::default();
+        tether_pro::store::migrate::migrate(&server_client(&self.url), &self.database, &retention)
+            .await
+            .expect("migrations apply");
+    }
+
+    /// Runs `sql` in this test's database and returns the rows as JSON objects.
+    pub async fn rows(&self, sql: &str) -> Vec<serde_json::Value> {
+        let resp = reqwest::Client::new()
+            .post(&self.url)
+            .query(&[("database", self.database.as_str()), ("default_format", "JSONEachRow")])
+            .body(sql.to_owned())
+            .send()
+            .await
+            .expect("ClickHouse answers");
+        let status = resp.status();
+        let text = resp.text().await.expect("ClickHouse body");
+        assert!(status.is_success(), "query failed ({status}): {text}\n{sql}");
+        text.lines().map(|l| serde_json::from_str(l).expect("JSONEachRow line")).collect()
+    }
+
+    /// The single number a `SELECT count() ...`-like query returns.
+    pub async fn count(&self, sql: &str) -> u64 {
+        let rows = self.rows(sql).await;
+        let v = rows.first().and_then(|r| r.as_object()).and_then(|o| o.values().next()).cloned();
+        match v {
+            Some(serde_json::Value::Number(n)) => n.as_u64().expect("a count"),
+            Some(serde_json::Value::String(s)) => s.parse().expect("a count"),
+            other => panic!("no count in {other:?} for {sql}"),
+        }
+    }
+}

@@ -35,7 +35,7 @@ ENGINE = MergeTree
 PARTITION BY toYYYYMMDD(started_at)
 ORDER BY (started_at, request_id)
 TTL toDateTime(started_at) + INTERVAL {retention_days} DAY
-SETTINGS ttl_only_drop_parts = 1
+SETTINGS ttl_only_drop_parts = 1, non_replicated_deduplication_window = 1000
 COMMENT 'One row per captured Tether push or pull';
 
 -- One row per pushed mutation.
@@ -71,7 +71,7 @@ ENGINE = MergeTree
 PARTITION BY toYYYYMMDD(started_at)
 ORDER BY (started_at, request_id, position)
 TTL toDateTime(started_at) + INTERVAL {retention_days} DAY
-SETTINGS ttl_only_drop_parts = 1
+SETTINGS ttl_only_drop_parts = 1, non_replicated_deduplication_window = 1000
 COMMENT 'One row per pushed mutation, with outcome, redacted payload, state before/after and diff';
 
 -- Replay audit: one row per cloned mutation. Written (status pending) and acknowledged before

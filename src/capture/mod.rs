@@ -1,0 +1,60 @@
+//! Capture: the tower layer (`CaptureLayer`) and the `tracing` layer (`SyncLayer`) that record
+//! every push and pull, and the bounded queue between them and the pipeline.
+//!
+//! The hot path (the host's request thread) only copies chunk handles, reserves a queue slot
+//! and returns: no parsing, redaction, I/O, locks held across awaits, or unbounded growth.
+
+pub mod http;
+pub mod layer;
+pub mod queue;
+pub mod record;
+
+use std::sync::Arc;
+
+pub use self::http::{CaptureLayer, CaptureLimits, CaptureService, TeeBody};
+pub use layer::{CaptureInterest, SyncLayer};
+pub use queue::{CaptureQueue, CaptureStats, CaptureTotals};
+pub use record::{CaptureRecord, CapturedBody, MutationState, RequestKind};
+
+use crate::protocol::Object;
+
+/// Target of the capture spans (filter on it to see them in logs).
+pub const CAPTURE_TARGET: &str = "tether_pro::capture";
+/// Target of the per-mutation events emitted by [`record_mutation_state`].
+pub const MUTATION_TARGET: &str = "tether_pro::mutation";
+/// Span name of a captured push.
+pub const SPAN_PUSH: &str = "tether.push";
+/// Span name of a captured pull.
+pub const SPAN_PULL: &str = "tether.pull";
+/// Span field: the request id minted by tether-pro.
+pub const FIELD_REQUEST_ID: &str = "tether.request_id";
+/// Span field: the `X-Tether-Client-Version` header.
+pub const FIELD_CLIENT_VERSION: &str = "tether.client_version";
+/// Span field: the HTTP status of the host's response.
+pub const FIELD_STATUS: &str = "http.response.status_code";
+/// Event field: the mutation id of a per-mutation event.
+pub const FIELD_MUTATION_ID: &str = "tether.mutation_id";
+/// Request header naming the original request of a replayed push.
+pub const REPLAY_OF_HEADER: &str = "x-tether-replay-of";
+
+/// The request id tether-pro minted, in the request's extensions for the host's handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub Arc<str>);
+
+/// Reports one mutation's record state before and after the host processed it, from inside
+/// the push handler (the current span is the capture span or one of its children).
+///
+/// Create: `before` is `None`. Delete: `after` is `None`. Conflict: the server state as both.
+/// The state is attached to the capture span out of band (never as a tracing field, so log
+/// formatters and OTLP exporters never see it); the event emitted alongside carries only the
+/// mutation id. Without a `SyncLayer` installed this does almost nothing.
+pub fn record_mutation_state(mutation_id: &str, before: Option<Object>, after: Option<Object>) {
+    let span = tracing::Span::current();
+    let mut state = Some(MutationState { mutation_id: mutation_id.to_owned(), before, after });
+    layer::with_request_data(&span, &mut |d| {
+        if let Some(s) = state.take() {
+            d.states.push(s);
+        }
+    });
+    tracing::event!(target: MUTATION_TARGET, tracing::Level::DEBUG, { tether.mutation_id = mutation_id }, "mutation state recorded");
+}

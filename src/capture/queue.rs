@@ -1,0 +1,158 @@
+//! The bounded hand-off between the host's threads and the pipeline. Never waits: when the
+//! queue is full (in records or in bytes) the record is dropped and counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use tokio::sync::{Notify, mpsc};
+
+use super::record::CaptureRecord;
+
+/// Counters of the capture path, readable at any time (the OTel metrics and the dashboard
+/// report them).
+#[derive(Debug, Default)]
+pub struct CaptureStats {
+    /// Records accepted into the queue.
+    pub enqueued: AtomicU64,
+    /// Records dropped because the queue was full (records or bytes).
+    pub dropped: AtomicU64,
+    /// Records currently queued.
+    pub queue_depth: AtomicU64,
+    /// Bytes currently queued.
+    pub queue_bytes: AtomicUsize,
+    /// Request rows written to ClickHouse.
+    pub requests_written: AtomicU64,
+    /// Mutation rows written to ClickHouse.
+    pub mutations_written: AtomicU64,
+    /// Insert attempts that failed (each retry counts).
+    pub insert_failures: AtomicU64,
+    /// Records given up on: bad data, or still unwritten at the shutdown deadline.
+    pub records_failed: AtomicU64,
+    /// Sum and count of successful insert latencies, in microseconds.
+    pub insert_latency_us_sum: AtomicU64,
+    pub inserts: AtomicU64,
+    pub(crate) warned_drop: AtomicBool,
+}
+
+/// A point-in-time copy of [`CaptureStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaptureTotals {
+    pub enqueued: u64,
+    pub dropped: u64,
+    pub queue_depth: u64,
+    pub queue_bytes: u64,
+    pub requests_written: u64,
+    pub mutations_written: u64,
+    pub insert_failures: u64,
+    pub records_failed: u64,
+    pub inserts: u64,
+    pub insert_latency_us_sum: u64,
+}
+
+impl CaptureStats {
+    pub fn totals(&self) -> CaptureTotals {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CaptureTotals {
+            enqueued: g(&self.enqueued),
+            dropped: g(&self.dropped),
+            queue_depth: g(&self.queue_depth),
+            queue_bytes: self.queue_bytes.load(Ordering::Relaxed) as u64,
+            requests_written: g(&self.requests_written),
+            mutations_written: g(&self.mutations_written),
+            insert_failures: g(&self.insert_failures),
+            records_failed: g(&self.records_failed),
+            inserts: g(&self.inserts),
+            insert_latency_us_sum: g(&self.insert_latency_us_sum),
+        }
+    }
+}
+
+/// The sending side, held by the `SyncLayer`.
+#[derive(Debug, Clone)]
+pub struct CaptureQueue {
+    tx: mpsc::Sender<CaptureRecord>,
+    max_records: usize,
+    max_bytes: usize,
+    stats: Arc<CaptureStats>,
+    wake: Arc<Notify>,
+}
+
+/// The receiving side, owned by the pipeline.
+pub struct QueueReceiver {
+    rx: mpsc::Receiver<CaptureRecord>,
+    stats: Arc<CaptureStats>,
+    pub(crate) wake: Arc<Notify>,
+}
+
+pub fn bounded(max_records: usize, max_bytes: usize, stats: Arc<CaptureStats>) -> (CaptureQueue, QueueReceiver) {
+    let (tx, rx) = mpsc::channel(max_records.max(1));
+    let wake = Arc::new(Notify::new());
+    (
+        CaptureQueue { tx, max_records: max_records.max(1), max_bytes, stats: stats.clone(), wake: wake.clone() },
+        QueueReceiver { rx, stats, wake },
+    )
+}
+
+impl CaptureQueue {
+    /// Reserves a slot and the bytes first, builds the record only once both are held,
+    /// and never blocks. Returns whether the record was queued.
+    pub fn offer(&self, bytes: usize, build: impl FnOnce() -> CaptureRecord) -> bool {
+        let s = &self.stats;
+        let permit = match self.tx.try_reserve() {
+            Ok(p) => p,
+            Err(_) => return self.drop_one(),
+        };
+        let before = s.queue_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes > self.max_bytes {
+            s.queue_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return self.drop_one();
+        }
+        permit.send(build());
+        s.enqueued.fetch_add(1, Ordering::Relaxed);
+        let depth = s.queue_depth.fetch_add(1, Ordering::Relaxed) + 1;
+        // One wake-up when the queue passes half full; otherwise the pipeline's own
+        // interval collects records, so the host never pays for a wake per request.
+        if depth as usize == self.max_records / 2 + 1 || before < self.max_bytes / 2 && before + bytes >= self.max_bytes / 2 {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    fn drop_one(&self) -> bool {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    pub fn stats(&self) -> &Arc<CaptureStats> {
+        &self.stats
+    }
+}
+
+impl QueueReceiver {
+    /// Takes up to `max` queued records without waiting.
+    pub fn drain(&mut self, max: usize, out: &mut Vec<(CaptureRecord, usize)>) -> usize {
+        let mut n = 0;
+        while n < max {
+            match self.rx.try_recv() {
+                Ok(rec) => {
+                    let bytes = rec.approx_bytes();
+                    out.push((rec, bytes));
+                    self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        n
+    }
+
+    /// Gives back the byte reservation of records that left the buffer (written or failed).
+    pub fn release(&self, bytes: usize) {
+        self.stats.queue_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// True once every sender is gone and nothing is left.
+    pub fn is_closed_and_empty(&self) -> bool {
+        self.rx.is_closed() && self.rx.is_empty()
+    }
+}

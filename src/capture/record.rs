@@ -1,0 +1,101 @@
+//! The owned record that crosses from the host's request thread to the pipeline. It holds
+//! nothing borrowed from tracing or the request: bodies are reference-counted `Bytes`
+//! chunks handed over without copying.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use crate::protocol::Object;
+
+/// Push or pull.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    Push,
+    Pull,
+}
+
+impl RequestKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Push => "push",
+            RequestKind::Pull => "pull",
+        }
+    }
+}
+
+/// A body as it streamed past: the first `retain cap` bytes, and the true size.
+#[derive(Debug, Clone, Default)]
+pub struct CapturedBody {
+    pub chunks: Vec<Bytes>,
+    /// Bytes kept in `chunks`.
+    pub retained: usize,
+    /// Bytes that streamed past in all.
+    pub total: u64,
+    /// The body ended normally (false: cut short, errored, or never read to the end).
+    pub complete: bool,
+}
+
+impl CapturedBody {
+    /// The retained bytes as one contiguous buffer (zero-copy for a single chunk).
+    pub fn to_bytes(&self) -> Bytes {
+        match self.chunks.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => {
+                let mut v = Vec::with_capacity(self.retained);
+                for c in many {
+                    v.extend_from_slice(c);
+                }
+                Bytes::from(v)
+            }
+        }
+    }
+
+    /// Every byte of the body was retained.
+    pub fn is_whole(&self) -> bool {
+        self.complete && self.retained as u64 == self.total
+    }
+}
+
+/// Before/after state a host reported for one mutation.
+#[derive(Debug, Clone, Default)]
+pub struct MutationState {
+    pub mutation_id: String,
+    pub before: Option<Object>,
+    pub after: Option<Object>,
+}
+
+/// Everything captured about one push or pull.
+#[derive(Debug, Clone)]
+pub struct CaptureRecord {
+    pub request_id: String,
+    pub kind: RequestKind,
+    pub started_at: DateTime<Utc>,
+    pub duration: Duration,
+    /// 0 when the host produced no response (its service failed).
+    pub http_status: u16,
+    pub client_version: String,
+    pub request_body: CapturedBody,
+    pub response_body: CapturedBody,
+    pub states: Vec<MutationState>,
+    pub trace_id: String,
+    pub span_id: String,
+    pub replay_of: String,
+    /// Transport-level failure (the host's service errored, or a body stream failed).
+    pub error: Option<String>,
+}
+
+impl CaptureRecord {
+    /// What this record holds in memory, for the queue's byte cap. States are estimated.
+    pub fn approx_bytes(&self) -> usize {
+        approx_bytes(self.request_body.retained, self.response_body.retained, self.states.len())
+    }
+}
+
+/// The queue's byte estimate, computable before the record is built (reservation and
+/// release must agree).
+pub fn approx_bytes(request_body: usize, response_body: usize, states: usize) -> usize {
+    256 + request_body + response_body + states * 512
+}

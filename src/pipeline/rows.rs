@@ -1,0 +1,388 @@
+//! Turns one `CaptureRecord` into ClickHouse rows: parses the bodies, works out outcomes and
+//! counts, redacts everything that can hold user data, and computes field diffs. Runs on the
+//! pipeline thread, never on the host's.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::diff::{self, Change};
+use super::redact::Redactor;
+use crate::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind};
+use crate::protocol::{Object, SYNC_KEY};
+
+/// A `sync_requests` row (columns in table order).
+#[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+pub struct RequestRow {
+    pub request_id: String,
+    pub kind: String,
+    pub client_id: String,
+    pub client_version: String,
+    #[serde(with = "clickhouse::serde::chrono::datetime64::micros")]
+    pub started_at: DateTime<Utc>,
+    pub duration_us: u64,
+    pub http_status: u16,
+    pub outcome: String,
+    pub mutation_count: u32,
+    pub applied_count: u32,
+    pub rejected_count: u32,
+    pub conflict_count: u32,
+    pub duplicate_count: u32,
+    pub rejected_by_reason: Vec<(String, u32)>,
+    pub snapshot_count: u32,
+    pub has_more: bool,
+    pub request_body: String,
+    pub request_body_bytes: u64,
+    pub request_body_truncated: bool,
+    pub response_body: String,
+    pub response_body_bytes: u64,
+    pub response_body_truncated: bool,
+    pub error: String,
+    pub trace_id: String,
+    pub span_id: String,
+    pub replay_of: String,
+}
+
+/// A `sync_mutations` row (columns in table order).
+#[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+pub struct MutationRow {
+    pub request_id: String,
+    #[serde(with = "clickhouse::serde::chrono::datetime64::micros")]
+    pub started_at: DateTime<Utc>,
+    pub position: u32,
+    pub mutation_id: String,
+    pub entity_id: String,
+    pub model: String,
+    pub operation: String,
+    pub client_id: String,
+    #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
+    pub client_timestamp: DateTime<Utc>,
+    pub version: u64,
+    pub outcome: String,
+    pub reason: String,
+    pub reason_data: String,
+    pub payload: String,
+    pub state_before: String,
+    pub state_after: String,
+    pub has_state: bool,
+    pub diff: String,
+    pub trace_id: String,
+    pub span_id: String,
+}
+
+/// The rows of one record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rows {
+    pub request: RequestRow,
+    pub mutations: Vec<MutationRow>,
+}
+
+/// How rows are built.
+#[derive(Debug, Clone)]
+pub struct RowSettings {
+    pub redactor: Redactor,
+    /// Largest stored body text; longer text is cut with a marker naming the true size.
+    pub body_cap_bytes: usize,
+}
+
+/// Outcome of a request as a whole.
+pub mod outcome {
+    pub const OK: &str = "ok";
+    pub const PARTIAL: &str = "partial";
+    pub const REJECTED: &str = "rejected";
+    pub const CONFLICT: &str = "conflict";
+    pub const ERROR: &str = "error";
+}
+
+/// Outcome of one mutation.
+pub mod mutation_outcome {
+    pub const APPLIED: &str = "applied";
+    pub const REJECTED: &str = "rejected";
+    pub const CONFLICT: &str = "conflict";
+    pub const DUPLICATE: &str = "duplicate";
+    /// The host answered the push as a whole with an error, or did not mention the mutation.
+    pub const UNPROCESSED: &str = "unprocessed";
+}
+
+/// A parsed body, or why it could not be.
+enum Parsed {
+    Json(Value),
+    Unparsed,
+}
+
+fn parse(body: &CapturedBody) -> Parsed {
+    if !body.is_whole() || body.total == 0 {
+        return Parsed::Unparsed;
+    }
+    // serde_json's recursion limit turns absurd nesting into an error, not a stack overflow.
+    match serde_json::from_slice::<Value>(&body.to_bytes()) {
+        Ok(v) => Parsed::Json(v),
+        Err(_) => Parsed::Unparsed,
+    }
+}
+
+/// Cuts `text` to at most `cap` bytes on a character boundary, with a marker.
+pub fn cap_text(mut text: String, cap: usize, true_size: u64) -> (String, bool) {
+    if text.len() <= cap {
+        return (text, false);
+    }
+    let mut end = cap;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&format!("…[truncated: {true_size} bytes in all]"));
+    (text, true)
+}
+
+/// The stored, redacted text of a body and whether it was truncated.
+fn body_text(body: &CapturedBody, parsed: &Parsed, s: &RowSettings) -> (String, bool) {
+    let text = match parsed {
+        Parsed::Json(v) => {
+            let mut v = v.clone();
+            s.redactor.redact_value(&mut v);
+            v.to_string()
+        }
+        Parsed::Unparsed => s.redactor.redact_text(&String::from_utf8_lossy(&body.to_bytes())),
+    };
+    let retained_all = body.retained as u64 == body.total;
+    let (mut text, cut) = cap_text(text, s.body_cap_bytes, body.total);
+    if !cut && !retained_all {
+        text.push_str(&format!("…[truncated: {} bytes in all]", body.total));
+    }
+    (text, cut || !retained_all)
+}
+
+/// Redacted JSON text, capped like bodies (a 10 MB payload is kept in the request body's
+/// true size, not in every column).
+fn redacted_json(v: &Value, s: &RowSettings) -> String {
+    let mut v = v.clone();
+    s.redactor.redact_value(&mut v);
+    let text = v.to_string();
+    let len = text.len() as u64;
+    cap_text(text, s.body_cap_bytes, len).0
+}
+
+fn str_field(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn ms_to_datetime(ms: i64) -> DateTime<Utc> {
+    // DateTime64 covers 1900..2299; clamp instead of failing the batch on a wild clock.
+    DateTime::from_timestamp_millis(ms.clamp(0, 10_413_791_999_999)).unwrap_or_default()
+}
+
+/// What the response said about one mutation.
+#[derive(Clone)]
+struct Verdict {
+    outcome: &'static str,
+    reason: String,
+    data: Option<Value>,
+}
+
+fn verdicts(resp: &Value) -> HashMap<String, VecDeque<Verdict>> {
+    let mut map: HashMap<String, VecDeque<Verdict>> = HashMap::new();
+    if let Some(applied) = resp.get("applied").and_then(Value::as_array) {
+        for id in applied {
+            if let Some(id) = id.as_str() {
+                map.entry(id.to_owned()).or_default().push_back(Verdict {
+                    outcome: mutation_outcome::APPLIED,
+                    reason: String::new(),
+                    data: None,
+                });
+            }
+        }
+    }
+    for (key, default_outcome) in [("rejected", mutation_outcome::REJECTED), ("conflicts", mutation_outcome::CONFLICT)] {
+        if let Some(list) = resp.get(key).and_then(Value::as_array) {
+            for r in list {
+                let id = str_field(r, "mutation_id");
+                let reason = str_field(r, "reason");
+                let outcome = if reason == "duplicate" { mutation_outcome::DUPLICATE } else { default_outcome };
+                let data = r.get("data").filter(|d| !d.is_null()).cloned();
+                map.entry(id).or_default().push_back(Verdict { outcome, reason, data });
+            }
+        }
+    }
+    map
+}
+
+fn without_key(o: &Object) -> Value {
+    let mut o = o.clone();
+    o.remove(SYNC_KEY);
+    Value::Object(o)
+}
+
+/// Builds the rows of one record.
+pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
+    let req = parse(&rec.request_body);
+    let resp = parse(&rec.response_body);
+    let (request_body, request_body_truncated) = body_text(&rec.request_body, &req, s);
+    let (response_body, response_body_truncated) = body_text(&rec.response_body, &resp, s);
+    let req_v = match &req {
+        Parsed::Json(v) => v.clone(),
+        Parsed::Unparsed => Value::Null,
+    };
+    let resp_v = match &resp {
+        Parsed::Json(v) => v.clone(),
+        Parsed::Unparsed => Value::Null,
+    };
+    let client_id = str_field(&req_v, "client_id");
+    let success = (200..300).contains(&rec.http_status);
+
+    let mut error = rec.error.clone().unwrap_or_default();
+    if error.is_empty() && !success {
+        error = match (&resp, rec.http_status) {
+            (_, 0) => "no response".to_owned(),
+            (Parsed::Json(v), status) => {
+                let msg = str_field(v, "message");
+                let code = str_field(v, "error");
+                let text = [code, msg].into_iter().filter(|x| !x.is_empty()).collect::<Vec<_>>().join(": ");
+                if text.is_empty() { format!("HTTP {status}") } else { text }
+            }
+            (Parsed::Unparsed, status) => format!("HTTP {status}"),
+        };
+        error = s.redactor.redact_text(&error);
+        error = cap_text(error, 2048, 0).0;
+    }
+
+    let mut request = RequestRow {
+        request_id: rec.request_id.clone(),
+        kind: rec.kind.as_str().to_owned(),
+        client_id: client_id.clone(),
+        client_version: rec.client_version.clone(),
+        started_at: rec.started_at,
+        duration_us: rec.duration.as_micros().min(u64::MAX as u128) as u64,
+        http_status: rec.http_status,
+        outcome: String::new(),
+        mutation_count: 0,
+        applied_count: 0,
+        rejected_count: 0,
+        conflict_count: 0,
+        duplicate_count: 0,
+        rejected_by_reason: Vec::new(),
+        snapshot_count: 0,
+        has_more: false,
+        request_body,
+        request_body_bytes: rec.request_body.total,
+        request_body_truncated,
+        response_body,
+        response_body_bytes: rec.response_body.total,
+        response_body_truncated,
+        error,
+        trace_id: rec.trace_id.clone(),
+        span_id: rec.span_id.clone(),
+        replay_of: rec.replay_of.clone(),
+    };
+
+    if rec.kind == RequestKind::Pull {
+        request.snapshot_count = resp_v.get("snapshots").and_then(Value::as_array).map_or(0, |a| a.len() as u32);
+        request.has_more = resp_v.get("has_more").and_then(Value::as_bool).unwrap_or(false);
+        request.outcome = if success { outcome::OK } else { outcome::ERROR }.to_owned();
+        return Rows { request, mutations: Vec::new() };
+    }
+
+    let mut verdicts = if success { verdicts(&resp_v) } else { HashMap::new() };
+    let mut states: HashMap<&str, VecDeque<&MutationState>> = HashMap::new();
+    for st in &rec.states {
+        states.entry(st.mutation_id.as_str()).or_default().push_back(st);
+    }
+    let empty = Vec::new();
+    let list = req_v.get("mutations").and_then(Value::as_array).unwrap_or(&empty);
+    let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
+    let mut mutations = Vec::with_capacity(list.len());
+    let (mut applied, mut rejected, mut conflicts, mut duplicates, mut unprocessed) = (0u32, 0u32, 0u32, 0u32, 0u32);
+    for (position, m) in list.iter().enumerate() {
+        let mutation_id = str_field(m, "mutation_id");
+        let verdict = verdicts.get_mut(&mutation_id).and_then(VecDeque::pop_front).unwrap_or_else(|| Verdict {
+            outcome: mutation_outcome::UNPROCESSED,
+            reason: if success { String::new() } else { format!("http_{}", rec.http_status) },
+            data: None,
+        });
+        match verdict.outcome {
+            mutation_outcome::APPLIED => applied += 1,
+            mutation_outcome::CONFLICT => conflicts += 1,
+            mutation_outcome::DUPLICATE => duplicates += 1,
+            mutation_outcome::REJECTED => rejected += 1,
+            _ => unprocessed += 1,
+        }
+        if matches!(verdict.outcome, mutation_outcome::REJECTED | mutation_outcome::DUPLICATE) {
+            *reasons.entry(verdict.reason.clone()).or_default() += 1;
+        }
+        let payload: Object = m.get("payload").and_then(Value::as_object).cloned().unwrap_or_default();
+        let state = states.get_mut(mutation_id.as_str()).and_then(VecDeque::pop_front);
+        let has_state = state.is_some();
+        let mut before = state.and_then(|st| st.before.clone());
+        let after = state.and_then(|st| st.after.clone());
+        if before.is_none() && verdict.outcome == mutation_outcome::CONFLICT {
+            // The host told the client its state; that is the "before" of a conflict.
+            before = verdict.data.as_ref().and_then(|d| d.get("server_state")).and_then(Value::as_object).cloned();
+        }
+        let mut changes: Vec<Change> = match verdict.outcome {
+            mutation_outcome::APPLIED if has_state => diff::diff(
+                &before.as_ref().map_or(Value::Object(Object::new()), without_key),
+                &after.as_ref().map_or(Value::Object(Object::new()), without_key),
+            ),
+            mutation_outcome::CONFLICT => diff::diff(
+                &before.as_ref().map_or(Value::Object(Object::new()), without_key),
+                &Value::Object(payload.clone()),
+            ),
+            _ => Vec::new(),
+        };
+        diff::redact_changes(&mut changes, &s.redactor);
+        let r = s;
+        mutations.push(MutationRow {
+            request_id: rec.request_id.clone(),
+            started_at: rec.started_at,
+            position: position as u32,
+            mutation_id,
+            entity_id: str_field(m, "entity_id"),
+            model: str_field(m, "model"),
+            operation: str_field(m, "operation"),
+            client_id: client_id.clone(),
+            client_timestamp: ms_to_datetime(m.get("timestamp").and_then(Value::as_i64).unwrap_or(0)),
+            version: m.get("version").and_then(Value::as_u64).unwrap_or(0),
+            outcome: verdict.outcome.to_owned(),
+            reason: verdict.reason,
+            reason_data: verdict.data.as_ref().map(|d| redacted_json(d, r)).unwrap_or_default(),
+            payload: redacted_json(&Value::Object(payload), r),
+            state_before: before.map(|b| redacted_json(&Value::Object(b), r)).unwrap_or_default(),
+            state_after: after.map(|a| redacted_json(&Value::Object(a), r)).unwrap_or_default(),
+            has_state,
+            diff: {
+                let text = serde_json::to_string(&changes).unwrap_or_else(|_| "[]".into());
+                let len = text.len() as u64;
+                cap_text(text, s.body_cap_bytes, len).0
+            },
+            trace_id: rec.trace_id.clone(),
+            span_id: rec.span_id.clone(),
+        });
+    }
+    request.mutation_count = list.len() as u32;
+    request.applied_count = applied;
+    request.rejected_count = rejected;
+    request.conflict_count = conflicts;
+    request.duplicate_count = duplicates;
+    request.rejected_by_reason = reasons.into_iter().collect();
+    let synced = applied + duplicates;
+    let failed = rejected + conflicts + unprocessed;
+    request.outcome = if !success {
+        outcome::ERROR
+    } else if failed == 0 {
+        outcome::OK
+    } else if synced > 0 {
+        outcome::PARTIAL
+    } else if conflicts > 0 {
+        outcome::CONFLICT
+    } else {
+        outcome::REJECTED
+    }
+    .to_owned();
+    Rows { request, mutations }
+}

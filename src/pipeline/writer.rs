@@ -1,0 +1,146 @@
+//! `ClickHouseWriter`: inserts batches of rows with the official `clickhouse` crate, retrying
+//! transient failures with exponential backoff and jitter, and never retrying bad data.
+
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+
+use super::rows::{MutationRow, RequestRow};
+
+/// Why a batch could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// ClickHouse refused the data itself; retrying cannot help.
+    #[error("ClickHouse rejected the batch as bad data: {0}")]
+    BadData(String),
+    /// The deadline passed while ClickHouse was unavailable.
+    #[error("ClickHouse unavailable until the deadline: {0}")]
+    GaveUp(String),
+}
+
+/// Server error codes that mean "this data will never insert" (vector's sink uses the same
+/// rule): 117 INCORRECT_DATA, 53 TYPE_MISMATCH, 27 CANNOT_PARSE_INPUT_ASSERTION_FAILED,
+/// 6 CANNOT_PARSE_TEXT, 16 NO_SUCH_COLUMN_IN_TABLE.
+const BAD_DATA_CODES: &[u32] = &[117, 53, 27, 6, 16];
+
+/// Classifies a failure: `true` when it is worth retrying.
+pub fn is_retryable(err: &clickhouse::error::Error) -> bool {
+    use clickhouse::error::Error as E;
+    match err {
+        E::BadResponse(body) => match error_code(body) {
+            Some(code) => !BAD_DATA_CODES.contains(&code),
+            None => true,
+        },
+        E::SchemaMismatch(_) | E::InvalidParams(_) | E::Unsupported(_) => false,
+        _ => true,
+    }
+}
+
+/// The `Code: N` of a ClickHouse error body.
+pub fn error_code(body: &str) -> Option<u32> {
+    let rest = &body[body.find("Code: ")? + 6..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Writes captured rows into `sync_requests` and `sync_mutations`.
+#[derive(Clone)]
+pub struct ClickHouseWriter {
+    client: clickhouse::Client,
+    min_backoff: Duration,
+    max_backoff: Duration,
+}
+
+impl ClickHouseWriter {
+    /// `client` must be bound to the database holding the tables (`with_database`).
+    pub fn new(client: clickhouse::Client) -> Self {
+        ClickHouseWriter { client, min_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5) }
+    }
+
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.min_backoff = min;
+        self.max_backoff = max;
+        self
+    }
+
+    async fn insert_once<T>(&self, table: &str, rows: &[T], token: &str) -> clickhouse::error::Result<()>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowWrite,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // The token makes a retried insert of the same batch a no-op if the first attempt
+        // landed but its answer was lost (tables set non_replicated_deduplication_window).
+        let mut insert = self.client.insert::<T>(table).await?.with_setting("insert_deduplication_token", token);
+        for row in rows {
+            insert.write(row).await?;
+        }
+        insert.end().await
+    }
+
+    /// Inserts with retries until `deadline()` (re-read before every retry: it appears when
+    /// shutdown begins). `on_failure` is called for every failed attempt.
+    pub async fn write(
+        &self,
+        requests: &[RequestRow],
+        mutations: &[MutationRow],
+        token: &str,
+        deadline: &dyn Fn() -> Option<Instant>,
+        on_failure: &(dyn Fn(&clickhouse::error::Error) + Sync),
+    ) -> Result<(), WriteError> {
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(self.min_backoff)
+            .with_max_delay(self.max_backoff)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        // Mutations first: a request row is the index of its mutations, so it lands last.
+        let mut done_mutations = false;
+        loop {
+            let attempt = async {
+                if !done_mutations {
+                    self.insert_once("sync_mutations", mutations, &format!("{token}-m")).await?;
+                    done_mutations = true;
+                }
+                self.insert_once("sync_requests", requests, &format!("{token}-r")).await
+            };
+            match attempt.await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    on_failure(&e);
+                    if !is_retryable(&e) {
+                        return Err(WriteError::BadData(e.to_string()));
+                    }
+                    let delay = delays.next().unwrap_or(self.max_backoff);
+                    if deadline().is_some_and(|d| Instant::now() + delay > d) {
+                        return Err(WriteError::GaveUp(e.to_string()));
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_data_codes_are_not_retried() {
+        let bad = clickhouse::error::Error::BadResponse("Code: 117. DB::Exception: Cannot parse input".into());
+        assert!(!is_retryable(&bad));
+        let bad = clickhouse::error::Error::BadResponse("Code: 53. DB::Exception: Type mismatch".into());
+        assert!(!is_retryable(&bad));
+        let busy = clickhouse::error::Error::BadResponse("Code: 202. DB::Exception: Too many simultaneous queries".into());
+        assert!(is_retryable(&busy));
+        assert!(is_retryable(&clickhouse::error::Error::TimedOut));
+    }
+
+    #[test]
+    fn error_code_reads_the_code() {
+        assert_eq!(error_code("Code: 117. DB::Exception"), Some(117));
+        assert_eq!(error_code("garbage"), None);
+    }
+}
