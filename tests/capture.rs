@@ -208,6 +208,36 @@ async fn pulls_are_captured_with_snapshot_counts() {
     assert_eq!(h.ch.count("SELECT count() FROM sync_mutations").await, 2, "pulls add no mutation rows");
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn rows_carry_the_trace_and_span_ids_of_the_request_span() {
+    use opentelemetry::trace::TracerProvider as _;
+    let ch = clickhouse().await;
+    ch.migrate().await;
+    let (capture, guard) = pipeline::start(&fast_config(), ClickHouseWriter::new(ch.client())).unwrap();
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    let subscriber = tracing_subscriber::registry()
+        .with(capture.layer())
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let _sub = tracing::subscriber::set_default(subscriber);
+    let base = serve(sync::router(SyncServer::in_memory()).layer(capture.http_layer())).await;
+    let body = json!({"client_id": CLIENT, "mutations": [mutation("01JM0000000000000000000001", T1, "create", json!({"title": "t"}), 1)]});
+    let resp = reqwest::Client::new().post(format!("{base}/tether/push")).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    let mut guard = guard;
+    guard.shutdown();
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let push = spans.iter().find(|s| s.name == "tether.push").expect("the push span was exported");
+    let row = ch.rows("SELECT trace_id, span_id FROM sync_requests").await;
+    assert_eq!(row[0]["trace_id"], push.span_context.trace_id().to_string());
+    assert_eq!(row[0]["span_id"], push.span_context.span_id().to_string());
+    assert_eq!(row[0]["trace_id"].as_str().unwrap().len(), 32);
+    let m = ch.rows("SELECT trace_id FROM sync_mutations").await;
+    assert_eq!(m[0]["trace_id"], row[0]["trace_id"]);
+}
+
 const SECRET: &str = "sk_live_PLANTED_0123456789";
 
 #[tokio::test(flavor = "current_thread")]

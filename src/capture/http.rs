@@ -127,10 +127,15 @@ where
                 http.request.method = "POST", url.path = PULL_PATH, http.response.status_code = Empty,
             ),
         };
-        if let Some(original) = req.headers().get(REPLAY_OF_HEADER).and_then(|v| v.to_str().ok()) {
-            let original = original.to_owned();
-            with_request_data(&span, &mut |d| d.replay_of = original.clone());
-        }
+        let replay_of = req.headers().get(REPLAY_OF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        // The OpenTelemetry ids of this span (when an OTel layer is installed), so a stored
+        // row leads to its trace.
+        let (trace_id, span_id) = otel_ids(&span);
+        with_request_data(&span, &mut |d| {
+            d.replay_of.clone_from(&replay_of);
+            d.trace_id.clone_from(&trace_id);
+            d.span_id.clone_from(&span_id);
+        });
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(RequestId(Arc::from(request_id.as_str())));
         let body = TeeBody::capturing(body, span.clone(), Which::Request, self.limits.retain_bytes);
@@ -140,6 +145,16 @@ where
         };
         CaptureFuture { inner: fut, span: Some(span), retain: self.limits.retain_bytes }
     }
+}
+
+/// W3C trace and span ids of `span`'s OpenTelemetry span; empty without an OTel layer.
+fn otel_ids(span: &Span) -> (String, String) {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = span.context();
+    let otel_span = cx.span();
+    let sc = otel_span.span_context();
+    if sc.is_valid() { (sc.trace_id().to_string(), sc.span_id().to_string()) } else { (String::new(), String::new()) }
 }
 
 pin_project! {

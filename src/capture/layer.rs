@@ -36,6 +36,8 @@ pub(crate) struct RequestData {
     pub response_body: Option<CapturedBody>,
     pub states: Vec<MutationState>,
     pub replay_of: String,
+    pub trace_id: String,
+    pub span_id: String,
     pub error: Option<String>,
 }
 
@@ -136,6 +138,8 @@ where
             response_body: None,
             states: Vec::new(),
             replay_of: String::new(),
+            trace_id: String::new(),
+            span_id: String::new(),
             error: None,
         };
         attrs.record(&mut FieldVisitor(&mut data));
@@ -167,8 +171,8 @@ where
             request_body,
             response_body,
             states: data.states,
-            trace_id: String::new(),
-            span_id: String::new(),
+            trace_id: data.trace_id,
+            span_id: data.span_id,
             replay_of: data.replay_of,
             error: data.error,
         });
