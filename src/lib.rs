@@ -1,3 +1,5 @@
+#![doc = include_str!("../README.md")]
+
 pub mod capture;
 pub mod cli;
 pub mod config;

@@ -423,3 +423,51 @@ mod byte_identical {
         }
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn with_capture_disabled_nothing_is_recorded_and_answers_are_unchanged() {
+    let cfg = CaptureConfig { enabled: false, ..fast_config() };
+    let mut h = harness(cfg).await;
+    h.push(json!({"client_id": CLIENT, "mutations": [mutation("01JM0000000000000000000001", T1, "create", json!({"title": "t"}), 1)]})).await;
+    h.flush();
+    assert_eq!(h.capture.stats().totals().enqueued, 0);
+    assert_eq!(h.ch.count("SELECT count() FROM sync_requests").await, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_host_that_reports_no_state_still_gets_mutation_rows_with_outcomes() {
+    use axum::routing::post;
+    let ch = clickhouse().await;
+    ch.migrate().await;
+    let (capture, mut guard) = pipeline::start(&fast_config(), ClickHouseWriter::new(ch.client())).unwrap();
+    let _sub = tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.layer()));
+    // A host of its own: applies the first mutation, rejects the second, reports no state.
+    let app = axum::Router::new()
+        .route(
+            "/api/tether/push",
+            post(|axum::Json(req): axum::Json<Value>| async move {
+                let ids: Vec<Value> = req["mutations"].as_array().unwrap().iter().map(|m| m["mutation_id"].clone()).collect();
+                axum::Json(json!({"applied": [ids[0]], "rejected": [{"mutation_id": ids[1], "reason": "error"}]}))
+            }),
+        )
+        .layer(capture.http_layer());
+    let base = serve(app).await;
+    let body = json!({"client_id": CLIENT, "mutations": [
+        mutation("01JM0000000000000000000001", T1, "create", json!({"title": "a"}), 1),
+        mutation("01JM0000000000000000000002", T2, "update", json!({"title": "b"}), 1),
+    ]});
+    let resp = reqwest::Client::new().post(format!("{base}/api/tether/push")).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    guard.shutdown();
+    let rows = ch.rows("SELECT outcome, reason, has_state, state_before, diff FROM sync_mutations ORDER BY position").await;
+    assert_eq!(
+        rows,
+        vec![
+            json!({"outcome": "applied", "reason": "", "has_state": false, "state_before": "", "diff": "[]"}),
+            json!({"outcome": "rejected", "reason": "error", "has_state": false, "state_before": "", "diff": "[]"}),
+        ]
+    );
+    let r = ch.rows("SELECT outcome, rejected_by_reason FROM sync_requests").await;
+    assert_eq!(r[0], json!({"outcome": "partial", "rejected_by_reason": {"error": 1}}));
+}

@@ -156,3 +156,69 @@ impl QueueReceiver {
         self.rx.is_closed() && self.rx.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::record::{CaptureRecord, CapturedBody, RequestKind, approx_bytes};
+
+    fn record(body: usize) -> CaptureRecord {
+        CaptureRecord {
+            request_id: String::new(),
+            kind: RequestKind::Push,
+            started_at: chrono::Utc::now(),
+            duration: std::time::Duration::ZERO,
+            http_status: 200,
+            client_version: String::new(),
+            request_body: CapturedBody { chunks: vec![bytes::Bytes::from(vec![b'x'; body])], retained: body, total: body as u64, complete: true },
+            response_body: CapturedBody::default(),
+            states: Vec::new(),
+            trace_id: String::new(),
+            span_id: String::new(),
+            replay_of: String::new(),
+            error: None,
+        }
+    }
+
+    fn offer(q: &CaptureQueue, body: usize) -> bool {
+        q.offer(approx_bytes(body, 0, 0), || record(body))
+    }
+
+    #[test]
+    fn drops_and_counts_when_queue_full_in_records() {
+        let stats = Arc::new(CaptureStats::default());
+        let (q, _rx) = bounded(3, usize::MAX, stats.clone());
+        let accepted = (0..10).filter(|_| offer(&q, 10)).count();
+        assert_eq!(accepted, 3);
+        let t = stats.totals();
+        assert_eq!((t.enqueued, t.dropped, t.queue_depth), (3, 7, 3));
+    }
+
+    #[test]
+    fn drops_and_counts_when_queue_full_in_bytes() {
+        let stats = Arc::new(CaptureStats::default());
+        let one = approx_bytes(1000, 0, 0);
+        let (q, mut rx) = bounded(100, one * 2 + approx_bytes(1, 0, 0), stats.clone());
+        assert!(offer(&q, 1000));
+        assert!(offer(&q, 1000));
+        assert!(!offer(&q, 1000), "a third record would pass the byte cap");
+        assert!(offer(&q, 1), "a small one still fits");
+        let mut out = Vec::new();
+        assert_eq!(rx.drain(10, &mut out), 3);
+        // Bytes stay reserved until the pipeline releases them (written or failed).
+        assert!(!offer(&q, 1000));
+        rx.release(out.iter().map(|(_, b)| *b).sum());
+        assert!(offer(&q, 1000));
+        let t = stats.totals();
+        assert_eq!((t.enqueued, t.dropped), (4, 2));
+    }
+
+    #[test]
+    fn the_record_is_not_built_when_it_is_dropped() {
+        let stats = Arc::new(CaptureStats::default());
+        let (q, _rx) = bounded(1, usize::MAX, stats);
+        assert!(q.offer(10, || record(1)));
+        let queued = q.offer(10, || panic!("built a record that had no slot"));
+        assert!(!queued);
+    }
+}
