@@ -44,7 +44,9 @@ pub(crate) struct RequestData {
 /// Reaches the `RequestData` of a span (or of its nearest capture ancestor) from outside
 /// the layer. Stored in the layer; found with `Dispatch::downcast_ref`.
 #[derive(Clone, Copy)]
-pub(crate) struct WithRequestData(fn(&Dispatch, &Id, &mut dyn FnMut(&mut RequestData)));
+pub(crate) struct WithRequestData(GetRequestData);
+
+type GetRequestData = fn(&Dispatch, &Id, &mut dyn FnMut(&mut RequestData));
 
 /// Runs `f` on the capture data of `span` or its nearest capture ancestor, if a
 /// `SyncLayer` is installed. Returns whether it ran.

@@ -106,15 +106,12 @@ impl SimClient {
         stamps.sort_unstable();
         let mutations: Vec<Mutation> = stamps.into_iter().map(|ts| self.write(ts)).collect();
         let req = PushRequest { client_id: self.client_id.clone(), mutations };
-        match self.push(req.clone()).await {
-            Ok(resp) => {
-                self.settle(&req, &resp);
-                if self.rng.random_bool(self.cfg.retry_ratio) {
-                    // The response was "lost": the client sends the same batch again.
-                    let _ = self.push(req).await;
-                }
+        if let Ok(resp) = self.push(req.clone()).await {
+            self.settle(&req, &resp);
+            if self.rng.random_bool(self.cfg.retry_ratio) {
+                // The response was "lost": the client sends the same batch again.
+                let _ = self.push(req).await;
             }
-            Err(_) => {}
         }
         self.last_push_ms = now;
         self.pull_all().await;
@@ -177,41 +174,39 @@ impl SimClient {
     /// Forgets local records the server refused to create (they never existed there).
     fn settle(&mut self, req: &PushRequest, resp: &PushResponse) {
         for r in &resp.rejected {
-            if r.reason == RejectionReason::ValidationFailed {
-                if let Some(m) = req.mutations.iter().find(|m| m.mutation_id == r.mutation_id) {
-                    if m.operation == Operation::Create {
-                        self.own.retain(|e| e.id != m.entity_id);
-                    }
-                }
+            if r.reason == RejectionReason::ValidationFailed
+                && let Some(m) = req.mutations.iter().find(|m| m.mutation_id == r.mutation_id)
+                && m.operation == Operation::Create
+            {
+                self.own.retain(|e| e.id != m.entity_id);
             }
         }
+    }
+
+    /// POSTs JSON and decodes the answer; a transport failure or non-2xx counts as an error.
+    async fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        let answer = async {
+            self.http
+                .post(format!("{}{}", self.base, path))
+                .header(CLIENT_VERSION_HEADER, self.client_version)
+                .json(body)
+                .send()
+                .await?
+                .error_for_status()?
+                .json::<T>()
+                .await
+        };
+        answer.await.map_err(|e| {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            e.into()
+        })
     }
 
     async fn push(&self, req: PushRequest) -> anyhow::Result<PushResponse> {
         let s = &self.stats;
         s.pushes.fetch_add(1, Ordering::Relaxed);
         s.mutations.fetch_add(req.mutations.len() as u64, Ordering::Relaxed);
-        let resp = self
-            .http
-            .post(format!("{}{}", self.base, PUSH_PATH))
-            .header(CLIENT_VERSION_HEADER, self.client_version)
-            .json(&req)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status());
-        let resp: PushResponse = match resp {
-            Ok(r) => match r.json().await {
-                Ok(body) => body,
-                Err(e) => {
-                    s.errors.fetch_add(1, Ordering::Relaxed);
-                    return Err(e.into());
-                }
-            },
-            Err(e) => {
-                s.errors.fetch_add(1, Ordering::Relaxed);
-                return Err(e.into());
-            }
-        };
+        let resp: PushResponse = self.post(PUSH_PATH, &req).await?;
         s.applied.fetch_add(resp.applied.len() as u64, Ordering::Relaxed);
         s.conflicts.fetch_add(resp.conflicts.len() as u64, Ordering::Relaxed);
         for r in &resp.rejected {
@@ -235,27 +230,7 @@ impl SimClient {
         for _ in 0..20 {
             let req = PullRequest { client_id: self.client_id.clone(), last_sync_cursor: self.cursor, limit: Some(100) };
             self.stats.pulls.fetch_add(1, Ordering::Relaxed);
-            let resp = self
-                .http
-                .post(format!("{}{}", self.base, PULL_PATH))
-                .header(CLIENT_VERSION_HEADER, self.client_version)
-                .json(&req)
-                .send()
-                .await
-                .and_then(|r| r.error_for_status());
-            let page: PullResponse = match resp {
-                Ok(r) => match r.json().await {
-                    Ok(p) => p,
-                    Err(_) => {
-                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                },
-                Err(_) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            };
+            let Ok(page) = self.post::<_, PullResponse>(PULL_PATH, &req).await else { return };
             self.stats.snapshots.fetch_add(page.snapshots.len() as u64, Ordering::Relaxed);
             self.cursor = page.new_sync_cursor.or(self.cursor);
             if !page.has_more {

@@ -160,21 +160,21 @@ fn process_one(
     };
     let ts_us = m.timestamp.saturating_mul(1000);
     // 3. Conflict check, non-create only: older than the record's last write.
-    if m.operation != Operation::Create {
-        if let Some(rec) = current.filter(|r| ts_us < r.updated_at_us) {
-            let server = ServerRecord { data: rec.data.clone(), version: rec.version, updated_at_us: rec.updated_at_us };
-            // The resolver sees the mapped payload: ClientWins/MergeFields must not undo the mapper.
-            let mapped = Mutation { payload: payload.clone(), ..m.clone() };
-            match rules.resolver.resolve(&mapped, &server) {
-                Resolution::ServerWins => {
-                    let data = ConflictData {
-                        server_state: state_with_key(&m.entity_id, &rec.data),
-                        server_updated_at: rfc3339_from_us(rec.updated_at_us),
-                    };
-                    return Ok(Step::Conflict(Rejection::conflict(&m.mutation_id, data)));
-                }
-                Resolution::Apply(resolved) => payload = resolved,
+    if m.operation != Operation::Create
+        && let Some(rec) = current.filter(|r| ts_us < r.updated_at_us)
+    {
+        let server = ServerRecord { data: rec.data.clone(), version: rec.version, updated_at_us: rec.updated_at_us };
+        // The resolver sees the mapped payload: ClientWins/MergeFields must not undo the mapper.
+        let mapped = Mutation { payload: payload.clone(), ..m.clone() };
+        match rules.resolver.resolve(&mapped, &server) {
+            Resolution::ServerWins => {
+                let data = ConflictData {
+                    server_state: state_with_key(&m.entity_id, &rec.data),
+                    server_updated_at: rfc3339_from_us(rec.updated_at_us),
+                };
+                return Ok(Step::Conflict(Rejection::conflict(&m.mutation_id, data)));
             }
+            Resolution::Apply(resolved) => payload = resolved,
         }
     }
     // 4. Apply (whitelisted, validated fields only).

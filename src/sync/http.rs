@@ -108,6 +108,14 @@ fn parse_json<T: DeserializeOwned>(
     })
 }
 
+/// Runs SQLite work off the async executor.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> rusqlite::Result<T> + Send + 'static) -> Result<T, SyncError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SyncError::Internal(e.to_string()))?
+        .map_err(|e| SyncError::Internal(e.to_string()))
+}
+
 async fn push(
     State(server): State<SyncServer>,
     headers: HeaderMap,
@@ -117,10 +125,7 @@ async fn push(
     if req.mutations.len() > server.limits().max_batch {
         return Err(SyncError::TooManyMutations(server.limits().max_batch));
     }
-    let (req, result) = tokio::task::spawn_blocking(move || server.push_blocking(&req).map(|r| (req, r)))
-        .await
-        .map_err(|e| SyncError::Internal(e.to_string()))?
-        .map_err(|e| SyncError::Internal(e.to_string()))?;
+    let (req, result) = blocking(move || server.push_blocking(&req).map(|r| (req, r))).await?;
     // Before/after state for observers: how a host reports it (a no-op without capture).
     for effect in result.effects {
         if let Some(m) = req.mutations.get(effect.index) {
@@ -136,21 +141,12 @@ async fn pull(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PullResponse>, SyncError> {
     let req: PullRequest = parse_json(&headers, body, server.limits().max_body_bytes)?;
-    let resp = tokio::task::spawn_blocking(move || server.pull_blocking(&req))
-        .await
-        .map_err(|e| SyncError::Internal(e.to_string()))?
-        .map_err(|e| SyncError::Internal(e.to_string()))?;
-    Ok(Json(resp))
+    Ok(Json(blocking(move || server.pull_blocking(&req)).await?))
 }
 
 async fn state(
     State(server): State<SyncServer>,
     Path((model, entity_id)): Path<(String, String)>,
 ) -> Result<Json<RecordState>, SyncError> {
-    tokio::task::spawn_blocking(move || server.state_blocking(&model, &entity_id))
-        .await
-        .map_err(|e| SyncError::Internal(e.to_string()))?
-        .map_err(|e| SyncError::Internal(e.to_string()))?
-        .map(Json)
-        .ok_or(SyncError::NotFound)
+    blocking(move || server.state_blocking(&model, &entity_id)).await?.map(Json).ok_or(SyncError::NotFound)
 }

@@ -1,0 +1,599 @@
+//! What capture costs, measured (never asserted in tests).
+//!
+//! * `push_50/no_layers` vs `push_50/capture_and_pipeline`: one push of 50 realistic `Task`
+//!   mutations (fresh ids, so every one is applied) over loopback HTTP with a keep-alive
+//!   `reqwest` client, to the reference server with no layers and no subscriber, and to the
+//!   same server behind `CaptureLayer` + `SyncLayer` with the pipeline writing to a real
+//!   ClickHouse. Each server runs on its own thread with a current-thread runtime (the
+//!   captured one with its subscriber set there with `set_default`), so both are measured
+//!   the same way.
+//! * `pipeline/records_per_second`: from a queue holding N captured pushes to every
+//!   mutation row written to ClickHouse (`iter_custom`; throughput in mutation rows).
+//! * `redact_and_diff/push_50`: `pipeline::rows::build` on one representative push record.
+//!
+//! ClickHouse: `CLICKHOUSE_URL` (with `CLICKHOUSE_USER` / `CLICKHOUSE_PASSWORD` if set), or
+//! the embedded `LocalClickHouse` in an ephemeral temporary directory. No ClickHouse: the
+//! benchmark panics, it never silently measures something else. Each benchmark that needs
+//! ClickHouse gets its own database (created, migrated, dropped at the end).
+//!
+//! Run: `cargo bench --bench capture` (a filter such as `-- push_50` sets up only what it
+//! runs).
+
+use std::collections::VecDeque;
+use std::hint::black_box;
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
+use tether_pro::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind};
+use tether_pro::config::{CaptureConfig, RetentionConfig};
+use tether_pro::pipeline::redact::Redactor;
+use tether_pro::pipeline::{self, Capture, CaptureGuard, ClickHouseWriter, RowSettings};
+use tether_pro::protocol::{CLIENT_VERSION_HEADER, Object, PUSH_PATH, PushRequest, PushResponse};
+use tether_pro::store::local::{LocalClickHouse, LocalClickHouseOptions};
+use tether_pro::sync::{self, SyncServer};
+use tracing_subscriber::layer::SubscriberExt;
+
+/// Mutations per push.
+const BATCH: usize = 50;
+/// Of which updates of records created by earlier pushes (once there are any).
+const UPDATES_PER_PUSH: usize = 20;
+/// Share of payloads carrying a nested credential (redaction has something to find).
+const SECRET_RATIO: f64 = 0.1;
+/// Captured pushes queued per iteration of `pipeline/records_per_second`.
+const PIPELINE_RECORDS: usize = 40;
+
+// ---------------------------------------------------------------------------------------
+// ClickHouse
+
+/// The embedded server, when one was started. A static is never dropped: the server lives
+/// until the process exits, then the launcher sees its stdin close, stops, and deletes its
+/// ephemeral data directory.
+static LOCAL: OnceLock<LocalClickHouse> = OnceLock::new();
+
+fn clickhouse_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("CLICKHOUSE_URL") {
+            if !url.trim().is_empty() {
+                return url.trim().to_owned();
+            }
+        }
+        let data_dir = tempfile::Builder::new()
+            .prefix("tether-pro-bench-clickhouse-")
+            .tempdir()
+            .expect("a temporary directory for the embedded ClickHouse")
+            .keep();
+        let server = LocalClickHouse::start(LocalClickHouseOptions {
+            data_dir: data_dir.clone(),
+            port: 0,
+            ephemeral: true,
+            startup_timeout: Duration::from_secs(300),
+        })
+        .unwrap_or_else(|err| {
+            let _ = std::fs::remove_dir_all(&data_dir);
+            panic!(
+                "\n\nNO CLICKHOUSE FOR THE CAPTURE BENCHMARKS: the embedded local ClickHouse did not \
+                 start: {err:#}\nSet CLICKHOUSE_URL to a running server, or see \
+                 `scripts/clickhouse-local --help`.\n"
+            )
+        });
+        let url = server.url().to_owned();
+        LOCAL.set(server).expect("started once");
+        url
+    })
+    .clone()
+}
+
+/// A client for the server as a whole (a fresh one per use: its connection pool belongs to
+/// the runtime it first runs on).
+fn server_client(url: &str) -> clickhouse::Client {
+    let mut client = clickhouse::Client::default().with_url(url);
+    if let Ok(user) = std::env::var("CLICKHOUSE_USER") {
+        client = client.with_user(user);
+    }
+    if let Ok(password) = std::env::var("CLICKHOUSE_PASSWORD") {
+        client = client.with_password(password);
+    }
+    client
+}
+
+/// A database of one benchmark, created and migrated; dropped by `drop_database`.
+struct BenchDb {
+    url: String,
+    database: String,
+}
+
+impl BenchDb {
+    fn create(label: &str) -> BenchDb {
+        let url = clickhouse_url();
+        let database = format!("bench_{label}_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            server_client(&url)
+                .query(&format!("CREATE DATABASE {database}"))
+                .execute()
+                .await
+                .unwrap_or_else(|e| panic!("CREATE DATABASE {database} on {url} failed: {e}"));
+            tether_pro::store::migrate::migrate(&server_client(&url), &database, &RetentionConfig::default())
+                .await
+                .unwrap_or_else(|e| panic!("migrating {database} on {url} failed: {e:#}"));
+        });
+        BenchDb { url, database }
+    }
+
+    fn writer(&self) -> ClickHouseWriter {
+        ClickHouseWriter::new(server_client(&self.url).with_database(&self.database))
+    }
+
+    fn count(&self, table: &str) -> u64 {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            server_client(&self.url)
+                .with_database(&self.database)
+                .query(&format!("SELECT count() FROM {table}"))
+                .fetch_one::<u64>()
+                .await
+                .unwrap_or_else(|e| panic!("counting {table}: {e}"))
+        })
+    }
+
+    fn drop_database(self) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            if let Err(e) = server_client(&self.url).query(&format!("DROP DATABASE IF EXISTS {}", self.database)).execute().await {
+                eprintln!("bench: could not drop {}: {e}", self.database);
+            }
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Workload: what a task-list app pushes (the shape of `sim::plan`'s Task payloads)
+
+const WORDS: &[&str] = &[
+    "buy", "milk", "call", "mom", "fix", "sync", "bug", "plan", "trip", "review", "invoice", "book", "flight",
+    "water", "plants", "ship", "release", "write", "notes", "renew", "passport", "clean", "garage",
+];
+
+fn phrase(rng: &mut ChaCha8Rng, lo: usize, hi: usize) -> String {
+    let words = if hi > lo { rng.random_range(lo..hi) } else { lo };
+    let s = (0..words).map(|_| *WORDS.choose(rng).unwrap()).collect::<Vec<_>>().join(" ");
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+}
+
+fn obj(v: Value) -> Object {
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!(),
+    }
+}
+
+/// A valid `Task` payload, as `sim::plan::payload` writes it.
+fn task_payload(rng: &mut ChaCha8Rng) -> Object {
+    let mut p = obj(json!({
+        "title": phrase(rng, 2, 6),
+        "done": rng.random_bool(0.3),
+        "priority": rng.random_range(0..=5),
+        "notes": if rng.random_bool(0.3) { Value::String(phrase(rng, 8, 8)) } else { Value::Null },
+        "estimate_hours": (rng.random_range(1..40) as f64) / 4.0,
+        "metadata": {"source": "sim", "checklist": [{"item": phrase(rng, 2, 2), "done": false}]},
+    }));
+    if rng.random_bool(SECRET_RATIO) {
+        // Six levels deep, inside arrays of objects.
+        let secret = format!("sk_live_{:032x}", rng.random::<u128>());
+        p.insert(
+            "metadata".into(),
+            json!({"integrations": [{"kind": "calendar", "auth": [{"provider": "x", "credentials": {"api_key": secret, "password": "hunter2"}}]}]}),
+        );
+    }
+    p
+}
+
+/// An edit of a live task, as `sim::plan::edit` makes it.
+fn edit_task(rng: &mut ChaCha8Rng, current: &Object) -> Object {
+    let mut p = current.clone();
+    if rng.random_bool(0.5) {
+        p.insert("done".into(), Value::Bool(rng.random_bool(0.5)));
+    }
+    p.insert("title".into(), Value::String(phrase(rng, 2, 6)));
+    p.insert("priority".into(), json!(rng.random_range(0..=5)));
+    p
+}
+
+struct Entity {
+    id: String,
+    payload: Object,
+    version: u64,
+}
+
+/// One device's pushes against one server: 50 mutations each, fresh mutation ids, creates of
+/// new tasks and (from the second push on) edits of tasks earlier pushes created. Every
+/// mutation is valid and newer than the record, so all 50 are applied.
+struct Workload {
+    rng: ChaCha8Rng,
+    client_id: String,
+    pool: VecDeque<Entity>,
+}
+
+impl Workload {
+    fn new(seed: u64) -> Workload {
+        Workload { rng: ChaCha8Rng::seed_from_u64(seed), client_id: ulid::Ulid::new().to_string(), pool: VecDeque::new() }
+    }
+
+    fn next_body(&mut self) -> Vec<u8> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut updates = self.pool.len().min(UPDATES_PER_PUSH);
+        let mut touched = Vec::with_capacity(BATCH);
+        let mut mutations = Vec::with_capacity(BATCH);
+        for i in 0..BATCH {
+            // Updates spread through the batch: two of every five positions.
+            let update = updates > 0 && (i % 5 == 1 || i % 5 == 3 || BATCH - i <= updates);
+            let (entity, operation) = if update {
+                updates -= 1;
+                let mut e = self.pool.pop_front().expect("counted");
+                e.payload = edit_task(&mut self.rng, &e.payload);
+                e.version += 1;
+                (e, "update")
+            } else {
+                (Entity { id: ulid::Ulid::new().to_string(), payload: task_payload(&mut self.rng), version: 1 }, "create")
+            };
+            mutations.push(json!({
+                "mutation_id": ulid::Ulid::new().to_string(),
+                "entity_id": entity.id,
+                "model": "Task",
+                "operation": operation,
+                "payload": entity.payload,
+                "version": entity.version,
+                "timestamp": now,
+            }));
+            touched.push(entity);
+        }
+        // Only records of earlier pushes are edited, and never twice in one push.
+        self.pool.extend(touched);
+        while self.pool.len() > 1_000 {
+            self.pool.pop_front();
+        }
+        serde_json::to_vec(&json!({"client_id": self.client_id, "mutations": mutations})).unwrap()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Servers
+
+/// The reference server on its own thread and current-thread runtime; with a `Capture`, the
+/// capture layers are installed (the subscriber with `set_default` on that thread).
+struct ServerThread {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: mpsc::Receiver<()>,
+}
+
+impl ServerThread {
+    fn start(name: &str, capture: Option<Capture>) -> ServerThread {
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let _subscriber = capture
+                    .as_ref()
+                    .map(|c| tracing::subscriber::set_default(tracing_subscriber::registry().with(c.layer())));
+                // The same server either way; only the layer differs.
+                let mut app = sync::router(SyncServer::in_memory());
+                if let Some(c) = &capture {
+                    app = app.layer(c.http_layer());
+                }
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async {
+                            let _ = stop_rx.await;
+                        })
+                        .await
+                        .unwrap();
+                });
+                let _ = done_tx.send(());
+            })
+            .expect("server thread");
+        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("the server thread binds");
+        ServerThread { url: format!("http://{addr}{PUSH_PATH}"), stop: Some(stop_tx), done: done_rx }
+    }
+
+    fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Graceful shutdown waits for open connections; drop clients first.
+        if self.done.recv_timeout(Duration::from_secs(10)).is_err() {
+            eprintln!("bench: a server thread did not stop within 10 s (left running)");
+        }
+    }
+}
+
+/// A client of one server: keep-alive `reqwest` on its own current-thread runtime.
+struct Pusher {
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+    url: String,
+    workload: Workload,
+}
+
+impl Pusher {
+    fn new(url: &str, seed: u64) -> Pusher {
+        Pusher {
+            rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+            http: reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(600)).build().unwrap(),
+            url: url.to_owned(),
+            workload: Workload::new(seed),
+        }
+    }
+
+    /// Sends the pushes in order; returns the time the requests took (bodies are made before
+    /// the clock starts, answers are checked after it stops).
+    fn push_all(&mut self, bodies: Vec<Vec<u8>>) -> Duration {
+        let n = bodies.len();
+        let (elapsed, answers) = self.rt.block_on(async {
+            let mut answers = Vec::with_capacity(n);
+            let start = Instant::now();
+            for body in bodies {
+                let resp = self
+                    .http
+                    .post(&self.url)
+                    .header("content-type", "application/json")
+                    .header(CLIENT_VERSION_HEADER, "ios/3.2.1")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("the server answers");
+                let status = resp.status().as_u16();
+                answers.push((status, resp.bytes().await.expect("the answer's body")));
+            }
+            (start.elapsed(), answers)
+        });
+        for (status, body) in answers {
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            let resp: PushResponse = serde_json::from_slice(&body).unwrap();
+            assert!(
+                resp.applied.len() == BATCH && resp.rejected.is_empty() && resp.conflicts.is_empty(),
+                "every mutation must be applied: {resp:?}"
+            );
+        }
+        elapsed
+    }
+
+    fn push_n(&mut self, n: u64) -> Duration {
+        let bodies = (0..n).map(|_| self.workload.next_body()).collect();
+        self.push_all(bodies)
+    }
+}
+
+/// A running capture pipeline with its database.
+struct Captured {
+    capture: Capture,
+    guard: CaptureGuard,
+    db: BenchDb,
+}
+
+impl Captured {
+    fn start(label: &str, cfg: &CaptureConfig) -> Captured {
+        let db = BenchDb::create(label);
+        let (capture, guard) = pipeline::start(cfg, db.writer()).expect("the pipeline starts");
+        Captured { capture, guard, db }
+    }
+
+    /// Flushes, reports what the pipeline did, checks it against ClickHouse, drops the
+    /// database.
+    fn finish(mut self, what: &str) {
+        self.guard.shutdown();
+        let t = self.capture.stats().totals();
+        let (requests, mutations) = (self.db.count("sync_requests"), self.db.count("sync_mutations"));
+        eprintln!(
+            "bench {what}: capture enqueued {} dropped {} failed {}; written {} requests / {} mutations in {} inserts \
+             (mean insert {:.1} ms); ClickHouse holds {requests} / {mutations}",
+            t.enqueued,
+            t.dropped,
+            t.records_failed,
+            t.requests_written,
+            t.mutations_written,
+            t.inserts,
+            t.insert_latency_us_sum as f64 / t.inserts.max(1) as f64 / 1000.0,
+        );
+        if t.dropped > 0 || t.records_failed > 0 {
+            eprintln!("bench {what}: WARNING: records were dropped or not written; the numbers above understate capture's cost");
+        }
+        self.db.drop_database();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Benchmarks
+
+fn push_50(c: &mut Criterion) {
+    let mut group = c.benchmark_group("push_50");
+
+    let mut plain: Option<(ServerThread, Pusher)> = None;
+    group.bench_function("no_layers", |b| {
+        let (_, pusher) = plain.get_or_insert_with(|| {
+            let server = ServerThread::start("bench-server-plain", None);
+            let pusher = Pusher::new(&server.url, 1);
+            (server, pusher)
+        });
+        b.iter_custom(|iters| pusher.push_n(iters));
+    });
+
+    let mut captured: Option<(ServerThread, Pusher, Captured)> = None;
+    group.bench_function("capture_and_pipeline", |b| {
+        let (_, pusher, _) = captured.get_or_insert_with(|| {
+            // Production defaults: batches every second, default queue and redaction.
+            let cap = Captured::start("push", &CaptureConfig::default());
+            let server = ServerThread::start("bench-server-captured", Some(cap.capture.clone()));
+            let pusher = Pusher::new(&server.url, 1);
+            (server, pusher, cap)
+        });
+        b.iter_custom(|iters| pusher.push_n(iters));
+    });
+    group.finish();
+
+    if let Some((server, pusher)) = plain {
+        drop(pusher);
+        server.stop();
+    }
+    if let Some((server, pusher, cap)) = captured {
+        drop(pusher);
+        server.stop();
+        cap.finish("push_50/capture_and_pipeline");
+    }
+}
+
+fn pipeline_throughput(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pipeline");
+    let rows = (PIPELINE_RECORDS * BATCH) as u64;
+    group.throughput(Throughput::Elements(rows));
+
+    let mut env: Option<(ServerThread, Pusher, Captured)> = None;
+    group.bench_function("records_per_second", |b| {
+        let (_, pusher, cap) = env.get_or_insert_with(|| {
+            // The pipeline sleeps until the queue passes half full (depth = max/2 + 1), which
+            // with this capacity happens exactly when the last record of an iteration is
+            // queued; its interval never fires. So records pile up untouched while they are
+            // being captured, and the clock measures only queue -> rows -> ClickHouse.
+            let cfg = CaptureConfig {
+                queue_records: 2 * (PIPELINE_RECORDS - 1),
+                batch_interval_ms: 3_600_000,
+                ..CaptureConfig::default()
+            };
+            let cap = Captured::start("pipeline", &cfg);
+            let server = ServerThread::start("bench-server-pipeline", Some(cap.capture.clone()));
+            let pusher = Pusher::new(&server.url, 2);
+            (server, pusher, cap)
+        });
+        b.iter_custom(|iters| {
+            let stats = cap.capture.stats().clone();
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let before = stats.totals();
+                assert_eq!(before.queue_depth, 0, "the queue starts each iteration empty");
+                // Capture N pushes (not timed).
+                pusher.push_n(PIPELINE_RECORDS as u64);
+                // The last span closes as its response body ends, around when the client has it.
+                let enqueue_deadline = Instant::now() + Duration::from_secs(10);
+                while stats.totals().enqueued < before.enqueued + PIPELINE_RECORDS as u64 {
+                    assert!(Instant::now() < enqueue_deadline, "records not enqueued: {:?}", stats.totals());
+                    std::hint::spin_loop();
+                }
+                let start = Instant::now();
+                let want = before.mutations_written + rows;
+                let deadline = start + Duration::from_secs(120);
+                loop {
+                    let t = stats.totals();
+                    if t.mutations_written >= want {
+                        break;
+                    }
+                    assert!(
+                        t.dropped == before.dropped && t.records_failed == before.records_failed,
+                        "records lost: {t:?}"
+                    );
+                    assert!(Instant::now() < deadline, "pipeline did not write {rows} rows in 120 s: {t:?}");
+                    // Sleeping, not spinning: the pipeline and ClickHouse need the cores.
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                total += start.elapsed();
+            }
+            total
+        });
+    });
+    group.finish();
+
+    if let Some((server, pusher, cap)) = env {
+        drop(pusher);
+        server.stop();
+        cap.finish("pipeline/records_per_second");
+    }
+}
+
+fn captured_body(bytes: Vec<u8>) -> CapturedBody {
+    let len = bytes.len();
+    CapturedBody { chunks: vec![Bytes::from(bytes)], retained: len, total: len as u64, complete: true }
+}
+
+/// One push record as the capture layers would hand it over: the third push of a device
+/// (30 creates, 20 edits of earlier tasks, ~10 % with nested credentials), processed by the
+/// reference server for its real answer and before/after states.
+fn representative_record() -> CaptureRecord {
+    let server = SyncServer::in_memory();
+    let mut workload = Workload::new(3);
+    let mut apply = |body: &[u8]| {
+        let req: PushRequest = serde_json::from_slice(body).unwrap();
+        let result = server.push_blocking(&req).unwrap();
+        assert_eq!(result.response.applied.len(), BATCH, "{:?}", result.response);
+        (req, result)
+    };
+    for _ in 0..2 {
+        apply(&workload.next_body());
+    }
+    let body = workload.next_body();
+    let (req, result) = apply(&body);
+    let states = result
+        .effects
+        .into_iter()
+        .map(|e| MutationState { mutation_id: req.mutations[e.index].mutation_id.clone(), before: e.before, after: e.after })
+        .collect();
+    CaptureRecord {
+        request_id: ulid::Ulid::new().to_string(),
+        kind: RequestKind::Push,
+        started_at: chrono::Utc::now(),
+        duration: Duration::from_millis(3),
+        http_status: 200,
+        client_version: "ios/3.2.1".into(),
+        request_body: captured_body(body),
+        response_body: captured_body(serde_json::to_vec(&result.response).unwrap()),
+        states,
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        span_id: "00f067aa0ba902b7".into(),
+        replay_of: String::new(),
+        error: None,
+    }
+}
+
+fn redact_and_diff(c: &mut Criterion) {
+    let rec = representative_record();
+    let cfg = CaptureConfig::default();
+    let settings = RowSettings { redactor: Redactor::new(&cfg.redact_keys), body_cap_bytes: cfg.body_cap_bytes };
+    let rows = pipeline::rows::build(&rec, &settings);
+    assert_eq!(rows.mutations.len(), BATCH);
+    assert_eq!(rows.request.applied_count as usize, BATCH);
+    assert!(rows.mutations.iter().filter(|m| m.operation == "update").all(|m| m.diff != "[]"), "edits have diffs");
+
+    let mut group = c.benchmark_group("redact_and_diff");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("push_50", |b| b.iter(|| pipeline::rows::build(black_box(&rec), &settings)));
+    group.finish();
+    eprintln!(
+        "bench redact_and_diff/push_50: request body {} bytes, response body {} bytes, {} states",
+        rec.request_body.total,
+        rec.response_body.total,
+        rec.states.len()
+    );
+}
+
+criterion_group! {
+    name = benches;
+    // Short enough for a 2-core machine.
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    targets = push_50, pipeline_throughput, redact_and_diff
+}
+criterion_main!(benches);
