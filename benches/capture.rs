@@ -31,7 +31,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
-use tether_pro::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind};
+use tether_pro::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind, StateValue};
 use tether_pro::config::{CaptureConfig, RetentionConfig};
 use tether_pro::pipeline::redact::Redactor;
 use tether_pro::pipeline::{self, Capture, CaptureGuard, ClickHouseWriter, RowSettings};
@@ -553,7 +553,7 @@ fn representative_record() -> CaptureRecord {
     let states = result
         .effects
         .into_iter()
-        .map(|e| MutationState { mutation_id: req.mutations[e.index].mutation_id.clone(), before: e.before, after: e.after })
+        .map(|e| MutationState { mutation_id: req.mutations[e.index].mutation_id.clone(), before: e.before.map(StateValue::Json), after: e.after.map(StateValue::Json) })
         .collect();
     CaptureRecord {
         request_id: ulid::Ulid::new().to_string(),

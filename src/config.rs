@@ -93,6 +93,9 @@ pub struct CaptureConfig {
     pub batch_interval_ms: u64,
     /// How long shutdown waits for the last records to be written, in milliseconds.
     pub flush_timeout_ms: u64,
+    /// Nice value of the pipeline thread (Linux): it yields the CPU to the host's request
+    /// threads when both want it. 0 keeps the default priority.
+    pub pipeline_nice: i32,
 }
 
 impl CaptureConfig {
@@ -104,12 +107,14 @@ impl CaptureConfig {
     pub const DEFAULT_BATCH_BYTES: usize = 16 * 1024 * 1024;
     pub const DEFAULT_BATCH_INTERVAL_MS: u64 = 1_000;
     pub const DEFAULT_FLUSH_TIMEOUT_MS: u64 = 5_000;
+    pub const DEFAULT_PIPELINE_NICE: i32 = 10;
 
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.queue_records >= 1, "capture.queue_records must be at least 1");
         anyhow::ensure!(self.queue_bytes >= 1024, "capture.queue_bytes must be at least 1024");
         anyhow::ensure!(self.batch_rows >= 1, "capture.batch_rows must be at least 1");
         anyhow::ensure!(self.batch_interval_ms >= 1, "capture.batch_interval_ms must be at least 1");
+        anyhow::ensure!((0..=19).contains(&self.pipeline_nice), "capture.pipeline_nice must be 0..=19");
         anyhow::ensure!(self.body_cap_bytes >= 64, "capture.body_cap_bytes must be at least 64");
         anyhow::ensure!(self.redact_keys.iter().all(|k| !k.trim().is_empty()), "capture.redact_keys has an empty key");
         Ok(())
@@ -129,6 +134,7 @@ impl Default for CaptureConfig {
             batch_bytes: Self::DEFAULT_BATCH_BYTES,
             batch_interval_ms: Self::DEFAULT_BATCH_INTERVAL_MS,
             flush_timeout_ms: Self::DEFAULT_FLUSH_TIMEOUT_MS,
+            pipeline_nice: Self::DEFAULT_PIPELINE_NICE,
         }
     }
 }

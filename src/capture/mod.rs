@@ -14,7 +14,7 @@ use std::sync::Arc;
 pub use self::http::{CaptureLayer, CaptureLimits, CaptureService, TeeBody};
 pub use layer::{CaptureInterest, SyncLayer};
 pub use queue::{CaptureQueue, CaptureStats, CaptureTotals};
-pub use record::{CaptureRecord, CapturedBody, MutationState, RequestKind};
+pub use record::{CaptureRecord, CapturedBody, MutationState, RequestKind, StateValue};
 
 use crate::protocol::Object;
 
@@ -49,6 +49,18 @@ pub struct RequestId(pub Arc<str>);
 /// formatters and OTLP exporters never see it); the event emitted alongside carries only the
 /// mutation id. Without a `SyncLayer` installed this does almost nothing.
 pub fn record_mutation_state(mutation_id: &str, before: Option<Object>, after: Option<Object>) {
+    attach_state(mutation_id, before.map(StateValue::Object), after.map(StateValue::Object));
+}
+
+/// Like [`record_mutation_state`], with each state as JSON object text (e.g. the column your
+/// database already returned). Cheapest on the request thread: no tree is built or copied;
+/// the pipeline parses it. The sync key (`tether_id`) is added from the mutation's entity id
+/// when the text lacks it.
+pub fn record_mutation_state_json(mutation_id: &str, before: Option<String>, after: Option<String>) {
+    attach_state(mutation_id, before.map(StateValue::Json), after.map(StateValue::Json));
+}
+
+fn attach_state(mutation_id: &str, before: Option<StateValue>, after: Option<StateValue>) {
     let span = tracing::Span::current();
     let mut state = Some(MutationState { mutation_id: mutation_id.to_owned(), before, after });
     layer::with_request_data(&span, &mut |d| {

@@ -59,12 +59,33 @@ impl CapturedBody {
     }
 }
 
+/// A record state as a host reported it: a JSON object, or its JSON text (cheaper on the
+/// host's thread: one string instead of a tree; parsed by the pipeline).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateValue {
+    Object(Object),
+    Json(String),
+}
+
+impl StateValue {
+    /// The state as an object (`None` when the text is not a JSON object).
+    pub fn into_object(self) -> Option<Object> {
+        match self {
+            StateValue::Object(o) => Some(o),
+            StateValue::Json(text) => match serde_json::from_str(&text) {
+                Ok(serde_json::Value::Object(o)) => Some(o),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// Before/after state a host reported for one mutation.
 #[derive(Debug, Clone, Default)]
 pub struct MutationState {
     pub mutation_id: String,
-    pub before: Option<Object>,
-    pub after: Option<Object>,
+    pub before: Option<StateValue>,
+    pub after: Option<StateValue>,
 }
 
 /// Everything captured about one push or pull.

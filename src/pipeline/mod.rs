@@ -102,6 +102,7 @@ pub fn start(config: &CaptureConfig, writer: ClickHouseWriter) -> anyhow::Result
     let worker_stats = stats.clone();
     std::thread::Builder::new().name("tether-pro-pipeline".into()).spawn(move || {
         let _no_tracing = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
+        lower_priority(cfg.pipeline_nice);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("pipeline runtime");
         rt.block_on(run(rx, writer, settings, cfg, worker_stats, shutdown_rx));
         let _ = done_tx.send(());
@@ -111,6 +112,21 @@ pub fn start(config: &CaptureConfig, writer: ClickHouseWriter) -> anyhow::Result
         Capture { queue, stats: stats.clone(), config: config.clone() },
         CaptureGuard { shutdown: shutdown_tx, done: Some(done_rx), timeout, stats },
     ))
+}
+
+/// Lowers this thread's scheduling priority, so that on a busy machine the host's request
+/// threads get the CPU first. (On Linux the nice value is per thread.)
+fn lower_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    if nice > 0 {
+        // SAFETY: plain syscalls on the calling thread; failure only leaves the priority as is.
+        unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 /// One batch being assembled.

@@ -108,9 +108,22 @@ impl Redactor {
 
     /// Whether a JSON object key (or form field name) is sensitive.
     pub fn is_sensitive(&self, key: &str) -> bool {
+        // Normalize the key's tail once (only as many characters as the longest configured
+        // key can compare), on the stack, then compare every configured key against it.
+        const TAIL: usize = 64;
+        let mut tail = ['\0'; TAIL];
+        let mut len = 0;
+        for c in normalized_rev(key).take(TAIL) {
+            tail[len] = c;
+            len += 1;
+        }
         self.keys.iter().any(|k| {
-            let mut candidate = normalized_rev(key);
-            k.iter().all(|c| candidate.next() == Some(*c))
+            if k.len() <= TAIL {
+                rev_starts_with(&tail[..len], k)
+            } else {
+                let mut candidate = normalized_rev(key);
+                k.iter().all(|c| candidate.next() == Some(*c))
+            }
         })
     }
 

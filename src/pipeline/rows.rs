@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::diff::{self, Change};
 use super::redact::Redactor;
-use crate::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind};
+use crate::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind, StateValue};
 use crate::protocol::{Object, SYNC_KEY};
 
 /// A `sync_requests` row (columns in table order).
@@ -106,21 +106,12 @@ pub mod mutation_outcome {
     pub const UNPROCESSED: &str = "unprocessed";
 }
 
-/// A parsed body, or why it could not be.
-enum Parsed {
-    Json(Value),
-    Unparsed,
-}
-
-fn parse(body: &CapturedBody) -> Parsed {
+fn parse(body: &CapturedBody) -> Option<Value> {
     if !body.is_whole() || body.total == 0 {
-        return Parsed::Unparsed;
+        return None;
     }
     // serde_json's recursion limit turns absurd nesting into an error, not a stack overflow.
-    match serde_json::from_slice::<Value>(&body.to_bytes()) {
-        Ok(v) => Parsed::Json(v),
-        Err(_) => Parsed::Unparsed,
-    }
+    serde_json::from_slice::<Value>(&body.to_bytes()).ok()
 }
 
 /// Cuts `text` to at most `cap` bytes on a character boundary, with a marker.
@@ -137,15 +128,11 @@ pub fn cap_text(mut text: String, cap: usize, true_size: u64) -> (String, bool) 
     (text, true)
 }
 
-/// The stored, redacted text of a body and whether it was truncated.
-fn body_text(body: &CapturedBody, parsed: &Parsed, s: &RowSettings) -> (String, bool) {
+/// The stored text of a body whose JSON (if any) is already redacted, and whether it was cut.
+fn body_text(body: &CapturedBody, parsed: Option<&Value>, s: &RowSettings) -> (String, bool) {
     let text = match parsed {
-        Parsed::Json(v) => {
-            let mut v = v.clone();
-            s.redactor.redact_value(&mut v);
-            v.to_string()
-        }
-        Parsed::Unparsed => s.redactor.redact_text(&String::from_utf8_lossy(&body.to_bytes())),
+        Some(v) => v.to_string(),
+        None => s.redactor.redact_text(&String::from_utf8_lossy(&body.to_bytes())),
     };
     let retained_all = body.retained as u64 == body.total;
     let (mut text, cut) = cap_text(text, s.body_cap_bytes, body.total);
@@ -155,12 +142,15 @@ fn body_text(body: &CapturedBody, parsed: &Parsed, s: &RowSettings) -> (String, 
     (text, cut || !retained_all)
 }
 
-/// Redacted JSON text, capped like bodies (a 10 MB payload is kept in the request body's
-/// true size, not in every column).
-fn redacted_json(v: &Value, s: &RowSettings) -> String {
-    let mut v = v.clone();
+/// Redacts in place, then serializes with the column cap.
+fn redacted_text(mut v: Value, s: &RowSettings) -> String {
     s.redactor.redact_value(&mut v);
-    let text = v.to_string();
+    capped(v.to_string(), s)
+}
+
+/// JSON column text, capped like bodies (a 10 MB payload keeps its true size in the request
+/// row, not in every column).
+fn capped(text: String, s: &RowSettings) -> String {
     let len = text.len() as u64;
     cap_text(text, s.body_cap_bytes, len).0
 }
@@ -179,7 +169,6 @@ fn ms_to_datetime(ms: i64) -> DateTime<Utc> {
 }
 
 /// What the response said about one mutation.
-#[derive(Clone)]
 struct Verdict {
     outcome: &'static str,
     reason: String,
@@ -189,68 +178,86 @@ struct Verdict {
 fn verdicts(resp: &Value) -> HashMap<String, VecDeque<Verdict>> {
     let mut map: HashMap<String, VecDeque<Verdict>> = HashMap::new();
     if let Some(applied) = resp.get("applied").and_then(Value::as_array) {
-        for id in applied {
-            if let Some(id) = id.as_str() {
-                map.entry(id.to_owned()).or_default().push_back(Verdict {
-                    outcome: mutation_outcome::APPLIED,
-                    reason: String::new(),
-                    data: None,
-                });
-            }
+        for id in applied.iter().filter_map(Value::as_str) {
+            map.entry(id.to_owned()).or_default().push_back(Verdict {
+                outcome: mutation_outcome::APPLIED,
+                reason: String::new(),
+                data: None,
+            });
         }
     }
     for (key, default_outcome) in [("rejected", mutation_outcome::REJECTED), ("conflicts", mutation_outcome::CONFLICT)] {
-        if let Some(list) = resp.get(key).and_then(Value::as_array) {
-            for r in list {
-                let id = str_field(r, "mutation_id");
-                let reason = str_field(r, "reason");
-                let outcome = if reason == "duplicate" { mutation_outcome::DUPLICATE } else { default_outcome };
-                let data = r.get("data").filter(|d| !d.is_null()).cloned();
-                map.entry(id).or_default().push_back(Verdict { outcome, reason, data });
-            }
+        for r in resp.get(key).and_then(Value::as_array).into_iter().flatten() {
+            let reason = str_field(r, "reason");
+            let outcome = if reason == "duplicate" { mutation_outcome::DUPLICATE } else { default_outcome };
+            let data = r.get("data").filter(|d| !d.is_null()).cloned();
+            map.entry(str_field(r, "mutation_id")).or_default().push_back(Verdict { outcome, reason, data });
         }
     }
     map
 }
 
-fn without_key(o: &Object) -> Value {
-    let mut o = o.clone();
-    o.remove(SYNC_KEY);
-    Value::Object(o)
+/// A reported state as an object carrying the sync key.
+fn state_object(v: StateValue, entity_id: &str) -> Option<Object> {
+    let mut o = v.into_object()?;
+    if !o.contains_key(SYNC_KEY) {
+        o.insert(SYNC_KEY.to_owned(), Value::String(entity_id.to_owned()));
+    }
+    Some(o)
 }
 
-/// Builds the rows of one record.
-pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
-    let req = parse(&rec.request_body);
-    let resp = parse(&rec.response_body);
-    let (request_body, request_body_truncated) = body_text(&rec.request_body, &req, s);
-    let (response_body, response_body_truncated) = body_text(&rec.response_body, &resp, s);
-    let req_v = match &req {
-        Parsed::Json(v) => v.clone(),
-        Parsed::Unparsed => Value::Null,
-    };
-    let resp_v = match &resp {
-        Parsed::Json(v) => v.clone(),
-        Parsed::Unparsed => Value::Null,
-    };
-    let client_id = str_field(&req_v, "client_id");
-    let success = (200..300).contains(&rec.http_status);
+/// Field diff of two states; the sync key is identity, not a field.
+fn state_diff(before: Option<&Object>, after: Option<&Object>) -> Vec<Change> {
+    let empty = Value::Object(Object::new());
+    let as_value = |o: Option<&Object>| o.map(|o| Value::Object(o.clone()));
+    let (b, a) = (as_value(before), as_value(after));
+    diff::diff(b.as_ref().unwrap_or(&empty), a.as_ref().unwrap_or(&empty))
+        .into_iter()
+        .filter(|c| !matches!(c.path.as_slice(), [diff::PathSegment::Key(k)] if k == SYNC_KEY))
+        .collect()
+}
 
-    let mut error = rec.error.clone().unwrap_or_default();
-    if error.is_empty() && !success {
-        error = match (&resp, rec.http_status) {
-            (_, 0) => "no response".to_owned(),
-            (Parsed::Json(v), status) => {
-                let msg = str_field(v, "message");
-                let code = str_field(v, "error");
-                let text = [code, msg].into_iter().filter(|x| !x.is_empty()).collect::<Vec<_>>().join(": ");
-                if text.is_empty() { format!("HTTP {status}") } else { text }
-            }
-            (Parsed::Unparsed, status) => format!("HTTP {status}"),
-        };
-        error = s.redactor.redact_text(&error);
-        error = cap_text(error, 2048, 0).0;
+fn request_outcome(success: bool, synced: u32, conflicts: u32, failed: u32) -> &'static str {
+    if !success {
+        outcome::ERROR
+    } else if failed == 0 {
+        outcome::OK
+    } else if synced > 0 {
+        outcome::PARTIAL
+    } else if conflicts > 0 {
+        outcome::CONFLICT
+    } else {
+        outcome::REJECTED
     }
+}
+
+fn error_text(rec: &CaptureRecord, resp: Option<&Value>, s: &RowSettings) -> String {
+    if let Some(e) = &rec.error {
+        return cap_text(s.redactor.redact_text(e), 2048, 0).0;
+    }
+    if (200..300).contains(&rec.http_status) {
+        return String::new();
+    }
+    let text = match (resp, rec.http_status) {
+        (_, 0) => "no response".to_owned(),
+        (Some(v), status) => {
+            let parts: Vec<String> = [str_field(v, "error"), str_field(v, "message")].into_iter().filter(|x| !x.is_empty()).collect();
+            if parts.is_empty() { format!("HTTP {status}") } else { parts.join(": ") }
+        }
+        (None, status) => format!("HTTP {status}"),
+    };
+    cap_text(s.redactor.redact_text(&text), 2048, 0).0
+}
+
+/// Builds the rows of one record. Diffs are computed on the raw values and redacted after
+/// (so a changed secret shows as changed, never its value); every JSON tree is redacted in
+/// place once, never copied to be redacted.
+pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
+    let mut req = parse(&rec.request_body);
+    let mut resp = parse(&rec.response_body);
+    let success = (200..300).contains(&rec.http_status);
+    let client_id = req.as_ref().map(|v| str_field(v, "client_id")).unwrap_or_default();
+    let error = error_text(rec, resp.as_ref(), s);
 
     let mut request = RequestRow {
         request_id: rec.request_id.clone(),
@@ -269,120 +276,117 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
         rejected_by_reason: Vec::new(),
         snapshot_count: 0,
         has_more: false,
-        request_body,
+        request_body: String::new(),
         request_body_bytes: rec.request_body.total,
-        request_body_truncated,
-        response_body,
+        request_body_truncated: false,
+        response_body: String::new(),
         response_body_bytes: rec.response_body.total,
-        response_body_truncated,
+        response_body_truncated: false,
         error,
         trace_id: rec.trace_id.clone(),
         span_id: rec.span_id.clone(),
         replay_of: rec.replay_of.clone(),
     };
 
+    let mut mutations = Vec::new();
     if rec.kind == RequestKind::Pull {
-        request.snapshot_count = resp_v.get("snapshots").and_then(Value::as_array).map_or(0, |a| a.len() as u32);
-        request.has_more = resp_v.get("has_more").and_then(Value::as_bool).unwrap_or(false);
+        let r = resp.as_ref();
+        request.snapshot_count = r.and_then(|v| v.get("snapshots")).and_then(Value::as_array).map_or(0, |a| a.len() as u32);
+        request.has_more = r.and_then(|v| v.get("has_more")).and_then(Value::as_bool).unwrap_or(false);
         request.outcome = if success { outcome::OK } else { outcome::ERROR }.to_owned();
-        return Rows { request, mutations: Vec::new() };
+    } else {
+        let mut verdicts = match (&resp, success) {
+            (Some(v), true) => verdicts(v),
+            _ => HashMap::new(),
+        };
+        let mut states: HashMap<&str, VecDeque<&MutationState>> = HashMap::new();
+        for st in &rec.states {
+            states.entry(st.mutation_id.as_str()).or_default().push_back(st);
+        }
+        let empty = Vec::new();
+        let list = req.as_ref().and_then(|v| v.get("mutations")).and_then(Value::as_array).unwrap_or(&empty);
+        let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
+        let (mut applied, mut rejected, mut conflicts, mut duplicates, mut unprocessed) = (0u32, 0u32, 0u32, 0u32, 0u32);
+        mutations.reserve(list.len());
+        for (position, m) in list.iter().enumerate() {
+            let mutation_id = str_field(m, "mutation_id");
+            let entity_id = str_field(m, "entity_id");
+            let verdict = verdicts.get_mut(&mutation_id).and_then(VecDeque::pop_front).unwrap_or_else(|| Verdict {
+                outcome: mutation_outcome::UNPROCESSED,
+                reason: if success { String::new() } else { format!("http_{}", rec.http_status) },
+                data: None,
+            });
+            match verdict.outcome {
+                mutation_outcome::APPLIED => applied += 1,
+                mutation_outcome::CONFLICT => conflicts += 1,
+                mutation_outcome::DUPLICATE => duplicates += 1,
+                mutation_outcome::REJECTED => rejected += 1,
+                _ => unprocessed += 1,
+            }
+            if matches!(verdict.outcome, mutation_outcome::REJECTED | mutation_outcome::DUPLICATE) {
+                *reasons.entry(verdict.reason.clone()).or_default() += 1;
+            }
+            let payload = m.get("payload").and_then(Value::as_object);
+            let state = states.get_mut(mutation_id.as_str()).and_then(VecDeque::pop_front);
+            let has_state = state.is_some();
+            let mut before = state.and_then(|st| st.before.clone()).and_then(|v| state_object(v, &entity_id));
+            let after = state.and_then(|st| st.after.clone()).and_then(|v| state_object(v, &entity_id));
+            if before.is_none() && verdict.outcome == mutation_outcome::CONFLICT {
+                // The host told the client its state; that is the "before" of a conflict.
+                before = verdict.data.as_ref().and_then(|d| d.get("server_state")).and_then(Value::as_object).cloned();
+            }
+            let mut changes = match verdict.outcome {
+                mutation_outcome::APPLIED if has_state => state_diff(before.as_ref(), after.as_ref()),
+                mutation_outcome::CONFLICT => state_diff(before.as_ref(), payload),
+                _ => Vec::new(),
+            };
+            diff::redact_changes(&mut changes, &s.redactor);
+            mutations.push(MutationRow {
+                request_id: rec.request_id.clone(),
+                started_at: rec.started_at,
+                position: position as u32,
+                mutation_id,
+                entity_id,
+                model: str_field(m, "model"),
+                operation: str_field(m, "operation"),
+                client_id: client_id.clone(),
+                client_timestamp: ms_to_datetime(m.get("timestamp").and_then(Value::as_i64).unwrap_or(0)),
+                version: m.get("version").and_then(Value::as_u64).unwrap_or(0),
+                outcome: verdict.outcome.to_owned(),
+                reason: verdict.reason,
+                reason_data: verdict.data.map(|d| redacted_text(d, s)).unwrap_or_default(),
+                // Filled from the redacted request body below: redacted once, not twice.
+                payload: String::new(),
+                state_before: before.map(|b| redacted_text(Value::Object(b), s)).unwrap_or_default(),
+                state_after: after.map(|a| redacted_text(Value::Object(a), s)).unwrap_or_default(),
+                has_state,
+                diff: capped(serde_json::to_string(&changes).unwrap_or_else(|_| "[]".into()), s),
+                trace_id: rec.trace_id.clone(),
+                span_id: rec.span_id.clone(),
+            });
+        }
+        request.mutation_count = list.len() as u32;
+        request.applied_count = applied;
+        request.rejected_count = rejected;
+        request.conflict_count = conflicts;
+        request.duplicate_count = duplicates;
+        request.rejected_by_reason = reasons.into_iter().collect();
+        request.outcome = request_outcome(success, applied + duplicates, conflicts, rejected + conflicts + unprocessed).to_owned();
     }
 
-    let mut verdicts = if success { verdicts(&resp_v) } else { HashMap::new() };
-    let mut states: HashMap<&str, VecDeque<&MutationState>> = HashMap::new();
-    for st in &rec.states {
-        states.entry(st.mutation_id.as_str()).or_default().push_back(st);
-    }
-    let empty = Vec::new();
-    let list = req_v.get("mutations").and_then(Value::as_array).unwrap_or(&empty);
-    let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
-    let mut mutations = Vec::with_capacity(list.len());
-    let (mut applied, mut rejected, mut conflicts, mut duplicates, mut unprocessed) = (0u32, 0u32, 0u32, 0u32, 0u32);
-    for (position, m) in list.iter().enumerate() {
-        let mutation_id = str_field(m, "mutation_id");
-        let verdict = verdicts.get_mut(&mutation_id).and_then(VecDeque::pop_front).unwrap_or_else(|| Verdict {
-            outcome: mutation_outcome::UNPROCESSED,
-            reason: if success { String::new() } else { format!("http_{}", rec.http_status) },
-            data: None,
-        });
-        match verdict.outcome {
-            mutation_outcome::APPLIED => applied += 1,
-            mutation_outcome::CONFLICT => conflicts += 1,
-            mutation_outcome::DUPLICATE => duplicates += 1,
-            mutation_outcome::REJECTED => rejected += 1,
-            _ => unprocessed += 1,
+    if let Some(v) = req.as_mut() {
+        s.redactor.redact_value(v);
+        if let Some(list) = v.get("mutations").and_then(Value::as_array) {
+            for (row, m) in mutations.iter_mut().zip(list) {
+                let payload = m.get("payload").filter(|p| p.is_object());
+                row.payload = payload.map_or_else(|| "{}".to_owned(), |p| capped(p.to_string(), s));
+            }
         }
-        if matches!(verdict.outcome, mutation_outcome::REJECTED | mutation_outcome::DUPLICATE) {
-            *reasons.entry(verdict.reason.clone()).or_default() += 1;
-        }
-        let payload: Object = m.get("payload").and_then(Value::as_object).cloned().unwrap_or_default();
-        let state = states.get_mut(mutation_id.as_str()).and_then(VecDeque::pop_front);
-        let has_state = state.is_some();
-        let mut before = state.and_then(|st| st.before.clone());
-        let after = state.and_then(|st| st.after.clone());
-        if before.is_none() && verdict.outcome == mutation_outcome::CONFLICT {
-            // The host told the client its state; that is the "before" of a conflict.
-            before = verdict.data.as_ref().and_then(|d| d.get("server_state")).and_then(Value::as_object).cloned();
-        }
-        let mut changes: Vec<Change> = match verdict.outcome {
-            mutation_outcome::APPLIED if has_state => diff::diff(
-                &before.as_ref().map_or(Value::Object(Object::new()), without_key),
-                &after.as_ref().map_or(Value::Object(Object::new()), without_key),
-            ),
-            mutation_outcome::CONFLICT => diff::diff(
-                &before.as_ref().map_or(Value::Object(Object::new()), without_key),
-                &Value::Object(payload.clone()),
-            ),
-            _ => Vec::new(),
-        };
-        diff::redact_changes(&mut changes, &s.redactor);
-        let r = s;
-        mutations.push(MutationRow {
-            request_id: rec.request_id.clone(),
-            started_at: rec.started_at,
-            position: position as u32,
-            mutation_id,
-            entity_id: str_field(m, "entity_id"),
-            model: str_field(m, "model"),
-            operation: str_field(m, "operation"),
-            client_id: client_id.clone(),
-            client_timestamp: ms_to_datetime(m.get("timestamp").and_then(Value::as_i64).unwrap_or(0)),
-            version: m.get("version").and_then(Value::as_u64).unwrap_or(0),
-            outcome: verdict.outcome.to_owned(),
-            reason: verdict.reason,
-            reason_data: verdict.data.as_ref().map(|d| redacted_json(d, r)).unwrap_or_default(),
-            payload: redacted_json(&Value::Object(payload), r),
-            state_before: before.map(|b| redacted_json(&Value::Object(b), r)).unwrap_or_default(),
-            state_after: after.map(|a| redacted_json(&Value::Object(a), r)).unwrap_or_default(),
-            has_state,
-            diff: {
-                let text = serde_json::to_string(&changes).unwrap_or_else(|_| "[]".into());
-                let len = text.len() as u64;
-                cap_text(text, s.body_cap_bytes, len).0
-            },
-            trace_id: rec.trace_id.clone(),
-            span_id: rec.span_id.clone(),
-        });
     }
-    request.mutation_count = list.len() as u32;
-    request.applied_count = applied;
-    request.rejected_count = rejected;
-    request.conflict_count = conflicts;
-    request.duplicate_count = duplicates;
-    request.rejected_by_reason = reasons.into_iter().collect();
-    let synced = applied + duplicates;
-    let failed = rejected + conflicts + unprocessed;
-    request.outcome = if !success {
-        outcome::ERROR
-    } else if failed == 0 {
-        outcome::OK
-    } else if synced > 0 {
-        outcome::PARTIAL
-    } else if conflicts > 0 {
-        outcome::CONFLICT
-    } else {
-        outcome::REJECTED
+    if let Some(v) = resp.as_mut() {
+        s.redactor.redact_value(v);
     }
-    .to_owned();
+    (request.request_body, request.request_body_truncated) = body_text(&rec.request_body, req.as_ref(), s);
+    (request.response_body, request.response_body_truncated) = body_text(&rec.response_body, resp.as_ref(), s);
     Rows { request, mutations }
 }

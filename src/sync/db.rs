@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS mutation_log (
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     pub data: Object,
+    /// `data` as stored (JSON text): handed to observers without building another tree.
+    pub data_json: String,
     pub version: u64,
     /// Time of the write that produced this state (the applied mutation's timestamp).
     pub updated_at_us: i64,
@@ -106,9 +108,10 @@ pub fn load(conn: &Connection, model: &str, entity_id: &str) -> rusqlite::Result
          WHERE model = ?1 AND entity_id = ?2",
     )?
     .query_row([model, entity_id], |r| {
-        let data: String = r.get(0)?;
+        let data_json: String = r.get(0)?;
         Ok(Record {
-            data: serde_json::from_str(&data).unwrap_or_default(),
+            data: serde_json::from_str(&data_json).unwrap_or_default(),
+            data_json,
             version: r.get::<_, i64>(1)? as u64,
             updated_at_us: r.get(2)?,
             deleted_at_us: r.get(3)?,
@@ -126,7 +129,7 @@ pub fn upsert(
     version: u64,
     updated_at_us: i64,
     changed_us: i64,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<String> {
     let json = serde_json::to_string(data).expect("a JSON object serialises");
     conn.prepare_cached(
         "INSERT INTO records (model, entity_id, data, version, updated_at_us, deleted_at_us, changed_us)
@@ -136,7 +139,7 @@ pub fn upsert(
            deleted_at_us = NULL, changed_us = excluded.changed_us",
     )?
     .execute(params![model, entity_id, json, version as i64, updated_at_us, changed_us])?;
-    Ok(())
+    Ok(json)
 }
 
 pub fn soft_delete(

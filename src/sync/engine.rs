@@ -19,10 +19,11 @@ use crate::protocol::{
 pub struct MutationEffect {
     pub index: usize,
     pub outcome: EffectOutcome,
-    /// Record state (with sync key) before processing; `None` when there was no live record.
-    pub before: Option<Object>,
-    /// Record state after processing; `None` when there is no live record afterwards.
-    pub after: Option<Object>,
+    /// The record's stored fields before processing, as JSON object text (without the sync
+    /// key); `None` when there was no live record.
+    pub before: Option<String>,
+    /// The stored fields after processing, likewise; `None` when there is no live record.
+    pub after: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +58,7 @@ pub fn rfc3339_from_us(us: i64) -> String {
 }
 
 enum Step {
-    Applied { after: Option<Object> },
+    Applied { after: Option<String> },
     Rejected(Rejection),
     Conflict(Rejection),
     Duplicate(Rejection),
@@ -70,7 +71,7 @@ pub(crate) fn push(db: &mut Db, rules: &Rules<'_>, req: &PushRequest) -> rusqlit
     let mut tx = conn.transaction()?;
     for (index, m) in req.mutations.iter().enumerate() {
         let before_rec = db::load(&tx, &m.model, &m.entity_id)?;
-        let before = live(&before_rec).map(|r| state_with_key(&m.entity_id, &r.data));
+        let before = live(&before_rec).map(|r| r.data_json.clone());
         let sp = tx.savepoint()?;
         let step = match process_one(&sp, &mut clock, rules, &req.client_id, m, live(&before_rec)) {
             Ok(step) => {
@@ -188,8 +189,7 @@ fn process_one(
                 Err(messages) => return Ok(invalid(messages)),
             };
             let updated = current.map_or(ts_us, |r| r.updated_at_us.max(ts_us));
-            db::upsert(conn, &m.model, &m.entity_id, &data, m.version, updated, clock.next())?;
-            Some(state_with_key(&m.entity_id, &data))
+            Some(db::upsert(conn, &m.model, &m.entity_id, &data, m.version, updated, clock.next())?)
         }
         Operation::Delete => {
             if current.is_none() {

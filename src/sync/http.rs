@@ -129,7 +129,7 @@ async fn push(
     // Before/after state for observers: how a host reports it (a no-op without capture).
     for effect in result.effects {
         if let Some(m) = req.mutations.get(effect.index) {
-            crate::capture::record_mutation_state(&m.mutation_id, effect.before, effect.after);
+            crate::capture::record_mutation_state_json(&m.mutation_id, effect.before, effect.after);
         }
     }
     Ok(Json(result.response))
