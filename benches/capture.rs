@@ -567,6 +567,8 @@ fn representative_record() -> CaptureRecord {
         states,
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         span_id: "00f067aa0ba902b7".into(),
+        parent: None,
+        path: "/tether/push".into(),
         replay_of: String::new(),
         error: None,
     }

@@ -209,32 +209,73 @@ async fn pulls_are_captured_with_snapshot_counts() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn rows_carry_the_trace_and_span_ids_of_the_request_span() {
-    use opentelemetry::trace::TracerProvider as _;
+async fn the_server_span_has_the_rows_ids_continues_the_callers_trace_and_parents_the_hosts_spans() {
+    use opentelemetry::trace::SpanKind;
+    use tether_pro::telemetry::{Telemetry, TetherIdGenerator};
     let ch = clickhouse().await;
     ch.migrate().await;
-    let (capture, guard) = pipeline::start(&fast_config(), ClickHouseWriter::new(ch.client())).unwrap();
     let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    let subscriber = tracing_subscriber::registry()
-        .with(capture.layer())
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_id_generator(TetherIdGenerator::default())
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let telemetry = Telemetry::from_providers(Some(&provider), None);
+    let (capture, mut guard) = pipeline::start_with_telemetry(&fast_config(), ClickHouseWriter::new(ch.client()), telemetry.clone()).unwrap();
+    let subscriber = tracing_subscriber::registry().with(capture.layer()).with(telemetry.layer().unwrap());
     let _sub = tracing::subscriber::set_default(subscriber);
-    let base = serve(sync::router(SyncServer::in_memory()).layer(capture.http_layer())).await;
-    let body = json!({"client_id": CLIENT, "mutations": [mutation("01JM0000000000000000000001", T1, "create", json!({"title": "t"}), 1)]});
-    let resp = reqwest::Client::new().post(format!("{base}/tether/push")).json(&body).send().await.unwrap();
+    // A host whose handler opens a span of its own.
+    let app = axum::Router::new()
+        .route(
+            "/tether/push",
+            axum::routing::post(|axum::Json(req): axum::Json<Value>| async move {
+                let _work = tracing::info_span!("host.apply").entered();
+                axum::Json(json!({"applied": [req["mutations"][0]["mutation_id"]]}))
+            }),
+        )
+        .layer(capture.http_layer());
+    let base = serve(app).await;
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let body = json!({"client_id": CLIENT, "mutations": [mutation("01JM0000000000000000000001", T1, "create", json!({"title": "Buy milk", "password": SECRET}), 1)]});
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/tether/push"))
+        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+        .header("x-tether-client-version", "ios/1.0")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     resp.bytes().await.unwrap();
-    let mut guard = guard;
     guard.shutdown();
     provider.force_flush().unwrap();
+
     let spans = exporter.get_finished_spans().unwrap();
-    let push = spans.iter().find(|s| s.name == "tether.push").expect("the push span was exported");
+    let server = spans.iter().find(|s| s.name == "tether.push").expect("the request span was exported");
+    let host = spans.iter().find(|s| s.name == "host.apply").expect("the host's span was exported");
+    assert_eq!(server.span_kind, SpanKind::Server);
+    assert_eq!(server.span_context.trace_id().to_string(), caller_trace, "the caller's trace continues");
+    assert_eq!(server.parent_span_id.to_string(), caller_span);
+    assert_eq!(host.span_context.trace_id(), server.span_context.trace_id());
+    assert_eq!(host.parent_span_id, server.span_context.span_id(), "the host's span is a child of the request span");
+    let attr = |k: &str| server.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string());
+    assert_eq!(attr("tether.client_id").as_deref(), Some(CLIENT));
+    assert_eq!(attr("tether.client_version").as_deref(), Some("ios/1.0"));
+    assert_eq!(attr("tether.applied_count").as_deref(), Some("1"));
+    assert_eq!(attr("tether.outcome").as_deref(), Some("ok"));
+    assert_eq!(attr("http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(attr("http.route").as_deref(), Some("/tether/push"));
+    let events: Vec<_> = server.events.iter().collect();
+    assert_eq!(events.len(), 1);
+    assert!(events[0].attributes.iter().any(|kv| kv.key.as_str() == "tether.outcome" && kv.value.to_string() == "applied"));
+    // Nothing of the payload is in OTLP data, not even redacted.
+    let everything = format!("{spans:?}");
+    assert!(!everything.contains("Buy milk") && !everything.contains("PLANTED") && !everything.contains("REDACTED"));
+
     let row = ch.rows("SELECT trace_id, span_id FROM sync_requests").await;
-    assert_eq!(row[0]["trace_id"], push.span_context.trace_id().to_string());
-    assert_eq!(row[0]["span_id"], push.span_context.span_id().to_string());
-    assert_eq!(row[0]["trace_id"].as_str().unwrap().len(), 32);
-    let m = ch.rows("SELECT trace_id FROM sync_mutations").await;
+    assert_eq!(row[0]["trace_id"], server.span_context.trace_id().to_string());
+    assert_eq!(row[0]["span_id"], server.span_context.span_id().to_string());
+    let m = ch.rows("SELECT trace_id, span_id FROM sync_mutations").await;
     assert_eq!(m[0]["trace_id"], row[0]["trace_id"]);
 }
 
@@ -364,11 +405,13 @@ fn clickhouse_down_then_back_buffers_within_the_cap_and_counts_every_drop() {
         for i in 0..SENT {
             let id = format!("01JM{:022}", i);
             h.push(json!({"client_id": CLIENT, "mutations": [mutation(&id, T1, "create", json!({"title": "t"}), 1_000)]})).await;
+            // Spread over many pipeline ticks, so batches pile up behind the stuck writer.
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let before = h.capture.stats().totals();
-        assert!(before.dropped > 0, "the queue overflowed while ClickHouse was down");
         assert!(before.insert_failures > 0, "inserts were attempted and failed");
-        assert_eq!(before.enqueued + before.dropped, SENT, "every request is either buffered or counted as dropped");
+        assert_eq!(before.enqueued + before.dropped, SENT, "every request is either queued or counted as dropped");
+        assert!(before.dropped + before.buffer_dropped > 0, "the bounded buffer overflowed while ClickHouse was down: {before:?}");
 
         let data = tempfile::tempdir().unwrap();
         let opts = tether_pro::store::local::LocalClickHouseOptions {
@@ -382,9 +425,13 @@ fn clickhouse_down_then_back_buffers_within_the_cap_and_counts_every_drop() {
         h.flush();
         let after = h.capture.stats().totals();
         assert_eq!(after.records_failed, 0);
-        assert_eq!(after.requests_written, before.enqueued, "every buffered record arrived");
-        assert_eq!(h.ch.count("SELECT count() FROM sync_requests").await, before.enqueued);
-        assert_eq!(after.dropped, before.dropped, "no more drops once ClickHouse is back");
+        assert_eq!(after.enqueued, before.enqueued);
+        assert_eq!(
+            after.requests_written,
+            after.enqueued - after.buffer_dropped,
+            "every buffered record arrived, and every record not written is counted: {after:?}"
+        );
+        assert_eq!(h.ch.count("SELECT count() FROM sync_requests").await, after.requests_written);
         drop(h);
         tokio::task::spawn_blocking(move || server.stop()).await.unwrap();
     });

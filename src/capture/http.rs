@@ -15,6 +15,8 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
+use opentelemetry::Context as OtelContext;
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags};
 use tracing::Span;
 use tracing::field::Empty;
 
@@ -22,6 +24,7 @@ use super::layer::with_request_data;
 use super::record::{CapturedBody, RequestKind};
 use super::{CAPTURE_TARGET, REPLAY_OF_HEADER, RequestId, SPAN_PULL, SPAN_PUSH};
 use crate::protocol::{CLIENT_VERSION_HEADER, PULL_PATH, PUSH_PATH};
+use crate::telemetry::ids;
 
 /// How much of each body `CaptureLayer` keeps for the pipeline.
 #[derive(Debug, Clone, Copy)]
@@ -109,7 +112,7 @@ where
         let Some(kind) = kind else {
             let (parts, body) = req.into_parts();
             let fut = self.inner.call(Request::from_parts(parts, TeeBody::passthrough(body)));
-            return CaptureFuture { inner: fut, span: None, retain: 0 };
+            return CaptureFuture { inner: fut, span: None, otel_cx: None, retain: 0 };
         };
         let request_id = ulid::Ulid::new().to_string();
         let version = req.headers().get(CLIENT_VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -128,33 +131,52 @@ where
             ),
         };
         let replay_of = req.headers().get(REPLAY_OF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        // The OpenTelemetry ids of this span (when an OTel layer is installed), so a stored
-        // row leads to its trace.
-        let (trace_id, span_id) = otel_ids(&span);
+        // The server span's ids, minted now (continuing an incoming traceparent): the host's
+        // own spans parent to it, and the pipeline exports it later with these ids.
+        let parent = incoming_parent(req.headers());
+        let trace_id = parent.as_ref().map_or_else(ids::mint_trace_id, |p| p.trace_id());
+        let span_id = ids::mint_span_id();
+        let flags = parent.as_ref().map_or(TraceFlags::SAMPLED, |p| p.trace_flags());
+        let state = parent.as_ref().map(|p| p.trace_state().clone()).unwrap_or_default();
+        let otel_cx = OtelContext::new().with_remote_span_context(SpanContext::new(trace_id, span_id, flags, false, state));
+        let path = req.uri().path().to_owned();
         with_request_data(&span, &mut |d| {
             d.replay_of.clone_from(&replay_of);
-            d.trace_id.clone_from(&trace_id);
-            d.span_id.clone_from(&span_id);
+            d.trace_id = trace_id.to_string();
+            d.span_id = span_id.to_string();
+            d.parent = parent.clone();
+            d.path.clone_from(&path);
         });
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(RequestId(Arc::from(request_id.as_str())));
         let body = TeeBody::capturing(body, span.clone(), Which::Request, self.limits.retain_bytes);
         let fut = {
             let _enter = span.enter();
+            let _cx = otel_cx.clone().attach();
             self.inner.call(Request::from_parts(parts, body))
         };
-        CaptureFuture { inner: fut, span: Some(span), retain: self.limits.retain_bytes }
+        CaptureFuture { inner: fut, span: Some(span), otel_cx: Some(otel_cx), retain: self.limits.retain_bytes }
     }
 }
 
-/// W3C trace and span ids of `span`'s OpenTelemetry span; empty without an OTel layer.
-fn otel_ids(span: &Span) -> (String, String) {
-    use opentelemetry::trace::TraceContextExt;
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let cx = span.context();
-    let otel_span = cx.span();
-    let sc = otel_span.span_context();
-    if sc.is_valid() { (sc.trace_id().to_string(), sc.span_id().to_string()) } else { (String::new(), String::new()) }
+/// The caller's span context from a W3C `traceparent` header, when valid.
+fn incoming_parent(headers: &http::HeaderMap) -> Option<SpanContext> {
+    use opentelemetry::propagation::{Extractor, TextMapPropagator};
+    struct Headers<'a>(&'a http::HeaderMap);
+    impl Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(|k| k.as_str()).collect()
+        }
+    }
+    if !headers.contains_key("traceparent") {
+        return None;
+    }
+    let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&Headers(headers));
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
 }
 
 pin_project! {
@@ -162,6 +184,8 @@ pin_project! {
         #[pin]
         inner: F,
         span: Option<Span>,
+        // Current while the host's future runs, so its OpenTelemetry spans parent to ours.
+        otel_cx: Option<OtelContext>,
         retain: usize,
     }
 }
@@ -178,6 +202,7 @@ where
         let this = self.project();
         let out = {
             let _enter = this.span.as_ref().map(|s| s.enter());
+            let _cx = this.otel_cx.as_ref().map(|c| c.clone().attach());
             ready!(this.inner.poll(cx))
         };
         let Some(span) = this.span.take() else {

@@ -38,6 +38,8 @@ pub(crate) struct RequestData {
     pub replay_of: String,
     pub trace_id: String,
     pub span_id: String,
+    pub parent: Option<opentelemetry::trace::SpanContext>,
+    pub path: String,
     pub error: Option<String>,
 }
 
@@ -142,6 +144,8 @@ where
             replay_of: String::new(),
             trace_id: String::new(),
             span_id: String::new(),
+            parent: None,
+            path: String::new(),
             error: None,
         };
         attrs.record(&mut FieldVisitor(&mut data));
@@ -175,6 +179,8 @@ where
             states: data.states,
             trace_id: data.trace_id,
             span_id: data.span_id,
+            parent: data.parent,
+            path: data.path,
             replay_of: data.replay_of,
             error: data.error,
         });

@@ -16,6 +16,9 @@ pub struct CaptureStats {
     pub enqueued: AtomicU64,
     /// Records dropped because the queue was full (records or bytes).
     pub dropped: AtomicU64,
+    /// Records processed but dropped because the write buffer was full (ClickHouse down or
+    /// slower than the traffic for longer than the buffer lasts).
+    pub buffer_dropped: AtomicU64,
     /// Records currently queued.
     pub queue_depth: AtomicU64,
     /// Bytes currently queued.
@@ -39,6 +42,7 @@ pub struct CaptureStats {
 pub struct CaptureTotals {
     pub enqueued: u64,
     pub dropped: u64,
+    pub buffer_dropped: u64,
     pub queue_depth: u64,
     pub queue_bytes: u64,
     pub requests_written: u64,
@@ -55,6 +59,7 @@ impl CaptureStats {
         CaptureTotals {
             enqueued: g(&self.enqueued),
             dropped: g(&self.dropped),
+            buffer_dropped: g(&self.buffer_dropped),
             queue_depth: g(&self.queue_depth),
             queue_bytes: self.queue_bytes.load(Ordering::Relaxed) as u64,
             requests_written: g(&self.requests_written),
@@ -175,6 +180,8 @@ mod tests {
             states: Vec::new(),
             trace_id: String::new(),
             span_id: String::new(),
+            parent: None,
+            path: String::new(),
             replay_of: String::new(),
             error: None,
         }

@@ -101,8 +101,13 @@ pub struct CaptureRecord {
     pub request_body: CapturedBody,
     pub response_body: CapturedBody,
     pub states: Vec<MutationState>,
+    /// W3C ids of the request's server span (minted on arrival; hex).
     pub trace_id: String,
     pub span_id: String,
+    /// The caller's span from an incoming `traceparent`, if any.
+    pub parent: Option<opentelemetry::trace::SpanContext>,
+    /// The request path as received (e.g. `/api/tether/push`).
+    pub path: String,
     pub replay_of: String,
     /// Transport-level failure (the host's service errored, or a body stream failed).
     pub error: Option<String>,

@@ -23,6 +23,8 @@ use crate::capture::queue::{self, QueueReceiver};
 use crate::capture::{CaptureInterest, CaptureLayer, CaptureLimits, CaptureQueue, CaptureStats, SyncLayer};
 use crate::config::CaptureConfig;
 pub use rows::{MutationRow, RequestRow, RowSettings, Rows};
+
+use crate::telemetry::Telemetry;
 pub use writer::{ClickHouseWriter, WriteError};
 
 /// A running capture pipeline: hands out layers and reports its counters.
@@ -87,8 +89,18 @@ impl Drop for CaptureGuard {
     }
 }
 
-/// Starts the pipeline thread writing through `writer`.
+/// Starts the pipeline thread writing through `writer`, with no OpenTelemetry output.
 pub fn start(config: &CaptureConfig, writer: ClickHouseWriter) -> anyhow::Result<(Capture, CaptureGuard)> {
+    start_with_telemetry(config, writer, Telemetry::disabled())
+}
+
+/// Starts the pipeline thread writing through `writer` and emitting each request's server
+/// span and metrics through `telemetry`.
+pub fn start_with_telemetry(
+    config: &CaptureConfig,
+    writer: ClickHouseWriter,
+    telemetry: Telemetry,
+) -> anyhow::Result<(Capture, CaptureGuard)> {
     config.validate()?;
     let stats = Arc::new(CaptureStats::default());
     let (queue, rx) = queue::bounded(config.queue_records, config.queue_bytes, stats.clone());
@@ -100,11 +112,12 @@ pub fn start(config: &CaptureConfig, writer: ClickHouseWriter) -> anyhow::Result
     };
     let cfg = config.clone();
     let worker_stats = stats.clone();
+    telemetry.observe_capture(stats.clone());
     std::thread::Builder::new().name("tether-pro-pipeline".into()).spawn(move || {
         let _no_tracing = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
         lower_priority(cfg.pipeline_nice);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("pipeline runtime");
-        rt.block_on(run(rx, writer, settings, cfg, worker_stats, shutdown_rx));
+        rt.block_on(run(rx, writer, settings, cfg, worker_stats, shutdown_rx, telemetry));
         let _ = done_tx.send(());
     })?;
     let timeout = Duration::from_millis(config.flush_timeout_ms);
@@ -135,29 +148,56 @@ struct Batch {
     requests: Vec<RequestRow>,
     mutations: Vec<MutationRow>,
     records: u64,
-    bytes: usize,
     row_bytes: usize,
 }
 
+/// Batches waiting for ClickHouse at most (each up to `batch_rows` / `batch_bytes`): with the
+/// queue, the bound on the pipeline's memory while ClickHouse is away.
+const WRITE_BUFFER_BATCHES: usize = 4;
+
+/// Two stages on one thread: processing drains the queue continuously (rows, redaction,
+/// diffs, OpenTelemetry), so spans and metrics keep flowing while ClickHouse is down;
+/// writing takes finished batches to ClickHouse with retries.
 async fn run(
-    mut rx: QueueReceiver,
+    rx: QueueReceiver,
     writer: ClickHouseWriter,
     settings: RowSettings,
     cfg: CaptureConfig,
     stats: Arc<CaptureStats>,
+    shutdown: watch::Receiver<bool>,
+    telemetry: Telemetry,
+) {
+    let (batches_tx, batches_rx) = tokio::sync::mpsc::channel::<Batch>(WRITE_BUFFER_BATCHES);
+    let stop_at = std::rc::Rc::new(std::cell::Cell::new(None::<Instant>));
+    let process = process_loop(rx, batches_tx, settings, cfg.clone(), stats.clone(), shutdown, telemetry.clone(), stop_at.clone());
+    let write = write_loop(batches_rx, writer, stats, telemetry, stop_at);
+    tokio::join!(process, write);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn process_loop(
+    mut rx: QueueReceiver,
+    batches: tokio::sync::mpsc::Sender<Batch>,
+    settings: RowSettings,
+    cfg: CaptureConfig,
+    stats: Arc<CaptureStats>,
     mut shutdown: watch::Receiver<bool>,
+    telemetry: Telemetry,
+    stop_at: std::rc::Rc<std::cell::Cell<Option<Instant>>>,
 ) {
     let interval = Duration::from_millis(cfg.batch_interval_ms);
     let wake = rx.wake.clone();
-    let mut stopping = false;
     let mut taken = Vec::new();
     loop {
-        if !stopping {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = wake.notified() => {}
-                _ = shutdown.changed() => stopping = true,
-            }
+        let mut stopping = false;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = wake.notified() => {}
+            _ = shutdown.changed() => stopping = true,
+        }
+        if stopping || *shutdown.borrow() {
+            stopping = true;
+            stop_at.set(Some(Instant::now() + Duration::from_millis(cfg.flush_timeout_ms)));
         }
         if stats.dropped.load(Ordering::Relaxed) > 0 && !stats.warned_drop.swap(true, Ordering::Relaxed) {
             eprintln!(
@@ -165,16 +205,6 @@ async fn run(
                 cfg.queue_records, cfg.queue_bytes
             );
         }
-        let flush_timeout = Duration::from_millis(cfg.flush_timeout_ms);
-        let stop_at = std::cell::Cell::new(stopping.then(|| Instant::now() + flush_timeout));
-        // Shutdown may begin while a write is retrying: the deadline appears then.
-        let deadline = || {
-            if stop_at.get().is_none() && *shutdown.borrow() {
-                stop_at.set(Some(Instant::now() + flush_timeout));
-            }
-            stop_at.get()
-        };
-        // Drain everything queued, writing in batches of at most batch_rows / batch_bytes.
         let mut batch = Batch::default();
         loop {
             taken.clear();
@@ -183,50 +213,72 @@ async fn run(
             }
             for (rec, bytes) in taken.drain(..) {
                 let rows = rows::build(&rec, &settings);
+                telemetry.record(&rec, &rows);
+                drop(rec);
+                rx.release(bytes);
                 batch.row_bytes += rows.request.request_body.len() + rows.request.response_body.len() + 512;
-                batch.row_bytes += rows.mutations.iter().map(|m| m.payload.len() + m.state_before.len() + m.state_after.len() + m.diff.len() + 256).sum::<usize>();
+                batch.row_bytes += rows
+                    .mutations
+                    .iter()
+                    .map(|m| m.payload.len() + m.state_before.len() + m.state_after.len() + m.diff.len() + 256)
+                    .sum::<usize>();
                 batch.requests.push(rows.request);
                 batch.mutations.extend(rows.mutations);
                 batch.records += 1;
-                batch.bytes += bytes;
                 if batch.mutations.len() + batch.requests.len() >= cfg.batch_rows || batch.row_bytes >= cfg.batch_bytes {
-                    flush(&writer, std::mem::take(&mut batch), &rx, &stats, &deadline).await;
+                    hand_over(&batches, std::mem::take(&mut batch), &stats);
                 }
             }
         }
-        flush(&writer, batch, &rx, &stats, &deadline).await;
-        if stopping || stop_at.get().is_some() {
-            return;
+        hand_over(&batches, batch, &stats);
+        if stopping {
+            return; // dropping `batches` lets the writer finish what it has and stop
         }
     }
 }
 
-async fn flush(
-    writer: &ClickHouseWriter,
-    batch: Batch,
-    rx: &QueueReceiver,
-    stats: &CaptureStats,
-    deadline: &dyn Fn() -> Option<Instant>,
-) {
+/// Passes a batch to the writer, or drops and counts it when the write buffer is full.
+fn hand_over(batches: &tokio::sync::mpsc::Sender<Batch>, batch: Batch, stats: &CaptureStats) {
     if batch.records == 0 {
         return;
     }
-    let token = ulid::Ulid::new().to_string();
-    let started = Instant::now();
-    let on_failure = |_: &clickhouse::error::Error| {
-        stats.insert_failures.fetch_add(1, Ordering::Relaxed);
-    };
-    match writer.write(&batch.requests, &batch.mutations, &token, deadline, &on_failure).await {
-        Ok(()) => {
-            stats.requests_written.fetch_add(batch.requests.len() as u64, Ordering::Relaxed);
-            stats.mutations_written.fetch_add(batch.mutations.len() as u64, Ordering::Relaxed);
-            stats.inserts.fetch_add(1, Ordering::Relaxed);
-            stats.insert_latency_us_sum.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        }
-        Err(e) => {
-            stats.records_failed.fetch_add(batch.records, Ordering::Relaxed);
-            eprintln!("tether-pro: {} captured requests not written: {e}", batch.records);
+    if let Err(e) = batches.try_send(batch) {
+        let records = match e {
+            tokio::sync::mpsc::error::TrySendError::Full(b) | tokio::sync::mpsc::error::TrySendError::Closed(b) => b.records,
+        };
+        if stats.buffer_dropped.fetch_add(records, Ordering::Relaxed) == 0 {
+            eprintln!("tether-pro: ClickHouse is not keeping up: dropping captured records; the sync server is unaffected");
         }
     }
-    rx.release(batch.bytes);
+}
+
+async fn write_loop(
+    mut batches: tokio::sync::mpsc::Receiver<Batch>,
+    writer: ClickHouseWriter,
+    stats: Arc<CaptureStats>,
+    telemetry: Telemetry,
+    stop_at: std::rc::Rc<std::cell::Cell<Option<Instant>>>,
+) {
+    let deadline = || stop_at.get();
+    while let Some(batch) = batches.recv().await {
+        let token = ulid::Ulid::new().to_string();
+        let started = Instant::now();
+        let on_failure = |_: &clickhouse::error::Error| {
+            stats.insert_failures.fetch_add(1, Ordering::Relaxed);
+        };
+        match writer.write(&batch.requests, &batch.mutations, &token, &deadline, &on_failure).await {
+            Ok(()) => {
+                let elapsed = started.elapsed();
+                stats.requests_written.fetch_add(batch.requests.len() as u64, Ordering::Relaxed);
+                stats.mutations_written.fetch_add(batch.mutations.len() as u64, Ordering::Relaxed);
+                stats.inserts.fetch_add(1, Ordering::Relaxed);
+                stats.insert_latency_us_sum.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+                telemetry.record_insert(elapsed.as_secs_f64());
+            }
+            Err(e) => {
+                stats.records_failed.fetch_add(batch.records, Ordering::Relaxed);
+                eprintln!("tether-pro: {} captured requests not written: {e}", batch.records);
+            }
+        }
+    }
 }

@@ -1,0 +1,110 @@
+//! Metric instruments, created once. Attributes have bounded cardinality: the client id is
+//! never an attribute (it belongs in ClickHouse), and models beyond a cap share one value.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, MeterProvider as _};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+
+use super::{SCOPE, TelemetryStats};
+use crate::capture::CaptureStats;
+
+/// Distinct model names reported before the rest become [`OTHER_MODEL`].
+pub const MAX_MODELS: usize = 50;
+/// The model attribute of models past the cap.
+pub const OTHER_MODEL: &str = "_other";
+
+/// Latency buckets in seconds (the HTTP semantic conventions' recommendation).
+const DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+
+pub(crate) struct Instruments {
+    pub requests: Counter<u64>,
+    pub request_duration: Histogram<f64>,
+    pub http_duration: Histogram<f64>,
+    pub mutations: Counter<u64>,
+    pub conflicts: Counter<u64>,
+    pub rejections: Counter<u64>,
+    pub snapshots: Counter<u64>,
+    pub insert_duration: Histogram<f64>,
+    models: Mutex<HashSet<String>>,
+}
+
+impl Instruments {
+    pub fn new(provider: &SdkMeterProvider) -> Self {
+        let m = provider.meter(SCOPE);
+        let seconds = |name: &'static str, description: &'static str| {
+            m.f64_histogram(name).with_unit("s").with_description(description).with_boundaries(DURATION_BUCKETS.to_vec()).build()
+        };
+        Instruments {
+            requests: m.u64_counter("tether.requests").with_description("Tether pushes and pulls, by kind and outcome").build(),
+            request_duration: seconds("tether.request.duration", "Time to the end of the response body, by kind and outcome"),
+            http_duration: seconds("http.server.request.duration", "HTTP server request duration (semantic conventions)"),
+            mutations: m.u64_counter("tether.mutations").with_description("Pushed mutations by model, operation and outcome").build(),
+            conflicts: m.u64_counter("tether.conflicts").with_description("Conflicting mutations by model").build(),
+            rejections: m.u64_counter("tether.rejections").with_description("Rejected mutations by reason (duplicates included)").build(),
+            snapshots: m.u64_counter("tether.snapshots").with_description("Snapshots served by pulls").build(),
+            insert_duration: seconds("tether.capture.insert.duration", "ClickHouse insert latency of the capture pipeline"),
+            models: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The model's attribute value, capped at [`MAX_MODELS`] distinct names.
+    pub fn model(&self, model: &str) -> String {
+        let mut seen = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(model) {
+            return model.to_owned();
+        }
+        if seen.len() < MAX_MODELS {
+            seen.insert(model.to_owned());
+            return model.to_owned();
+        }
+        OTHER_MODEL.to_owned()
+    }
+}
+
+/// Observable instruments over the capture pipeline's and exporters' counters.
+pub(crate) fn observe_capture(provider: &SdkMeterProvider, c: Arc<CaptureStats>, t: Arc<TelemetryStats>) {
+    let m = provider.meter(SCOPE);
+    let c1 = c.clone();
+    m.u64_observable_gauge("tether.capture.queue.depth")
+        .with_description("Captured records waiting in the queue")
+        .with_callback(move |o| o.observe(c1.queue_depth.load(Ordering::Relaxed), &[]))
+        .build();
+    let c2 = c.clone();
+    m.u64_observable_gauge("tether.capture.queue.bytes")
+        .with_unit("By")
+        .with_description("Bytes held by queued records")
+        .with_callback(move |o| o.observe(c2.queue_bytes.load(Ordering::Relaxed) as u64, &[]))
+        .build();
+    let c3 = c.clone();
+    m.u64_observable_counter("tether.capture.records.dropped")
+        .with_description("Captured records dropped (queue or write buffer full)")
+        .with_callback(move |o| {
+            o.observe(c3.dropped.load(Ordering::Relaxed), &[KeyValue::new("stage", "queue")]);
+            o.observe(c3.buffer_dropped.load(Ordering::Relaxed), &[KeyValue::new("stage", "write_buffer")]);
+        })
+        .build();
+    let c4 = c.clone();
+    m.u64_observable_counter("tether.capture.rows.written")
+        .with_description("Rows the capture pipeline wrote to ClickHouse")
+        .with_callback(move |o| {
+            o.observe(c4.requests_written.load(Ordering::Relaxed), &[KeyValue::new("table", "sync_requests")]);
+            o.observe(c4.mutations_written.load(Ordering::Relaxed), &[KeyValue::new("table", "sync_mutations")]);
+        })
+        .build();
+    let c5 = c;
+    m.u64_observable_counter("tether.capture.insert.failures")
+        .with_description("Failed ClickHouse insert attempts (each retry counts)")
+        .with_callback(move |o| o.observe(c5.insert_failures.load(Ordering::Relaxed), &[]))
+        .build();
+    m.u64_observable_counter("tether.telemetry.export.failures")
+        .with_description("Failed OTLP exports, by signal")
+        .with_callback(move |o| {
+            o.observe(t.span_export_failures.load(Ordering::Relaxed), &[KeyValue::new("signal", "traces")]);
+            o.observe(t.metric_export_failures.load(Ordering::Relaxed), &[KeyValue::new("signal", "metrics")]);
+        })
+        .build();
+}

@@ -1,0 +1,246 @@
+//! OpenTelemetry: traces and metrics over OTLP, configured by the standard `OTEL_*`
+//! environment variables.
+//!
+//! - `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT` / `..._METRICS_ENDPOINT`): where
+//!   to send. With no endpoint for a signal, that signal is not exported at all and costs
+//!   nothing. `OTEL_SDK_DISABLED=true` turns both off; `OTEL_TRACES_EXPORTER=none` /
+//!   `OTEL_METRICS_EXPORTER=none` one of them.
+//! - `OTEL_EXPORTER_OTLP_PROTOCOL` (or per signal): `grpc` or `http/protobuf` (the default).
+//! - Headers, timeout, compression and batch settings (`OTEL_EXPORTER_OTLP_HEADERS`,
+//!   `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_BSP_*`, `OTEL_METRIC_EXPORT_INTERVAL`) are read by the
+//!   exporters themselves.
+//! - `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` name the service.
+//!
+//! The request span (`tether.push` / `tether.pull`, kind server) is built by the pipeline
+//! once the bodies are parsed, with the ids the capture layer minted on arrival (see `ids`),
+//! so it carries client id, counts and outcome with no parsing on the request thread. Spans
+//! the host opens inside its handler are its children. No payload, body, state or diff ever
+//! goes into OTLP.
+
+pub mod export;
+pub mod ids;
+mod instruments;
+mod record;
+
+use std::sync::Arc;
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use tracing_subscriber::Layer;
+use tracing_subscriber::registry::LookupSpan;
+
+pub use export::TelemetryStats;
+pub use ids::TetherIdGenerator;
+pub(crate) use instruments::Instruments;
+
+use crate::capture::CaptureStats;
+
+/// Instrumentation scope of everything tether-pro emits.
+pub const SCOPE: &str = "tether-pro";
+
+/// Handle the pipeline uses to emit spans and metrics. Cheap to clone; a disabled handle
+/// does nothing.
+#[derive(Clone, Default)]
+pub struct Telemetry {
+    pub(crate) tracer: Option<SdkTracer>,
+    pub(crate) instruments: Option<Arc<Instruments>>,
+    meter_provider: Option<SdkMeterProvider>,
+    stats: Arc<TelemetryStats>,
+}
+
+impl Telemetry {
+    /// Emits nothing.
+    pub fn disabled() -> Self {
+        Telemetry::default()
+    }
+
+    /// From providers you built yourself. The tracer provider must use
+    /// [`TetherIdGenerator`] (request spans keep the ids their children already use).
+    pub fn from_providers(tracer: Option<&SdkTracerProvider>, meter: Option<&SdkMeterProvider>) -> Self {
+        Telemetry {
+            tracer: tracer.map(|p| p.tracer(SCOPE)),
+            instruments: meter.map(|m| Arc::new(Instruments::new(m))),
+            meter_provider: meter.cloned(),
+            stats: Arc::new(TelemetryStats::default()),
+        }
+    }
+
+    pub fn traces_enabled(&self) -> bool {
+        self.tracer.is_some()
+    }
+
+    pub fn metrics_enabled(&self) -> bool {
+        self.instruments.is_some()
+    }
+
+    pub fn stats(&self) -> &Arc<TelemetryStats> {
+        &self.stats
+    }
+
+    /// Registers the capture pipeline's own health gauges (queue depth, drops, rows written,
+    /// insert failures) and the exporters' failure counts.
+    pub fn observe_capture(&self, capture: Arc<CaptureStats>) {
+        if let (Some(provider), Some(_)) = (&self.meter_provider, &self.instruments) {
+            instruments::observe_capture(provider, capture, self.stats.clone());
+        }
+    }
+
+    /// The `tracing-opentelemetry` layer for the host's own spans, or `None` when traces are
+    /// off. The exporter's own stack and tether-pro's capture spans (exported by the pipeline
+    /// with their full attributes) are filtered out of it.
+    pub fn layer<S>(&self) -> Option<impl Layer<S> + use<S>>
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let tracer = self.tracer.clone()?;
+        let filter = tracing_subscriber::filter::filter_fn(|meta| !is_excluded_target(meta.target()));
+        Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(filter))
+    }
+}
+
+/// Targets whose spans and events never become OTLP data: the exporter's transport (every
+/// export would otherwise make more spans), the pipeline's ClickHouse client, and our own
+/// capture spans and mutation events.
+pub fn is_excluded_target(target: &str) -> bool {
+    const EXCLUDED: &[&str] = &["hyper", "h2", "tonic", "tower", "reqwest", "clickhouse", "tether_pro::capture", "tether_pro::mutation"];
+    // opentelemetry, opentelemetry_sdk, opentelemetry-otlp ... (the SDK's internal logs)
+    target.starts_with("opentelemetry")
+        || EXCLUDED.iter().any(|p| target == *p || (target.starts_with(p) && target[p.len()..].starts_with("::")))
+}
+
+/// Flushes and shuts down traces, then metrics, reporting every error to stderr.
+#[must_use = "dropping the guard shuts telemetry down"]
+pub struct TelemetryGuard {
+    tracer_provider: Option<SdkTracerProvider>,
+    meter_provider: Option<SdkMeterProvider>,
+}
+
+impl TelemetryGuard {
+    pub fn shutdown(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Some(p) = self.tracer_provider.take() {
+            if let Err(e) = p.force_flush() {
+                errors.push(format!("flushing traces: {e}"));
+            }
+            if let Err(e) = p.shutdown() {
+                errors.push(format!("shutting down traces: {e}"));
+            }
+        }
+        if let Some(p) = self.meter_provider.take() {
+            if let Err(e) = p.force_flush() {
+                errors.push(format!("flushing metrics: {e}"));
+            }
+            if let Err(e) = p.shutdown() {
+                errors.push(format!("shutting down metrics: {e}"));
+            }
+        }
+        for e in &errors {
+            eprintln!("tether-pro: telemetry: {e}");
+        }
+        errors
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+/// Which transport a signal uses, from `OTEL_EXPORTER_OTLP_{SIGNAL}_PROTOCOL` or
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`.
+fn grpc_for(signal: &str) -> bool {
+    let p = env(&format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")).or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"));
+    p.as_deref() == Some("grpc")
+}
+
+fn signal_enabled(signal: &str) -> bool {
+    if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return false;
+    }
+    if env(&format!("OTEL_{signal}_EXPORTER")).is_some_and(|v| v == "none") {
+        return false;
+    }
+    env(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")).is_some() || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+}
+
+/// The resource: service name (`OTEL_SERVICE_NAME`, else `default_service`), version and a
+/// per-process instance id, plus `OTEL_RESOURCE_ATTRIBUTES`.
+pub fn resource(default_service: &str) -> Resource {
+    let name = env("OTEL_SERVICE_NAME").unwrap_or_else(|| default_service.to_owned());
+    Resource::builder()
+        .with_service_name(name)
+        .with_attributes([
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("service.instance.id", ulid::Ulid::new().to_string()),
+        ])
+        .build()
+}
+
+/// Builds the providers from the environment. Call inside a tokio runtime (the gRPC
+/// transport needs one). Returns a disabled handle when nothing is configured.
+pub fn init(default_service: &str) -> anyhow::Result<(Telemetry, TelemetryGuard)> {
+    use opentelemetry_otlp::{MetricExporter, SpanExporter};
+    let stats = Arc::new(TelemetryStats::default());
+    let resource = resource(default_service);
+    let tracer_provider = if signal_enabled("TRACES") {
+        let exporter = if grpc_for("TRACES") {
+            SpanExporter::builder().with_tonic().build()?
+        } else {
+            SpanExporter::builder().with_http().build()?
+        };
+        let exporter = export::CountingSpanExporter { inner: exporter, stats: stats.clone() };
+        Some(
+            SdkTracerProvider::builder()
+                .with_resource(resource.clone())
+                .with_id_generator(TetherIdGenerator::default())
+                .with_batch_exporter(exporter)
+                .build(),
+        )
+    } else {
+        None
+    };
+    let meter_provider = if signal_enabled("METRICS") {
+        let exporter = if grpc_for("METRICS") {
+            MetricExporter::builder().with_tonic().build()?
+        } else {
+            MetricExporter::builder().with_http().build()?
+        };
+        let exporter = export::CountingMetricExporter { inner: exporter, stats: stats.clone() };
+        Some(SdkMeterProvider::builder().with_resource(resource).with_periodic_exporter(exporter).build())
+    } else {
+        None
+    };
+    if let Some(p) = &tracer_provider {
+        opentelemetry::global::set_tracer_provider(p.clone());
+    }
+    if let Some(p) = &meter_provider {
+        opentelemetry::global::set_meter_provider(p.clone());
+    }
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    let mut telemetry = Telemetry::from_providers(tracer_provider.as_ref(), meter_provider.as_ref());
+    telemetry.stats = stats;
+    Ok((telemetry, TelemetryGuard { tracer_provider, meter_provider }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exporter_stack_and_capture_spans_are_excluded() {
+        for t in ["hyper", "hyper::client", "h2::codec", "tonic::transport", "reqwest::connect", "opentelemetry_sdk", "tether_pro::capture", "clickhouse::insert"] {
+            assert!(is_excluded_target(t), "{t}");
+        }
+        for t in ["my_app", "hyperion", "tether_pro::sync", "tether_pro::captured", "towers"] {
+            assert!(!is_excluded_target(t), "{t}");
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Turns a processed capture record into the request's server span and metric points.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use opentelemetry::trace::{Span as _, SpanBuilder, SpanId, SpanKind, Status, TraceContextExt, TraceId, Tracer as _};
+use opentelemetry::{Context, KeyValue};
+
+use super::{Telemetry, ids};
+use crate::capture::{CaptureRecord, RequestKind};
+use crate::pipeline::Rows;
+use crate::protocol::{PULL_PATH, PUSH_PATH};
+
+/// Per-mutation span events kept on one request span (the SDK's default event limit).
+pub const MAX_MUTATION_EVENTS: usize = 128;
+
+/// Reasons reported as themselves; anything else a host invents is `other`.
+const KNOWN_REASONS: &[&str] = &["validation_failed", "error", "not_found", "duplicate", "conflict", ""];
+
+fn bounded_reason(reason: &str) -> &str {
+    if KNOWN_REASONS.contains(&reason) { reason } else { "other" }
+}
+
+impl Telemetry {
+    /// Emits the server span and the metrics of one processed record (pipeline thread).
+    pub fn record(&self, rec: &CaptureRecord, rows: &Rows) {
+        if self.instruments.is_some() {
+            self.record_metrics(rec, rows);
+        }
+        if self.tracer.is_some() {
+            self.record_span(rec, rows);
+        }
+    }
+
+    /// One ClickHouse insert's latency.
+    pub fn record_insert(&self, seconds: f64) {
+        if let Some(i) = &self.instruments {
+            i.insert_duration.record(seconds, &[]);
+        }
+    }
+
+    fn record_metrics(&self, rec: &CaptureRecord, rows: &Rows) {
+        let Some(i) = &self.instruments else { return };
+        let r = &rows.request;
+        let kind = KeyValue::new("tether.kind", rec.kind.as_str());
+        let outcome = KeyValue::new("tether.outcome", r.outcome.clone());
+        let seconds = rec.duration.as_secs_f64();
+        i.requests.add(1, &[kind.clone(), outcome.clone()]);
+        i.request_duration.record(seconds, &[kind, outcome]);
+        let route = if rec.kind == RequestKind::Push { PUSH_PATH } else { PULL_PATH };
+        i.http_duration.record(
+            seconds,
+            &[
+                KeyValue::new("http.request.method", "POST"),
+                KeyValue::new("http.route", route),
+                KeyValue::new("http.response.status_code", i64::from(rec.http_status)),
+            ],
+        );
+        if r.snapshot_count > 0 {
+            i.snapshots.add(u64::from(r.snapshot_count), &[]);
+        }
+        // Aggregate first: one add per distinct attribute set, not one per mutation.
+        let mut per: HashMap<(&str, &str, &str), u64> = HashMap::new();
+        let mut conflicts: HashMap<&str, u64> = HashMap::new();
+        let mut reasons: HashMap<&str, u64> = HashMap::new();
+        for m in &rows.mutations {
+            *per.entry((m.model.as_str(), m.operation.as_str(), m.outcome.as_str())).or_default() += 1;
+            match m.outcome.as_str() {
+                "conflict" => *conflicts.entry(m.model.as_str()).or_default() += 1,
+                "rejected" | "duplicate" => *reasons.entry(bounded_reason(&m.reason)).or_default() += 1,
+                _ => {}
+            }
+        }
+        for ((model, op, outcome), n) in per {
+            let op = if matches!(op, "create" | "update" | "delete") { op } else { "other" };
+            i.mutations.add(
+                n,
+                &[
+                    KeyValue::new("tether.model", i.model(model)),
+                    KeyValue::new("tether.operation", op.to_owned()),
+                    KeyValue::new("tether.outcome", outcome.to_owned()),
+                ],
+            );
+        }
+        for (model, n) in conflicts {
+            i.conflicts.add(n, &[KeyValue::new("tether.model", i.model(model))]);
+        }
+        for (reason, n) in reasons {
+            i.rejections.add(n, &[KeyValue::new("tether.reason", reason.to_owned())]);
+        }
+    }
+
+    fn record_span(&self, rec: &CaptureRecord, rows: &Rows) {
+        let Some(tracer) = &self.tracer else { return };
+        let (Ok(trace_id), Ok(span_id)) = (TraceId::from_hex(&rec.trace_id), SpanId::from_hex(&rec.span_id)) else { return };
+        let r = &rows.request;
+        let push = rec.kind == RequestKind::Push;
+        let name = if push { crate::capture::SPAN_PUSH } else { crate::capture::SPAN_PULL };
+        let route = if push { PUSH_PATH } else { PULL_PATH };
+        let mut attrs = vec![
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("http.route", route),
+            KeyValue::new("url.path", rec.path.clone()),
+            KeyValue::new("http.response.status_code", i64::from(rec.http_status)),
+            KeyValue::new("tether.request_id", rec.request_id.clone()),
+            KeyValue::new("tether.kind", rec.kind.as_str()),
+            KeyValue::new("tether.client_id", r.client_id.clone()),
+            KeyValue::new("tether.client_version", rec.client_version.clone()),
+            KeyValue::new("tether.outcome", r.outcome.clone()),
+        ];
+        if push {
+            attrs.extend([
+                KeyValue::new("tether.mutation_count", i64::from(r.mutation_count)),
+                KeyValue::new("tether.applied_count", i64::from(r.applied_count)),
+                KeyValue::new("tether.rejected_count", i64::from(r.rejected_count)),
+                KeyValue::new("tether.conflict_count", i64::from(r.conflict_count)),
+                KeyValue::new("tether.duplicate_count", i64::from(r.duplicate_count)),
+            ]);
+        } else {
+            attrs.extend([
+                KeyValue::new("tether.snapshot_count", i64::from(r.snapshot_count)),
+                KeyValue::new("tether.has_more", r.has_more),
+            ]);
+        }
+        let failed = rec.http_status == 0 || rec.http_status >= 500 || rec.error.is_some();
+        if failed {
+            let kind = if rec.http_status == 0 || rec.error.is_some() { "transport".to_owned() } else { rec.http_status.to_string() };
+            attrs.push(KeyValue::new("error.type", kind));
+        }
+        let start: SystemTime = rec.started_at.into();
+        let parent = match &rec.parent {
+            Some(sc) => Context::new().with_remote_span_context(sc.clone()),
+            None => Context::new(),
+        };
+        let builder = SpanBuilder::from_name(name).with_kind(SpanKind::Server).with_start_time(start).with_attributes(attrs);
+        let mut span = ids::with_preset_ids(trace_id, span_id, || tracer.build_with_context(builder, &parent));
+        for m in rows.mutations.iter().take(MAX_MUTATION_EVENTS) {
+            span.add_event_with_timestamp(
+                "tether.mutation",
+                start,
+                vec![
+                    KeyValue::new("tether.mutation_id", m.mutation_id.clone()),
+                    KeyValue::new("tether.model", m.model.clone()),
+                    KeyValue::new("tether.operation", m.operation.clone()),
+                    KeyValue::new("tether.outcome", m.outcome.clone()),
+                    KeyValue::new("tether.reason", m.reason.clone()),
+                ],
+            );
+        }
+        if failed {
+            span.set_status(Status::error(format!("HTTP {}", rec.http_status)));
+        }
+        span.end_with_timestamp(start + rec.duration);
+    }
+}
