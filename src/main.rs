@@ -8,6 +8,7 @@ use tether_pro::config::Config;
 use tether_pro::sim::{self, CancellationToken, SimConfig, SimStats, SimTotals};
 use tether_pro::store::local::{LocalClickHouse, LocalClickHouseOptions};
 use tether_pro::pipeline::{self, Capture, ClickHouseWriter};
+use tether_pro::telemetry::{self, Telemetry};
 use tether_pro::store::{migrate, server_client};
 use tracing_subscriber::Layer;
 use tether_pro::sync::{self, Storage, SyncServer};
@@ -17,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
     if !matches!(cli.command, Command::Demo(_)) {
-        init_tracing(None);
+        init_tracing(None, &Telemetry::disabled());
     }
     match cli.command {
         Command::Demo(args) => demo(config, args).await,
@@ -129,9 +130,18 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     println!("ClickHouse at {ch_url}, database `{db}` (migrations applied now: {:?})", report.applied);
 
     // 2. Capture: the pipeline into ClickHouse, the tracing layer, the tower layer.
+    let (telemetry, mut telemetry_guard) = telemetry::init("tether-sync-demo")?;
     let writer = ClickHouseWriter::new(server_client(&ch_url, &config.clickhouse).with_database(db));
-    let (capture, mut guard) = pipeline::start(&config.capture, writer)?;
-    init_tracing(Some(&capture));
+    let (capture, mut guard) = pipeline::start_with_telemetry(&config.capture, writer, telemetry.clone())?;
+    init_tracing(Some(&capture), &telemetry);
+    match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Ok(endpoint) if telemetry.traces_enabled() || telemetry.metrics_enabled() => println!(
+            "OpenTelemetry: exporting {}{}to {endpoint}",
+            if telemetry.traces_enabled() { "traces " } else { "" },
+            if telemetry.metrics_enabled() { "and metrics " } else { "" }
+        ),
+        _ => println!("OpenTelemetry: off (set OTEL_EXPORTER_OTLP_ENDPOINT to export traces and metrics over OTLP)"),
+    }
 
     // 3. The reference sync server, instrumented the way a user instruments theirs.
     let server = SyncServer::builder().storage(Storage::File(args.sync_db.clone())).build()?;
@@ -164,7 +174,10 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let totals = run_sim(sim_config(&base, &args.sim), stats).await?;
     stop_server.cancel();
     server_task.await??;
-    tokio::task::block_in_place(|| guard.shutdown());
+    tokio::task::block_in_place(|| {
+        guard.shutdown();
+        telemetry_guard.shutdown();
+    });
     let secs = started.elapsed().as_secs_f64();
     println!("done in {secs:.1}s: {}", summary(&totals));
     let c = capture.stats().totals();
@@ -181,13 +194,14 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs to stderr (`RUST_LOG` filters), plus the capture layer when there is one.
-fn init_tracing(capture: Option<&Capture>) {
+/// Logs to stderr (`RUST_LOG` filters), plus the capture layer when there is one, plus the
+/// OpenTelemetry layer when traces are exported.
+fn init_tracing(capture: Option<&Capture>, telemetry: &Telemetry) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,tether_pro=info".into());
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter);
-    tracing_subscriber::registry().with(capture.map(|c| c.layer())).with(fmt).init();
+    tracing_subscriber::registry().with(capture.map(|c| c.layer())).with(telemetry.layer()).with(fmt).init();
 }
 
 async fn shutdown_signal() {
