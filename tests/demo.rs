@@ -1,0 +1,42 @@
+//! The main job end to end: `tether-pro demo` against a real ClickHouse, as a user runs it.
+
+mod common;
+
+use std::process::Command;
+
+#[tokio::test]
+async fn the_demo_drives_traffic_and_captures_every_outcome() {
+    let ch = common::clickhouse().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = ch.url.clone();
+    let database = ch.database.clone();
+    let sync_db = dir.path().join("sync.sqlite3");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_tether-pro"))
+            .args(["demo", "--duration", "6s", "--rate", "30", "--listen", "127.0.0.1:0", "--sync-db"])
+            .arg(&sync_db)
+            .env("CLICKHOUSE_URL", url)
+            .env("TETHER_PRO_CLICKHOUSE__DATABASE", database)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("reference Tether sync server at http://127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("errors 0"), "{stdout}");
+    let captured = stdout.lines().find(|l| l.starts_with("captured:")).expect("a capture summary");
+    assert!(captured.contains(" 0 dropped, 0 failed"), "{captured}");
+
+    assert!(ch.count("SELECT count() FROM sync_requests WHERE kind = 'push'").await >= 50);
+    assert!(ch.count("SELECT count() FROM sync_requests WHERE kind = 'pull'").await >= 50);
+    for (outcome, reason) in [("applied", ""), ("rejected", "validation_failed"), ("rejected", "not_found"), ("conflict", "conflict"), ("duplicate", "duplicate")] {
+        let n = ch.count(&format!("SELECT count() FROM sync_mutations WHERE outcome = '{outcome}' AND reason = '{reason}'")).await;
+        assert!(n > 0, "no {outcome}/{reason} mutation captured");
+    }
+    // The simulated secrets never reach storage.
+    assert_eq!(ch.count("SELECT count() FROM sync_mutations WHERE position(payload, 'sk_live_') > 0 OR position(state_after, 'hunter2') > 0").await, 0);
+    assert!(ch.count("SELECT count() FROM sync_mutations WHERE position(payload, '[REDACTED]') > 0").await > 0);
+}
