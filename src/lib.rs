@@ -3,6 +3,7 @@
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod pipeline;
 pub mod protocol;
 pub mod sim;

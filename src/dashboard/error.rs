@@ -1,0 +1,30 @@
+//! One error type that is the response: the status says what went wrong, the body never
+//! shows internals (those are logged once, here).
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DashboardError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("not found")]
+    NotFound,
+    #[error("ClickHouse is unavailable")]
+    Store(#[from] clickhouse::error::Error),
+}
+
+impl IntoResponse for DashboardError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            DashboardError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            DashboardError::NotFound => StatusCode::NOT_FOUND,
+            DashboardError::Store(e) => {
+                tracing::error!(target: "tether_pro::dashboard", error = %e, "dashboard query failed");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        (status, Json(serde_json::json!({"error": self.to_string()}))).into_response()
+    }
+}

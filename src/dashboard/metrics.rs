@@ -1,0 +1,347 @@
+//! `GET /metrics`: totals, throughput, latency, rates, top models and clients, and the
+//! five-minute health strip over a window. Answered from the five-minute aggregate tables
+//! only (never raw rows), with parameterised queries.
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::health::{HealthThresholds, Status, rate};
+use super::{DashboardError, DashboardState};
+
+/// Width of a health bucket.
+pub const BUCKET_SECONDS: i64 = 300;
+/// Longest window the API answers.
+pub const MAX_WINDOW_DAYS: i64 = 31;
+/// Entries in the top lists.
+pub const TOP_N: u64 = 10;
+
+/// Query string of the metrics API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsQuery {
+    /// `1h`, `6h`, `24h` (default) or `7d`, ending now.
+    pub window: Option<String>,
+    /// RFC 3339 start (with `to`, instead of `window`).
+    pub from: Option<String>,
+    /// RFC 3339 end.
+    pub to: Option<String>,
+}
+
+/// The resolved window: `[from, to)`, aligned to five-minute buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Window {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub seconds: i64,
+    pub bucket_seconds: i64,
+}
+
+impl MetricsQuery {
+    pub fn window(&self, now: DateTime<Utc>) -> Result<Window, DashboardError> {
+        let bucket = Duration::seconds(BUCKET_SECONDS);
+        let bad = |m: &str| DashboardError::BadRequest(m.to_owned());
+        let (from, to) = match (&self.window, &self.from, &self.to) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => return Err(bad("give either window or from/to, not both")),
+            (None, Some(f), Some(t)) => {
+                let parse = |s: &str| {
+                    DateTime::parse_from_rfc3339(s).map(|d| d.with_timezone(&Utc)).map_err(|_| bad("from and to must be RFC 3339 times"))
+                };
+                (parse(f)?, parse(t)?)
+            }
+            (None, Some(_), None) | (None, None, Some(_)) => return Err(bad("from and to go together")),
+            (w, None, None) => {
+                let span = match w.as_deref().unwrap_or("24h") {
+                    "1h" => Duration::hours(1),
+                    "6h" => Duration::hours(6),
+                    "24h" => Duration::hours(24),
+                    "7d" => Duration::days(7),
+                    _ => return Err(bad("window must be one of 1h, 6h, 24h, 7d")),
+                };
+                // The strip ends with the bucket that holds `now`.
+                let end = now.duration_trunc(bucket).map_err(|_| bad("bad time"))? + bucket;
+                (end - span, end)
+            }
+        };
+        let from = from.duration_trunc(bucket).map_err(|_| bad("bad time"))?;
+        let to = match to.duration_trunc(bucket).map_err(|_| bad("bad time"))? {
+            t if t == to => t,
+            t => t + bucket,
+        };
+        if to <= from {
+            return Err(bad("from must be before to"));
+        }
+        if to - from > Duration::days(MAX_WINDOW_DAYS) {
+            return Err(bad("the window may span at most 31 days"));
+        }
+        Ok(Window { from, to, seconds: (to - from).num_seconds(), bucket_seconds: BUCKET_SECONDS })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Totals {
+    pub requests: u64,
+    pub pushes: u64,
+    pub pulls: u64,
+    pub mutations: u64,
+    pub applied: u64,
+    pub rejected: u64,
+    pub conflicts: u64,
+    pub duplicates: u64,
+    pub snapshots: u64,
+    /// Requests whose outcome is `error` (non-2xx answer or transport failure).
+    pub failed_requests: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Throughput {
+    pub requests_per_second: f64,
+    pub mutations_per_second: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Rates {
+    /// Conflicts / mutations.
+    pub conflict_rate: f64,
+    /// Failed requests / requests.
+    pub failure_rate: f64,
+    /// Rejected mutations (duplicates excluded) / mutations.
+    pub rejection_rate: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
+pub struct TopEntry {
+    pub key: String,
+    pub mutations: u64,
+    pub conflicts: u64,
+    pub rejections: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthBucket {
+    pub start: DateTime<Utc>,
+    pub requests: u64,
+    pub failed_requests: u64,
+    pub mutations: u64,
+    pub conflicts: u64,
+    pub rejected: u64,
+    pub p95_ms: f64,
+    pub status: Status,
+}
+
+/// The metrics API's answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Metrics {
+    pub window: Window,
+    pub totals: Totals,
+    pub throughput: Throughput,
+    pub latency: LatencyByKind,
+    pub rates: Rates,
+    pub top_models: Vec<TopEntry>,
+    pub top_clients: Vec<TopEntry>,
+    pub thresholds: HealthThresholds,
+    pub health: Vec<HealthBucket>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LatencyByKind {
+    pub push: Latency,
+    pub pull: Latency,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct KindRow {
+    kind: String,
+    requests: u64,
+    failed: u64,
+    mutations: u64,
+    applied: u64,
+    rejected: u64,
+    conflicts: u64,
+    duplicates: u64,
+    snapshots: u64,
+    quantiles: Vec<f64>,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct BucketRow {
+    bucket: u32,
+    requests: u64,
+    failed: u64,
+    mutations: u64,
+    conflicts: u64,
+    rejected: u64,
+    quantiles: Vec<f64>,
+}
+
+const WINDOW: &str = "bucket >= toDateTime({from:Int64}, 'UTC') AND bucket < toDateTime({to:Int64}, 'UTC')";
+
+fn us_to_ms(v: Option<&f64>) -> f64 {
+    v.map_or(0.0, |us| if us.is_finite() { (us / 1000.0 * 1000.0).round() / 1000.0 } else { 0.0 })
+}
+
+/// Computes the metrics for `window`.
+pub async fn compute(state: &DashboardState, window: Window) -> Result<Metrics, DashboardError> {
+    let (from, to) = (window.from.timestamp(), window.to.timestamp());
+    let c = &state.client;
+    let kinds: Vec<KindRow> = c
+        .query_raw(&format!(
+            "SELECT kind, sum(requests) AS requests, sumIf(requests, outcome = 'error') AS failed,
+                    sum(mutations) AS mutations, sum(applied) AS applied, sum(rejected) AS rejected,
+                    sum(conflicts) AS conflicts, sum(duplicates) AS duplicates, sum(snapshots) AS snapshots,
+                    quantilesTDigestMerge(0.5, 0.95, 0.99)(duration_quantiles) AS quantiles
+             FROM sync_requests_5m WHERE {WINDOW} GROUP BY kind"
+        ))
+        .param("from", from)
+        .param("to", to)
+        .fetch_all()
+        .await?;
+    let buckets: Vec<BucketRow> = c
+        .query_raw(&format!(
+            "SELECT toUInt32(bucket) AS bucket, sum(requests) AS requests, sumIf(requests, outcome = 'error') AS failed,
+                    sum(mutations) AS mutations, sum(conflicts) AS conflicts, sum(rejected) AS rejected,
+                    quantilesTDigestMerge(0.5, 0.95, 0.99)(duration_quantiles) AS quantiles
+             FROM sync_requests_5m WHERE {WINDOW} GROUP BY bucket ORDER BY bucket"
+        ))
+        .param("from", from)
+        .param("to", to)
+        .fetch_all()
+        .await?;
+    let top = |key: &'static str| {
+        let sql = format!(
+            "SELECT {key} AS key, sum(mutations) AS mutations, sumIf(mutations, outcome = 'conflict') AS conflicts,
+                    sumIf(mutations, outcome = 'rejected') AS rejections
+             FROM sync_mutations_5m WHERE {WINDOW} GROUP BY key ORDER BY mutations DESC, key LIMIT {TOP_N}"
+        );
+        c.query_raw(&sql).param("from", from).param("to", to).fetch_all::<TopEntry>()
+    };
+    let top_models = top("model").await?;
+    let top_clients = top("client_id").await?;
+
+    let mut totals = Totals::default();
+    let mut latency = LatencyByKind::default();
+    for k in &kinds {
+        totals.requests += k.requests;
+        totals.failed_requests += k.failed;
+        totals.mutations += k.mutations;
+        totals.applied += k.applied;
+        totals.rejected += k.rejected;
+        totals.conflicts += k.conflicts;
+        totals.duplicates += k.duplicates;
+        totals.snapshots += k.snapshots;
+        let l = Latency { p50_ms: us_to_ms(k.quantiles.first()), p95_ms: us_to_ms(k.quantiles.get(1)), p99_ms: us_to_ms(k.quantiles.get(2)) };
+        match k.kind.as_str() {
+            "push" => {
+                totals.pushes += k.requests;
+                latency.push = l;
+            }
+            "pull" => {
+                totals.pulls += k.requests;
+                latency.pull = l;
+            }
+            _ => {}
+        }
+    }
+    let secs = window.seconds.max(1) as f64;
+    let throughput = Throughput {
+        requests_per_second: totals.requests as f64 / secs,
+        mutations_per_second: totals.mutations as f64 / secs,
+    };
+    let rates = Rates {
+        conflict_rate: rate(totals.conflicts, totals.mutations),
+        failure_rate: rate(totals.failed_requests, totals.requests),
+        rejection_rate: rate(totals.rejected, totals.mutations),
+    };
+    // One entry per bucket of the window, idle where nothing happened.
+    let mut health = Vec::with_capacity((window.seconds / BUCKET_SECONDS) as usize);
+    let mut rows = buckets.into_iter().peekable();
+    let mut t = window.from;
+    while t < window.to {
+        let ts = t.timestamp();
+        while rows.peek().is_some_and(|r| i64::from(r.bucket) < ts) {
+            rows.next();
+        }
+        let b = match rows.peek() {
+            Some(r) if i64::from(r.bucket) == ts => {
+                let p95_ms = us_to_ms(r.quantiles.get(1));
+                HealthBucket {
+                    start: t,
+                    requests: r.requests,
+                    failed_requests: r.failed,
+                    mutations: r.mutations,
+                    conflicts: r.conflicts,
+                    rejected: r.rejected,
+                    p95_ms,
+                    status: state.thresholds.status(r.requests, r.failed, r.mutations, r.conflicts, p95_ms),
+                }
+            }
+            _ => HealthBucket {
+                start: t,
+                requests: 0,
+                failed_requests: 0,
+                mutations: 0,
+                conflicts: 0,
+                rejected: 0,
+                p95_ms: 0.0,
+                status: Status::Idle,
+            },
+        };
+        health.push(b);
+        t += Duration::seconds(BUCKET_SECONDS);
+    }
+    Ok(Metrics {
+        window,
+        totals,
+        throughput,
+        latency,
+        rates,
+        top_models,
+        top_clients,
+        thresholds: state.thresholds,
+        health,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(window: Option<&str>, from: Option<&str>, to: Option<&str>) -> MetricsQuery {
+        MetricsQuery { window: window.map(Into::into), from: from.map(Into::into), to: to.map(Into::into) }
+    }
+
+    #[test]
+    fn a_24h_window_has_288_aligned_buckets_ending_with_the_current_one() {
+        let now = DateTime::parse_from_rfc3339("2026-05-18T10:07:30Z").unwrap().with_timezone(&Utc);
+        let w = q(None, None, None).window(now).unwrap();
+        assert_eq!(w.to.to_rfc3339(), "2026-05-18T10:10:00+00:00");
+        assert_eq!(w.from.to_rfc3339(), "2026-05-17T10:10:00+00:00");
+        assert_eq!(w.seconds / BUCKET_SECONDS, 288);
+        assert_eq!(q(Some("1h"), None, None).window(now).unwrap().seconds, 3600);
+        assert_eq!(q(Some("7d"), None, None).window(now).unwrap().seconds, 7 * 86400);
+    }
+
+    #[test]
+    fn from_to_align_outwards_and_bad_windows_are_400() {
+        let now = Utc::now();
+        let w = q(None, Some("2026-05-18T10:01:00Z"), Some("2026-05-18T10:06:00Z")).window(now).unwrap();
+        assert_eq!((w.from.to_rfc3339(), w.to.to_rfc3339()), ("2026-05-18T10:00:00+00:00".into(), "2026-05-18T10:10:00+00:00".into()));
+        for bad in [
+            q(Some("2h"), None, None),
+            q(Some("24h"), Some("2026-05-18T10:00:00Z"), None),
+            q(None, Some("2026-05-18T10:00:00Z"), None),
+            q(None, Some("yesterday"), Some("2026-05-18T10:00:00Z")),
+            q(None, Some("2026-05-18T10:00:00Z"), Some("2026-05-18T09:00:00Z")),
+            q(None, Some("2026-01-01T00:00:00Z"), Some("2026-05-18T09:00:00Z")),
+            q(Some("'; DROP TABLE sync_requests; --"), None, None),
+        ] {
+            assert!(matches!(bad.window(now), Err(DashboardError::BadRequest(_))), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The dashboard service: metrics API, HTML inspection pages and (later) gated replay.
+//!
+//! `router(state)` is a plain axum `Router` with paths relative to the dashboard root; mount it
+//! under the configured prefix (`/tether/dashboard` by default) with [`mount`], inside your own
+//! app or through `tether-pro serve`. It has no auth of its own (like the original product):
+//! wrap it in your auth layer, or let `tether-pro serve` add bearer or basic auth.
+
+pub mod api;
+mod error;
+pub mod health;
+pub mod metrics;
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, header};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+pub use error::DashboardError;
+pub use health::HealthThresholds;
+
+/// Everything the dashboard's handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct DashboardState {
+    /// Bound to the database holding tether-pro's tables.
+    pub client: clickhouse::Client,
+    /// Where the dashboard is mounted (links in pages are built from it).
+    pub prefix: String,
+    pub thresholds: HealthThresholds,
+    /// Mutations per page on a request's detail page.
+    pub mutations_page_size: usize,
+}
+
+impl DashboardState {
+    pub const DEFAULT_PREFIX: &'static str = "/tether/dashboard";
+    pub const DEFAULT_MUTATIONS_PAGE_SIZE: usize = 50;
+
+    pub fn new(client: clickhouse::Client) -> Self {
+        DashboardState {
+            client,
+            prefix: Self::DEFAULT_PREFIX.to_owned(),
+            thresholds: HealthThresholds::default(),
+            mutations_page_size: Self::DEFAULT_MUTATIONS_PAGE_SIZE,
+        }
+    }
+}
+
+/// Content-Security-Policy of every response: no inline script, nothing from elsewhere.
+pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The dashboard's routes, relative to its root.
+pub fn router(state: DashboardState) -> Router {
+    Router::new()
+        .merge(api::router())
+        .with_state(state)
+        .layer(SetResponseHeaderLayer::overriding(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)))
+        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
+        .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("cross-origin-opener-policy"),
+            HeaderValue::from_static("same-origin"),
+        ))
+}
+
+/// `router(state)` nested under `state.prefix`.
+pub fn mount(state: DashboardState) -> Router {
+    let prefix = state.prefix.trim_end_matches('/').to_owned();
+    if prefix.is_empty() { router(state) } else { Router::new().nest(&prefix, router(state)) }
+}
