@@ -23,6 +23,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Create the database and apply pending schema migrations, then exit.
     Migrate,
+    /// Serve the dashboard: metrics API, inspection pages (against CLICKHOUSE_URL).
+    Serve(ServeArgs),
     /// Run the reference Tether sync server alone.
     SyncServer(SyncServerArgs),
     /// Drive a Tether sync server with simulated clients.
@@ -63,6 +65,16 @@ pub struct DemoArgs {
     /// SQLite file of the reference server.
     #[arg(long, default_value = ".tether-pro/sync.sqlite3")]
     pub sync_db: PathBuf,
+    /// Address of the dashboard (default: `serve.listen`, 127.0.0.1:8080).
+    #[arg(long)]
+    pub dashboard_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Listen address (default: `serve.listen`, 127.0.0.1:8080).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]

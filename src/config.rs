@@ -16,6 +16,7 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     pub retention: RetentionConfig,
     pub capture: CaptureConfig,
+    pub serve: ServeConfig,
     pub replay: ReplayConfig,
 }
 
@@ -139,6 +140,46 @@ impl Default for CaptureConfig {
     }
 }
 
+/// The dashboard service (`tether-pro serve`, and the demo).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Listen address of `tether-pro serve`.
+    pub listen: String,
+    /// Where the dashboard is mounted.
+    pub prefix: String,
+    /// Require `Authorization: Bearer <token>`.
+    pub bearer_token: Option<String>,
+    /// Require HTTP basic auth with this user (and `basic_password`).
+    pub basic_username: Option<String>,
+    pub basic_password: Option<String>,
+    /// Mutations per page on a request's detail page.
+    pub mutations_page_size: usize,
+    /// When a five-minute bucket is degraded or failing.
+    pub health: crate::dashboard::HealthThresholds,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: "127.0.0.1:8080".into(),
+            prefix: crate::dashboard::DashboardState::DEFAULT_PREFIX.into(),
+            bearer_token: None,
+            basic_username: None,
+            basic_password: None,
+            mutations_page_size: crate::dashboard::DashboardState::DEFAULT_MUTATIONS_PAGE_SIZE,
+            health: crate::dashboard::HealthThresholds::default(),
+        }
+    }
+}
+
+impl ServeConfig {
+    pub fn auth(&self) -> Option<crate::dashboard::auth::AuthConfig> {
+        let basic = self.basic_username.as_deref().map(|u| (u, self.basic_password.as_deref().unwrap_or("")));
+        crate::dashboard::auth::AuthConfig::new(self.bearer_token.as_deref(), basic)
+    }
+}
+
 /// Replay of captured pushes. Off unless explicitly enabled.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -174,6 +215,16 @@ impl Config {
             "clickhouse.database must be a plain identifier (letters, digits, _), got {db:?}"
         );
         self.capture.validate()?;
+        anyhow::ensure!(
+            self.serve.prefix.is_empty() || (self.serve.prefix.starts_with('/') && !self.serve.prefix.ends_with('/')),
+            "serve.prefix must be empty or start with / and not end with /, got {:?}",
+            self.serve.prefix
+        );
+        anyhow::ensure!(self.serve.mutations_page_size >= 1, "serve.mutations_page_size must be at least 1");
+        anyhow::ensure!(
+            self.serve.basic_username.is_none() || self.serve.basic_password.as_deref().is_some_and(|p| !p.is_empty()),
+            "serve.basic_username needs a non-empty serve.basic_password"
+        );
         anyhow::ensure!(self.retention.days >= 1, "retention.days must be at least 1");
         anyhow::ensure!(
             self.retention.aggregate_days >= self.retention.days,

@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use tether_pro::cli::{Cli, Command, DemoArgs, SimArgs};
 use tether_pro::config::Config;
+use tether_pro::dashboard;
 use tether_pro::sim::{self, CancellationToken, SimConfig, SimStats, SimTotals};
 use tether_pro::store::local::{LocalClickHouse, LocalClickHouseOptions};
 use tether_pro::pipeline::{self, Capture, ClickHouseWriter};
@@ -31,6 +32,23 @@ async fn main() -> anyhow::Result<()> {
                 "database {}: applied {:?}, already applied {:?}",
                 config.clickhouse.database, report.applied, report.already_applied
             );
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let url = config.clickhouse.url.clone().context(
+                "serve needs a ClickHouse: set CLICKHOUSE_URL (or clickhouse.url in the config file)",
+            )?;
+            let server = server_client(&url, &config.clickhouse);
+            migrate::migrate(&server, &config.clickhouse.database, &config.retention).await?;
+            let listen: std::net::SocketAddr = match args.listen {
+                Some(l) => l,
+                None => config.serve.listen.parse().context("serve.listen must be an address like 127.0.0.1:8080")?,
+            };
+            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+            warn_if_open(&config, &listener.local_addr()?);
+            let app = dashboard::app(&config.serve, server.with_database(&config.clickhouse.database));
+            println!("tether-pro dashboard at http://{}{}", listener.local_addr()?, config.serve.prefix);
+            axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
             Ok(())
         }
         Command::SyncServer(args) => {
@@ -169,11 +187,29 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         args.sim.duration.map(|d| format!(" for {}", humantime::format_duration(d))).unwrap_or_default()
     );
 
-    // 4. The simulated clients.
+    // 4. The dashboard.
+    let dash_addr: std::net::SocketAddr = match args.dashboard_listen {
+        Some(l) => l,
+        None => config.serve.listen.parse().context("serve.listen must be an address like 127.0.0.1:8080")?,
+    };
+    let dash_listener = tokio::net::TcpListener::bind(dash_addr)
+        .await
+        .with_context(|| format!("binding the dashboard to {dash_addr} (pass --dashboard-listen 127.0.0.1:0 for any free port)"))?;
+    warn_if_open(&config, &dash_listener.local_addr()?);
+    let dash_url = format!("http://{}{}", dash_listener.local_addr()?, config.serve.prefix);
+    let dash_app = dashboard::app(&config.serve, server_client(&ch_url, &config.clickhouse).with_database(db));
+    let dash_task = tokio::spawn({
+        let stop = stop_server.clone();
+        async move { axum::serve(dash_listener, dash_app).with_graceful_shutdown(stop.cancelled_owned()).await }
+    });
+    println!("dashboard:        {dash_url}  (metrics API: {dash_url}/metrics)");
+
+    // 5. The simulated clients.
     let stats = Arc::new(SimStats::default());
     let totals = run_sim(sim_config(&base, &args.sim), stats).await?;
     stop_server.cancel();
     server_task.await??;
+    dash_task.await??;
     tokio::task::block_in_place(|| {
         guard.shutdown();
         telemetry_guard.shutdown();
@@ -192,6 +228,16 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     );
     anyhow::ensure!(totals.errors == 0, "{} requests failed", totals.errors);
     Ok(())
+}
+
+/// A dashboard reachable from other machines with no auth deserves a loud warning.
+fn warn_if_open(config: &Config, addr: &std::net::SocketAddr) {
+    if config.serve.auth().is_none() && !dashboard::is_loopback(addr) {
+        eprintln!(
+            "WARNING: the tether-pro dashboard listens on {addr} with NO AUTHENTICATION. It shows captured sync traffic. \
+             Set serve.bearer_token (TETHER_PRO_SERVE__BEARER_TOKEN) or basic auth, or listen on 127.0.0.1."
+        );
+    }
 }
 
 /// Logs to stderr (`RUST_LOG` filters), plus the capture layer when there is one, plus the

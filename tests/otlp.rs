@@ -721,3 +721,51 @@ async fn per_signal_endpoints_and_protocols_are_honoured() {
         assert_eq!(attrs(&r.attributes).get("service.name").map(String::as_str), Some("renamed-service"));
     }
 }
+
+// TEMP EXPERIMENTS
+#[tokio::test(flavor = "current_thread")]
+async fn zz_exp_sampler_orphans() {
+    let receiver = OtlpReceiver::start(Protocol::Grpc);
+    let _env = OtelEnv::set(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=pod-7,deployment.environment=prod"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ]).await;
+    let ch = clickhouse().await;
+    ch.migrate().await;
+    let (telemetry, mut tg) = telemetry::init(SERVICE).unwrap();
+    let (capture, mut cg) = pipeline::start_with_telemetry(&fast_config(), ClickHouseWriter::new(ch.client()), telemetry.clone()).unwrap();
+    let _sub = tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.layer()).with(telemetry.layer()));
+    let app = axum::Router::new()
+        .route("/tether/push", axum::routing::post(|axum::Json(req): axum::Json<Value>| async move {
+            let _work = tracing::info_span!("host.apply").entered();
+            axum::Json(json!({"applied": [req["mutations"][0]["mutation_id"]]}))
+        }))
+        .layer(capture.http_layer());
+    let base = serve(app).await;
+    let (st, _, _) = send(&base, "/tether/push", &[], json!({"client_id": CLIENT, "mutations": [mutation(M1, T1, "create", json!({"title": "x"}), 1)]}).to_string().into_bytes()).await;
+    assert_eq!(st, 200);
+    tokio::task::spawn_blocking(move || { cg.shutdown(); tg.shutdown() }).await.unwrap();
+    for (r, _, s) in spans(&receiver.received.traces()) {
+        eprintln!("EXP span {} trace {} parent {:?} res {:?}", s.name, hex(&s.trace_id), hex(&s.parent_span_id), attrs(&r.attributes));
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn zz_exp_shutdown_on_runtime_thread() {
+    let receiver = OtlpReceiver::start(Protocol::Grpc);
+    let env = OtelEnv::exporting_to(&receiver.endpoint, Protocol::Grpc).await;
+    let mut app = Instrumented::start().await;
+    let (st, _, _) = send(&app.base, "/tether/push", &push_headers(), the_push().to_string().into_bytes()).await;
+    assert_eq!(st, 200);
+    let mut cg = app.capture_guard.take().unwrap();
+    let mut tg = app.telemetry_guard.take().unwrap();
+    cg.shutdown();
+    let t = Instant::now();
+    let errors = tg.shutdown();
+    eprintln!("EXP direct shutdown took {:?} errors {errors:?} stats {:?} traces {} metrics {}", t.elapsed(), app.telemetry.stats(), receiver.received.traces().len(), receiver.received.metrics().len());
+    drop(env);
+}

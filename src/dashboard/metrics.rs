@@ -189,13 +189,15 @@ fn us_to_ms(v: Option<&f64>) -> f64 {
 /// Computes the metrics for `window`.
 pub async fn compute(state: &DashboardState, window: Window) -> Result<Metrics, DashboardError> {
     let (from, to) = (window.from.timestamp(), window.to.timestamp());
-    let c = &state.client;
+    // Aliases reuse the column names (`sum(requests) AS requests`): make expressions read the
+    // columns, not the aliases.
+    let c = &state.client.clone().with_setting("prefer_column_name_to_alias", "1");
     let kinds: Vec<KindRow> = c
         .query_raw(&format!(
             "SELECT kind, sum(requests) AS requests, sumIf(requests, outcome = 'error') AS failed,
                     sum(mutations) AS mutations, sum(applied) AS applied, sum(rejected) AS rejected,
                     sum(conflicts) AS conflicts, sum(duplicates) AS duplicates, sum(snapshots) AS snapshots,
-                    quantilesTDigestMerge(0.5, 0.95, 0.99)(duration_quantiles) AS quantiles
+                    arrayMap(q -> toFloat64(q), quantilesTDigestMerge(0.5, 0.95, 0.99)(duration_quantiles)) AS quantiles
              FROM sync_requests_5m WHERE {WINDOW} GROUP BY kind"
         ))
         .param("from", from)
@@ -206,7 +208,7 @@ pub async fn compute(state: &DashboardState, window: Window) -> Result<Metrics, 
         .query_raw(&format!(
             "SELECT toUInt32(bucket) AS bucket, sum(requests) AS requests, sumIf(requests, outcome = 'error') AS failed,
                     sum(mutations) AS mutations, sum(conflicts) AS conflicts, sum(rejected) AS rejected,
-                    quantilesTDigestMerge(0.5, 0.95, 0.99)(duration_quantiles) AS quantiles
+                    arrayMap(q -> toFloat64(q), quantilesTDigestMerge(0.5, 0.95, 0.99)(duration_quantiles)) AS quantiles
              FROM sync_requests_5m WHERE {WINDOW} GROUP BY bucket ORDER BY bucket"
         ))
         .param("from", from)
@@ -217,7 +219,7 @@ pub async fn compute(state: &DashboardState, window: Window) -> Result<Metrics, 
         let sql = format!(
             "SELECT {key} AS key, sum(mutations) AS mutations, sumIf(mutations, outcome = 'conflict') AS conflicts,
                     sumIf(mutations, outcome = 'rejected') AS rejections
-             FROM sync_mutations_5m WHERE {WINDOW} GROUP BY key ORDER BY mutations DESC, key LIMIT {TOP_N}"
+             FROM sync_mutations_5m WHERE {WINDOW} GROUP BY key ORDER BY sum(mutations) DESC, key LIMIT {TOP_N}"
         );
         c.query_raw(&sql).param("from", from).param("to", to).fetch_all::<TopEntry>()
     };

@@ -6,6 +6,7 @@
 //! wrap it in your auth layer, or let `tether-pro serve` add bearer or basic auth.
 
 pub mod api;
+pub mod auth;
 mod error;
 pub mod health;
 pub mod metrics;
@@ -65,4 +66,29 @@ pub fn router(state: DashboardState) -> Router {
 pub fn mount(state: DashboardState) -> Router {
     let prefix = state.prefix.trim_end_matches('/').to_owned();
     if prefix.is_empty() { router(state) } else { Router::new().nest(&prefix, router(state)) }
+}
+
+/// The dashboard as `tether-pro serve` runs it: mounted under `serve.prefix`, auth from the
+/// configuration around every route, and `/` redirecting to the dashboard.
+pub fn app(serve: &crate::config::ServeConfig, client: clickhouse::Client) -> Router {
+    let state = DashboardState {
+        client,
+        prefix: serve.prefix.clone(),
+        thresholds: serve.health,
+        mutations_page_size: serve.mutations_page_size,
+    };
+    let prefix = if serve.prefix.is_empty() { "/".to_owned() } else { serve.prefix.clone() };
+    let mut app = mount(state);
+    if !serve.prefix.is_empty() {
+        app = app.route("/", axum::routing::get(move || async move { axum::response::Redirect::temporary(&prefix) }));
+    }
+    match serve.auth() {
+        Some(auth) => app.layer(axum::middleware::from_fn_with_state(auth, auth::require)),
+        None => app,
+    }
+}
+
+/// True when `listen` is reachable only from this machine.
+pub fn is_loopback(listen: &std::net::SocketAddr) -> bool {
+    listen.ip().is_loopback()
 }

@@ -1,0 +1,192 @@
+//! The metrics API against a real ClickHouse: exact numbers for known rows, bucket
+//! boundaries, statuses, bad parameters, auth and security headers.
+
+mod common;
+
+use common::{TestClickHouse, clickhouse};
+use serde_json::{Value, json};
+use tether_pro::config::ServeConfig;
+use tether_pro::dashboard;
+
+async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// The day of the known rows: recent enough that raw rows are inside the 30-day TTL.
+fn day() -> String {
+    (chrono::Utc::now() - chrono::Duration::days(2)).format("%Y-%m-%d").to_string()
+}
+
+/// Known traffic: 10:00-10:05 two pushes (one ok, one conflict) and a pull; 10:05-10:10 one
+/// failed push (500) at the very start of the bucket; 10:20 one pull. All two days ago.
+async fn known_rows(ch: &TestClickHouse) {
+    let sql = |s: &str| s.replace("2026-01-01", &day());
+    ch.migrate().await;
+    ch.rows(&sql(
+        "INSERT INTO sync_requests (request_id, kind, client_id, started_at, duration_us, http_status, outcome, mutation_count, applied_count, rejected_count, conflict_count, duplicate_count, snapshot_count)
+         VALUES ('r1', 'push', 'c1', '2026-01-01 10:00:00', 10000, 200, 'ok', 3, 3, 0, 0, 0, 0),
+                ('r2', 'push', 'c2', '2026-01-01 10:04:59.999999', 30000, 200, 'conflict', 2, 0, 1, 1, 0, 0),
+                ('r3', 'pull', 'c1', '2026-01-01 10:02:00', 5000, 200, 'ok', 0, 0, 0, 0, 0, 7),
+                ('r4', 'push', 'c2', '2026-01-01 10:05:00', 50000, 500, 'error', 1, 0, 0, 0, 0, 0),
+                ('r5', 'pull', 'c3', '2026-01-01 10:20:00', 1000, 200, 'ok', 0, 0, 0, 0, 0, 2)",
+    ))
+    .await;
+    ch.rows(&sql(
+        "INSERT INTO sync_mutations (request_id, started_at, position, mutation_id, model, operation, client_id, outcome, reason)
+         VALUES ('r1', '2026-01-01 10:00:00', 0, 'm1', 'Task', 'create', 'c1', 'applied', ''),
+                ('r1', '2026-01-01 10:00:00', 1, 'm2', 'Task', 'update', 'c1', 'applied', ''),
+                ('r1', '2026-01-01 10:00:00', 2, 'm3', 'Note', 'create', 'c1', 'applied', ''),
+                ('r2', '2026-01-01 10:04:59.999999', 0, 'm4', 'Task', 'update', 'c2', 'conflict', 'conflict'),
+                ('r2', '2026-01-01 10:04:59.999999', 1, 'm5', 'Task', 'create', 'c2', 'rejected', 'validation_failed'),
+                ('r4', '2026-01-01 10:05:00', 0, 'm6', 'Project', 'create', 'c2', 'unprocessed', 'http_500')",
+    ))
+    .await;
+}
+
+fn range() -> String {
+    format!("from={d}T10:00:00Z&to={d}T10:30:00Z", d = day())
+}
+
+async fn get(url: &str) -> (u16, Value) {
+    let resp = reqwest::get(url).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn exact_numbers_for_known_traffic() {
+    let ch = clickhouse().await;
+    known_rows(&ch).await;
+    let base = serve(dashboard::mount(dashboard::DashboardState::new(ch.client()))).await;
+    let (status, m) = get(&format!("{base}/tether/dashboard/metrics?{}", range())).await;
+    assert_eq!(status, 200, "{m}");
+    let d = day();
+    assert_eq!(m["window"], json!({"from": format!("{d}T10:00:00Z"), "to": format!("{d}T10:30:00Z"), "seconds": 1800, "bucket_seconds": 300}));
+    assert_eq!(
+        m["totals"],
+        json!({"requests": 5, "pushes": 3, "pulls": 2, "mutations": 6, "applied": 3, "rejected": 1, "conflicts": 1, "duplicates": 0, "snapshots": 9, "failed_requests": 1})
+    );
+    assert_eq!(m["rates"], json!({"conflict_rate": 1.0 / 6.0, "failure_rate": 0.2, "rejection_rate": 1.0 / 6.0}));
+    assert_eq!(m["throughput"]["requests_per_second"], json!(5.0 / 1800.0));
+    // Percentiles equal the same t-digest over the raw rows.
+    let raw = ch.rows("SELECT quantilesTDigest(0.5, 0.95, 0.99)(duration_us) AS q FROM sync_requests WHERE kind = 'push'").await;
+    let q: Vec<f64> = raw[0]["q"].as_array().unwrap().iter().map(|v| v.as_f64().or_else(|| v.as_str()?.parse().ok()).unwrap_or_else(|| panic!("{raw:?}"))).collect();
+    assert_eq!(m["latency"]["push"]["p95_ms"].as_f64().unwrap(), (q[1]).round() / 1000.0);
+    assert_eq!(m["latency"]["push"]["p50_ms"].as_f64().unwrap(), (q[0]).round() / 1000.0);
+    assert_eq!(m["top_models"][0], json!({"key": "Task", "mutations": 4, "conflicts": 1, "rejections": 1}));
+    assert_eq!(
+        m["top_clients"],
+        json!([{"key": "c1", "mutations": 3, "conflicts": 0, "rejections": 0}, {"key": "c2", "mutations": 3, "conflicts": 1, "rejections": 1}]),
+        "c3 only pulled; ties in key order"
+    );
+
+    let health = m["health"].as_array().unwrap();
+    assert_eq!(health.len(), 6, "one entry per five minutes");
+    let b0 = &health[0];
+    assert_eq!((b0["start"].as_str(), b0["requests"].as_u64(), b0["mutations"].as_u64()), (Some(format!("{d}T10:00:00Z").as_str()), Some(3), Some(5)));
+    assert_eq!(b0["status"], "degraded", "1 conflict in 5 mutations is over the 10% conflict threshold");
+    assert_eq!((health[1]["requests"].as_u64(), health[1]["failed_requests"].as_u64()), (Some(1), Some(1)), "10:05:00 starts a new bucket");
+    assert_eq!(health[1]["status"], "failing");
+    assert_eq!(health[2]["status"], "idle");
+    assert_eq!(health[3]["status"], "idle");
+    assert_eq!(health[4]["status"], "ok");
+    assert_eq!(health[4]["start"], format!("{d}T10:20:00Z"));
+}
+
+#[tokio::test]
+async fn the_default_window_is_24_hours_of_288_buckets() {
+    let ch = clickhouse().await;
+    known_rows(&ch).await;
+    let base = serve(dashboard::mount(dashboard::DashboardState::new(ch.client()))).await;
+    let (status, m) = get(&format!("{base}/tether/dashboard/metrics")).await;
+    assert_eq!(status, 200);
+    assert_eq!(m["health"].as_array().unwrap().len(), 288);
+    assert_eq!(m["totals"]["requests"], 0, "the known rows are two days old");
+    assert!(m["health"].as_array().unwrap().iter().all(|b| b["status"] == "idle"));
+    let (_, m) = get(&format!("{base}/tether/dashboard/metrics?window=1h")).await;
+    assert_eq!(m["health"].as_array().unwrap().len(), 12);
+}
+
+#[tokio::test]
+async fn bad_parameters_are_400_never_500() {
+    let ch = clickhouse().await;
+    ch.migrate().await;
+    let base = serve(dashboard::mount(dashboard::DashboardState::new(ch.client()))).await;
+    for q in [
+        "window=2h",
+        "window=24h&from=2026-01-01T00:00:00Z",
+        "from=2026-01-01T00:00:00Z",
+        "from=yesterday&to=today",
+        "from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "from=2025-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "window=%27%3B%20DROP%20TABLE%20sync_requests%3B%20--",
+        "unknown=1",
+    ] {
+        let (status, body) = get(&format!("{base}/tether/dashboard/metrics?{q}")).await;
+        assert_eq!(status, 400, "{q}: {body}");
+        assert!(body["error"].is_string());
+    }
+    assert_eq!(ch.count("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'sync_requests'").await, 1);
+}
+
+#[tokio::test]
+async fn clickhouse_down_is_503_not_500() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let client = clickhouse::Client::default().with_url(format!("http://127.0.0.1:{port}"));
+    let base = serve(dashboard::mount(dashboard::DashboardState::new(client))).await;
+    let (status, body) = get(&format!("{base}/tether/dashboard/metrics")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body, json!({"error": "ClickHouse is unavailable"}), "no internals leak");
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_metrics_api() {
+    let ch = clickhouse().await;
+    let base = serve(dashboard::mount(dashboard::DashboardState::new(ch.client()))).await;
+    let (status, doc) = get(&format!("{base}/tether/dashboard/openapi.json")).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let props = &doc["components"]["schemas"]["Metrics"]["properties"];
+    for k in ["window", "totals", "throughput", "latency", "rates", "top_models", "top_clients", "thresholds", "health"] {
+        assert!(props.get(k).is_some(), "{k} undocumented");
+    }
+}
+
+#[tokio::test]
+async fn with_auth_configured_every_route_refuses_without_credentials() {
+    let ch = clickhouse().await;
+    ch.migrate().await;
+    let serve_cfg = ServeConfig { bearer_token: Some("t0ken".into()), basic_username: Some("ops".into()), basic_password: Some("pw".into()), ..ServeConfig::default() };
+    let base = serve(dashboard::app(&serve_cfg, ch.client())).await;
+    let http = reqwest::Client::new();
+    for path in ["/", "/tether/dashboard/metrics", "/tether/dashboard/openapi.json", "/tether/dashboard", "/tether/dashboard/requests", "/tether/dashboard/nope"] {
+        let url = format!("{base}{path}");
+        let anon = http.get(&url).send().await.unwrap();
+        assert_eq!(anon.status(), 401, "{path}");
+        assert!(anon.headers().get("www-authenticate").is_some());
+        let wrong = http.get(&url).bearer_auth("t0kenX").send().await.unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+        let ok = http.get(&url).bearer_auth("t0ken").send().await.unwrap();
+        assert_ne!(ok.status(), 401, "{path}");
+        let basic = http.get(&url).basic_auth("ops", Some("pw")).send().await.unwrap();
+        assert_ne!(basic.status(), 401, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers() {
+    let ch = clickhouse().await;
+    ch.migrate().await;
+    let base = serve(dashboard::mount(dashboard::DashboardState::new(ch.client()))).await;
+    for path in ["/tether/dashboard/metrics", "/tether/dashboard/openapi.json", "/tether/dashboard/metrics?window=bad"] {
+        let resp = reqwest::get(format!("{base}{path}")).await.unwrap();
+        let h = resp.headers();
+        let csp = h.get("content-security-policy").unwrap().to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"), "{csp}");
+        assert_eq!(h.get("x-content-type-options").unwrap(), "nosniff");
+        assert_eq!(h.get("x-frame-options").unwrap(), "DENY");
+    }
+}
