@@ -2,7 +2,8 @@
 
 mod common;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 #[tokio::test]
 async fn the_demo_drives_traffic_and_captures_every_outcome() {
@@ -11,19 +12,45 @@ async fn the_demo_drives_traffic_and_captures_every_outcome() {
     let url = ch.url.clone();
     let database = ch.database.clone();
     let sync_db = dir.path().join("sync.sqlite3");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_tether-pro"))
-            .args(["demo", "--duration", "6s", "--rate", "30", "--listen", "127.0.0.1:0", "--sync-db"])
-            .arg(&sync_db)
-            .env("CLICKHOUSE_URL", url)
-            .env("TETHER_PRO_CLICKHOUSE__DATABASE", database)
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether-pro"))
+        .args(["demo", "--duration", "8s", "--rate", "30", "--listen", "127.0.0.1:0", "--dashboard-listen", "127.0.0.1:0", "--sync-db"])
+        .arg(&sync_db)
+        .env("CLICKHOUSE_URL", url)
+        .env("TETHER_PRO_CLICKHOUSE__DATABASE", database)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the output as it comes; ask the dashboard while the demo runs.
+    let stdout_pipe = child.stdout.take().unwrap();
+    let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout_pipe).lines().map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
+    let mut stdout = String::new();
+    let mut dashboard = None;
+    while let Some(line) = line_rx.recv().await {
+        stdout.push_str(&line);
+        stdout.push('\n');
+        if let Some(rest) = line.strip_prefix("dashboard:") {
+            dashboard = rest.split_whitespace().next().map(str::to_owned);
+            break;
+        }
+    }
+    let dashboard = dashboard.unwrap_or_else(|| panic!("the demo printed no dashboard URL:\n{stdout}"));
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let metrics: serde_json::Value = reqwest::get(format!("{dashboard}/metrics?window=1h")).await.unwrap().json().await.unwrap();
+    assert!(metrics["totals"]["requests"].as_u64().unwrap() > 0, "the dashboard sees the demo's traffic: {metrics}");
+    assert_eq!(metrics["health"].as_array().unwrap().len(), 12);
+    while let Some(line) = line_rx.recv().await {
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    reader.join().unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
     assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("reference Tether sync server at http://127.0.0.1:"), "{stdout}");
     assert!(stdout.contains("errors 0"), "{stdout}");
