@@ -10,6 +10,7 @@ pub mod auth;
 mod error;
 pub mod health;
 pub mod metrics;
+pub mod pages;
 
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, header};
@@ -51,6 +52,7 @@ pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data
 pub fn router(state: DashboardState) -> Router {
     Router::new()
         .merge(api::router())
+        .merge(pages::router())
         .with_state(state)
         .layer(SetResponseHeaderLayer::overriding(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)))
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
@@ -65,7 +67,14 @@ pub fn router(state: DashboardState) -> Router {
 /// `router(state)` nested under `state.prefix`.
 pub fn mount(state: DashboardState) -> Router {
     let prefix = state.prefix.trim_end_matches('/').to_owned();
-    if prefix.is_empty() { router(state) } else { Router::new().nest(&prefix, router(state)) }
+    if prefix.is_empty() {
+        return router(state);
+    }
+    // `/tether/dashboard/` is where people type it; the overview lives at the bare prefix.
+    let target = prefix.clone();
+    Router::new()
+        .nest(&prefix, router(state))
+        .route(&format!("{prefix}/"), axum::routing::get(move || async move { axum::response::Redirect::permanent(&target) }))
 }
 
 /// The dashboard as `tether-pro serve` runs it: mounted under `serve.prefix`, auth from the

@@ -1,0 +1,498 @@
+//! The pages' reads. Every query is a constant SQL text (fragments chosen by code, never by
+//! input) with server-side parameters for every value; raw reads put the time range first so
+//! the `(started_at, request_id[, position])` sort keys prune parts, and filter by the columns
+//! that have skip indexes (`request_id`, `client_id`, `mutation_id`, `entity_id`, `model`).
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+/// A `sync_requests` row as a list shows it.
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+pub struct RequestSummary {
+    pub request_id: String,
+    pub kind: String,
+    pub client_id: String,
+    pub client_version: String,
+    pub started_us: i64,
+    pub duration_us: u64,
+    pub http_status: u16,
+    pub outcome: String,
+    pub mutation_count: u32,
+    pub applied_count: u32,
+    pub rejected_count: u32,
+    pub conflict_count: u32,
+    pub duplicate_count: u32,
+    pub snapshot_count: u32,
+}
+
+const SUMMARY_COLUMNS: &str = "request_id, kind, client_id, client_version, toUnixTimestamp64Micro(started_at) AS started_us,
+    duration_us, http_status, outcome, mutation_count, applied_count, rejected_count, conflict_count, duplicate_count,
+    snapshot_count";
+
+/// A whole `sync_requests` row, for the detail page.
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+pub struct RequestDetail {
+    pub request_id: String,
+    pub kind: String,
+    pub client_id: String,
+    pub client_version: String,
+    pub started_us: i64,
+    pub duration_us: u64,
+    pub http_status: u16,
+    pub outcome: String,
+    pub mutation_count: u32,
+    pub applied_count: u32,
+    pub rejected_count: u32,
+    pub conflict_count: u32,
+    pub duplicate_count: u32,
+    pub reason_keys: Vec<String>,
+    pub reason_counts: Vec<u32>,
+    pub snapshot_count: u32,
+    pub has_more: bool,
+    pub request_body: String,
+    pub request_body_bytes: u64,
+    pub request_body_truncated: bool,
+    pub response_body: String,
+    pub response_body_bytes: u64,
+    pub response_body_truncated: bool,
+    pub error: String,
+    pub trace_id: String,
+    pub span_id: String,
+    pub replay_of: String,
+}
+
+const DETAIL_COLUMNS: &str = "request_id, kind, client_id, client_version, toUnixTimestamp64Micro(started_at) AS started_us,
+    duration_us, http_status, outcome, mutation_count, applied_count, rejected_count, conflict_count, duplicate_count,
+    CAST(mapKeys(rejected_by_reason), 'Array(String)') AS reason_keys, mapValues(rejected_by_reason) AS reason_counts,
+    snapshot_count, has_more, request_body, request_body_bytes, request_body_truncated, response_body,
+    response_body_bytes, response_body_truncated, error, trace_id, span_id, replay_of";
+
+/// A `sync_mutations` row.
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+pub struct Mutation {
+    pub request_id: String,
+    pub started_us: i64,
+    pub position: u32,
+    pub mutation_id: String,
+    pub entity_id: String,
+    pub model: String,
+    pub operation: String,
+    pub client_id: String,
+    pub client_ts_ms: i64,
+    pub version: u64,
+    pub outcome: String,
+    pub reason: String,
+    pub reason_data: String,
+    pub payload: String,
+    pub state_before: String,
+    pub state_after: String,
+    pub has_state: bool,
+    pub diff: String,
+}
+
+const MUTATION_COLUMNS: &str = "request_id, toUnixTimestamp64Micro(started_at) AS started_us, position, mutation_id,
+    entity_id, model, operation, client_id, toUnixTimestamp64Milli(client_timestamp) AS client_ts_ms, version, outcome,
+    reason, reason_data, payload, state_before, state_after, has_state, diff";
+
+/// The few columns of a mutation a short list shows.
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+pub struct MutationBrief {
+    pub request_id: String,
+    pub started_us: i64,
+    pub position: u32,
+    pub mutation_id: String,
+    pub entity_id: String,
+    pub model: String,
+    pub operation: String,
+    pub client_id: String,
+    pub outcome: String,
+    pub reason: String,
+}
+
+const BRIEF_COLUMNS: &str = "request_id, toUnixTimestamp64Micro(started_at) AS started_us, position, mutation_id,
+    entity_id, model, operation, client_id, outcome, reason";
+
+/// One line of the failures table.
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+pub struct FailureGroup {
+    pub reason: String,
+    pub model: String,
+    pub client_id: String,
+    pub failures: u64,
+    pub first_us: i64,
+    pub last_us: i64,
+    pub example_mutation_id: String,
+    pub example_request_id: String,
+}
+
+/// A key and a count.
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+pub struct KeyCount {
+    pub key: String,
+    pub n: u64,
+}
+
+/// Where a list page resumes: strictly older than this row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub started_us: i64,
+    pub request_id: String,
+    /// Only for mutation lists.
+    pub position: u32,
+}
+
+/// Filters of the requests list (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct RequestFilter {
+    pub kind: Option<String>,
+    pub outcome: Option<String>,
+    pub client_id: Option<String>,
+    pub model: Option<String>,
+    pub mutation_id: Option<String>,
+    pub entity_id: Option<String>,
+    pub from_us: Option<i64>,
+    pub to_us: Option<i64>,
+}
+
+/// A SQL text assembled from constant fragments, and the parameters it references.
+struct Sql {
+    text: String,
+    strings: Vec<(&'static str, String)>,
+    ints: Vec<(&'static str, i64)>,
+}
+
+impl Sql {
+    fn new(text: &str) -> Self {
+        Sql { text: text.to_owned(), strings: Vec::new(), ints: Vec::new() }
+    }
+    fn push(&mut self, fragment: &str) {
+        self.text.push_str(fragment);
+    }
+    fn string(&mut self, name: &'static str, v: &str) {
+        self.strings.push((name, v.to_owned()));
+    }
+    fn int(&mut self, name: &'static str, v: i64) {
+        self.ints.push((name, v));
+    }
+    fn query(&self, c: &clickhouse::Client) -> clickhouse::query::Query {
+        let mut q = c.query_raw(&self.text);
+        for (k, v) in &self.strings {
+            q = q.param(k, v);
+        }
+        for (k, v) in &self.ints {
+            q = q.param(k, v);
+        }
+        q
+    }
+}
+
+const AT_LEAST_FROM: &str = " AND started_at >= fromUnixTimestamp64Micro({from_us:Int64}, 'UTC')";
+const BEFORE_TO: &str = " AND started_at < fromUnixTimestamp64Micro({to_us:Int64}, 'UTC')";
+const NOT_AFTER_CURSOR: &str = " AND started_at <= fromUnixTimestamp64Micro({cursor_us:Int64}, 'UTC')";
+
+/// The requests list: newest first, at most `limit` rows older than `cursor`.
+pub async fn list_requests(
+    c: &clickhouse::Client,
+    f: &RequestFilter,
+    cursor: Option<&Cursor>,
+    limit: u64,
+) -> clickhouse::error::Result<Vec<RequestSummary>> {
+    let mut sql = Sql::new(&format!("SELECT {SUMMARY_COLUMNS} FROM sync_requests WHERE 1"));
+    // Time first (the sort key), shared with the mutation subquery.
+    let mut time = String::new();
+    if let Some(from) = f.from_us {
+        time.push_str(AT_LEAST_FROM);
+        sql.int("from_us", from);
+    }
+    if let Some(to) = f.to_us {
+        time.push_str(BEFORE_TO);
+        sql.int("to_us", to);
+    }
+    if let Some(cur) = cursor {
+        time.push_str(NOT_AFTER_CURSOR);
+        sql.int("cursor_us", cur.started_us);
+    }
+    sql.push(&time);
+    if let Some(cur) = cursor {
+        sql.push(
+            " AND (started_at < fromUnixTimestamp64Micro({cursor_us:Int64}, 'UTC') OR request_id < {cursor_id:String})",
+        );
+        sql.string("cursor_id", &cur.request_id);
+    }
+    if let Some(v) = &f.kind {
+        sql.push(" AND kind = {kind:String}");
+        sql.string("kind", v);
+    }
+    if let Some(v) = &f.outcome {
+        sql.push(" AND outcome = {outcome:String}");
+        sql.string("outcome", v);
+    }
+    if let Some(v) = &f.client_id {
+        sql.push(" AND client_id = {client_id:String}");
+        sql.string("client_id", v);
+    }
+    if f.model.is_some() || f.mutation_id.is_some() || f.entity_id.is_some() {
+        sql.push(" AND request_id IN (SELECT request_id FROM sync_mutations WHERE 1");
+        sql.push(&time);
+        if f.client_id.is_some() {
+            sql.push(" AND client_id = {client_id:String}");
+        }
+        if let Some(v) = &f.model {
+            sql.push(" AND model = {model:String}");
+            sql.string("model", v);
+        }
+        if let Some(v) = &f.mutation_id {
+            sql.push(" AND mutation_id = {mutation_id:String}");
+            sql.string("mutation_id", v);
+        }
+        if let Some(v) = &f.entity_id {
+            sql.push(" AND entity_id = {entity_id:String}");
+            sql.string("entity_id", v);
+        }
+        sql.push(")");
+    }
+    sql.push(" ORDER BY started_at DESC, request_id DESC LIMIT {limit:UInt64}");
+    sql.query(c).param("limit", limit).fetch_all().await
+}
+
+/// The millisecond time a ULID carries, when `id` is one.
+fn ulid_ms(id: &str) -> Option<i64> {
+    if !crate::protocol::is_ulid(id) {
+        return None;
+    }
+    ulid::Ulid::from_string(id).ok().and_then(|u| i64::try_from(u.timestamp_ms()).ok())
+}
+
+/// One request by id. Request ids are ULIDs minted on arrival, so the id's own time bounds
+/// `started_at` (one hour either side) and the lookup reads one or two daily partitions; an
+/// id minted elsewhere falls back to the `request_id` bloom filter alone.
+pub async fn request(c: &clickhouse::Client, id: &str) -> clickhouse::error::Result<Option<RequestDetail>> {
+    const HOUR_US: i64 = 3_600_000_000;
+    if let Some(ms) = ulid_ms(id) {
+        let us = ms.saturating_mul(1000);
+        let found = c
+            .query_raw(&format!(
+                "SELECT {DETAIL_COLUMNS} FROM sync_requests
+                 WHERE started_at >= fromUnixTimestamp64Micro({{from_us:Int64}}, 'UTC')
+                   AND started_at < fromUnixTimestamp64Micro({{to_us:Int64}}, 'UTC')
+                   AND request_id = {{id:String}} LIMIT 1"
+            ))
+            .param("from_us", us.saturating_sub(HOUR_US).max(0))
+            .param("to_us", us.saturating_add(HOUR_US))
+            .param("id", id)
+            .fetch_optional()
+            .await?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    c.query_raw(&format!("SELECT {DETAIL_COLUMNS} FROM sync_requests WHERE request_id = {{id:String}} LIMIT 1"))
+        .param("id", id)
+        .fetch_optional()
+        .await
+}
+
+/// How many mutation rows a request has (exact sort-key prefix).
+pub async fn mutation_count(c: &clickhouse::Client, started_us: i64, id: &str) -> clickhouse::error::Result<u64> {
+    c.query_raw(
+        "SELECT count() FROM sync_mutations
+         WHERE started_at = fromUnixTimestamp64Micro({t:Int64}, 'UTC') AND request_id = {id:String}",
+    )
+    .param("t", started_us)
+    .param("id", id)
+    .fetch_one()
+    .await
+}
+
+/// Mutations `[first, first + limit)` of a request, by position.
+pub async fn mutations_page(
+    c: &clickhouse::Client,
+    started_us: i64,
+    id: &str,
+    first: u64,
+    limit: u64,
+) -> clickhouse::error::Result<Vec<Mutation>> {
+    c.query_raw(&format!(
+        "SELECT {MUTATION_COLUMNS} FROM sync_mutations
+         WHERE started_at = fromUnixTimestamp64Micro({{t:Int64}}, 'UTC') AND request_id = {{id:String}}
+           AND position >= {{first:UInt64}} AND position < {{end:UInt64}}
+         ORDER BY position LIMIT {{limit:UInt64}}"
+    ))
+    .param("t", started_us)
+    .param("id", id)
+    .param("first", first)
+    .param("end", first.saturating_add(limit))
+    .param("limit", limit)
+    .fetch_all()
+    .await
+}
+
+/// The latest mutations with `outcome` since `from`.
+pub async fn latest_mutations(
+    c: &clickhouse::Client,
+    outcome: &str,
+    from: DateTime<Utc>,
+    limit: u64,
+) -> clickhouse::error::Result<Vec<MutationBrief>> {
+    c.query_raw(&format!(
+        "SELECT {BRIEF_COLUMNS} FROM sync_mutations
+         WHERE started_at >= fromUnixTimestamp64Micro({{from_us:Int64}}, 'UTC') AND outcome = {{outcome:String}}
+         ORDER BY started_at DESC, request_id DESC, position DESC LIMIT {{limit:UInt64}}"
+    ))
+    .param("from_us", from.timestamp_micros())
+    .param("outcome", outcome)
+    .param("limit", limit)
+    .fetch_all()
+    .await
+}
+
+/// Conflicts in `[from, to)`, newest first, older than `cursor`.
+pub async fn conflicts(
+    c: &clickhouse::Client,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    cursor: Option<&Cursor>,
+    limit: u64,
+) -> clickhouse::error::Result<Vec<Mutation>> {
+    let mut sql = Sql::new(&format!("SELECT {MUTATION_COLUMNS} FROM sync_mutations WHERE 1"));
+    sql.push(AT_LEAST_FROM);
+    sql.push(BEFORE_TO);
+    sql.int("from_us", from.timestamp_micros());
+    sql.int("to_us", to.timestamp_micros());
+    if let Some(cur) = cursor {
+        sql.push(NOT_AFTER_CURSOR);
+        sql.push(
+            " AND (started_at < fromUnixTimestamp64Micro({cursor_us:Int64}, 'UTC') OR request_id < {cursor_id:String}
+                   OR (request_id = {cursor_id:String} AND position < {cursor_pos:Int64}))",
+        );
+        sql.int("cursor_us", cur.started_us);
+        sql.string("cursor_id", &cur.request_id);
+        sql.int("cursor_pos", i64::from(cur.position));
+    }
+    sql.push(" AND outcome = 'conflict' ORDER BY started_at DESC, request_id DESC, position DESC LIMIT {limit:UInt64}");
+    sql.query(c).param("limit", limit).fetch_all().await
+}
+
+const BUCKETS: &str = "bucket >= toDateTime({from:Int64}, 'UTC') AND bucket < toDateTime({to:Int64}, 'UTC')";
+
+/// Mutations with `outcome` in the window per `key` (`model` or `client_id`), from the
+/// five-minute aggregate.
+pub async fn outcome_counts_by(
+    c: &clickhouse::Client,
+    key: Key,
+    outcome: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: u64,
+) -> clickhouse::error::Result<Vec<KeyCount>> {
+    let column = match key {
+        Key::Model => "model",
+        Key::Client => "client_id",
+    };
+    c.query_raw(&format!(
+        "SELECT toString({column}) AS key, sum(mutations) AS n FROM sync_mutations_5m
+         WHERE {BUCKETS} AND outcome = {{outcome:String}}
+         GROUP BY key ORDER BY n DESC, key LIMIT {{limit:UInt64}}"
+    ))
+    .param("from", from.timestamp())
+    .param("to", to.timestamp())
+    .param("outcome", outcome)
+    .param("limit", limit)
+    .fetch_all()
+    .await
+}
+
+/// A grouping column of the aggregate (chosen by code, never by input).
+#[derive(Debug, Clone, Copy)]
+pub enum Key {
+    Model,
+    Client,
+}
+
+/// Rejected mutations in `[from, to)` by reason, model and client.
+pub async fn failure_groups(
+    c: &clickhouse::Client,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: u64,
+) -> clickhouse::error::Result<Vec<FailureGroup>> {
+    c.query_raw(
+        "SELECT toString(reason) AS reason, toString(model) AS model, client_id, count() AS failures,
+                toUnixTimestamp64Micro(min(started_at)) AS first_us, toUnixTimestamp64Micro(max(started_at)) AS last_us,
+                argMax(mutation_id, started_at) AS example_mutation_id, argMax(request_id, started_at) AS example_request_id
+         FROM sync_mutations
+         WHERE started_at >= fromUnixTimestamp64Micro({from_us:Int64}, 'UTC')
+           AND started_at < fromUnixTimestamp64Micro({to_us:Int64}, 'UTC')
+           AND outcome = 'rejected'
+         GROUP BY reason, model, client_id
+         ORDER BY failures DESC, last_us DESC, reason, model, client_id LIMIT {limit:UInt64}",
+    )
+    .param("from_us", from.timestamp_micros())
+    .param("to_us", to.timestamp_micros())
+    .param("limit", limit)
+    .fetch_all()
+    .await
+}
+
+/// One client's requests, newest first, older than `cursor`, within optional bounds.
+pub async fn client_requests(
+    c: &clickhouse::Client,
+    client_id: &str,
+    from_us: Option<i64>,
+    to_us: Option<i64>,
+    cursor: Option<&Cursor>,
+    limit: u64,
+) -> clickhouse::error::Result<Vec<RequestSummary>> {
+    let f = RequestFilter { client_id: Some(client_id.to_owned()), from_us, to_us, ..RequestFilter::default() };
+    list_requests(c, &f, cursor, limit).await
+}
+
+/// The first `per_request` mutations of each of `requests` (all from `client_id`).
+pub async fn mutations_of(
+    c: &clickhouse::Client,
+    client_id: &str,
+    requests: &[RequestSummary],
+    per_request: u64,
+) -> clickhouse::error::Result<Vec<MutationBrief>> {
+    let pushes: Vec<&RequestSummary> = requests.iter().filter(|r| r.mutation_count > 0).collect();
+    let (Some(lo), Some(hi)) = (pushes.iter().map(|r| r.started_us).min(), pushes.iter().map(|r| r.started_us).max()) else {
+        return Ok(Vec::new());
+    };
+    let ids: Vec<&str> = pushes.iter().map(|r| r.request_id.as_str()).collect();
+    c.query_raw(&format!(
+        "SELECT {BRIEF_COLUMNS} FROM sync_mutations
+         WHERE started_at >= fromUnixTimestamp64Micro({{lo:Int64}}, 'UTC')
+           AND started_at <= fromUnixTimestamp64Micro({{hi:Int64}}, 'UTC')
+           AND client_id = {{client_id:String}} AND request_id IN {{ids:Array(String)}}
+         ORDER BY started_at DESC, request_id, position LIMIT {{per:UInt64}} BY request_id"
+    ))
+    .param("lo", lo)
+    .param("hi", hi)
+    .param("client_id", client_id)
+    .param("ids", ids)
+    .param("per", per_request)
+    .fetch_all()
+    .await
+}
+
+/// Whether a request with this id exists.
+pub async fn request_exists(c: &clickhouse::Client, id: &str) -> clickhouse::error::Result<bool> {
+    Ok(request(c, id).await?.is_some())
+}
+
+/// Whether any mutation row has `column` = `value` (`mutation_id` or `entity_id`).
+pub async fn mutation_exists(c: &clickhouse::Client, by: MutationKey, value: &str) -> clickhouse::error::Result<bool> {
+    let sql = match by {
+        MutationKey::MutationId => "SELECT count() FROM (SELECT 1 FROM sync_mutations WHERE mutation_id = {v:String} LIMIT 1)",
+        MutationKey::EntityId => "SELECT count() FROM (SELECT 1 FROM sync_mutations WHERE entity_id = {v:String} LIMIT 1)",
+    };
+    let n: u64 = c.query_raw(sql).param("v", value).fetch_one().await?;
+    Ok(n > 0)
+}
+
+/// A mutation column the search box looks in.
+#[derive(Debug, Clone, Copy)]
+pub enum MutationKey {
+    MutationId,
+    EntityId,
+}
