@@ -3,10 +3,10 @@
 //! HTTP/protobuf, `common/otlp_receiver.rs`), while known traffic goes through the reference
 //! server behind the capture layers, the real pipeline and a real ClickHouse.
 //!
-//! The `OTEL_*` variables are process-global, so every test here holds `ENV_LOCK` for its
-//! whole run (they run one at a time). Tests run on a current-thread runtime (the capture
-//! subscriber is thread-local, as in `tests/capture.rs`); the guards' blocking shutdowns run
-//! on a blocking thread so the runtime keeps serving the exporters' connection tasks.
+//! The `OTEL_*` variables are process-global, so every test here holds `ENV_LOCK` while it
+//! sets them and calls `init` (they run one at a time). Tests run on a current-thread runtime
+//! (the capture subscriber is thread-local, as in `tests/capture.rs`), and call the guards'
+//! blocking shutdowns right on that runtime's thread, as a host's `Drop` would.
 
 mod common;
 #[path = "common/otlp_receiver.rs"]
@@ -227,23 +227,21 @@ impl Instrumented {
         }
     }
 
-    /// Flushes the pipeline, then traces, then metrics, on a blocking thread (the gRPC
-    /// exporter's connection lives on this runtime, which must keep running meanwhile).
+    /// Flushes the pipeline, then traces, then metrics, blocking this (runtime) thread.
     /// Returns the telemetry guard's errors.
-    async fn shutdown(&mut self) -> Vec<String> {
-        let mut capture = self.capture_guard.take().expect("not shut down yet");
-        let mut telemetry = self.telemetry_guard.take().expect("not shut down yet");
-        tokio::task::spawn_blocking(move || {
-            capture.shutdown();
-            telemetry.shutdown()
-        })
-        .await
-        .unwrap()
+    fn shutdown(&mut self) -> Vec<String> {
+        self.capture_guard.take().expect("not shut down yet").shutdown();
+        self.telemetry_guard.take().expect("not shut down yet").shutdown()
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // Reading what the receiver got
+
+/// Attributes as text, by key.
+type Attrs = BTreeMap<String, String>;
+/// Every exported metric by name, with its scope name, in arrival order.
+type Metrics = BTreeMap<String, Vec<(String, Metric)>>;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -284,8 +282,8 @@ fn spans(traces: &[opentelemetry_proto::tonic::collector::trace::v1::ExportTrace
 }
 
 /// The metrics of every export, by name, in arrival order, with their scope name.
-fn metrics_by_name(reqs: &[ExportMetricsServiceRequest]) -> BTreeMap<String, Vec<(String, Metric)>> {
-    let mut out: BTreeMap<String, Vec<(String, Metric)>> = BTreeMap::new();
+fn metrics_by_name(reqs: &[ExportMetricsServiceRequest]) -> Metrics {
+    let mut out = Metrics::new();
     for req in reqs {
         for rm in &req.resource_metrics {
             for sm in &rm.scope_metrics {
@@ -330,7 +328,7 @@ fn number(v: &Option<number_data_point::Value>) -> f64 {
 }
 
 /// A sum or gauge: its value per attribute set.
-fn numbers(all: &BTreeMap<String, Vec<(String, Metric)>>, name: &str) -> BTreeMap<BTreeMap<String, String>, f64> {
+fn numbers(all: &Metrics, name: &str) -> BTreeMap<Attrs, f64> {
     let metrics = all.get(name).unwrap_or_else(|| panic!("metric {name} was exported; got {:?}", all.keys().collect::<Vec<_>>()));
     let mut points = Vec::new();
     for (_, m) in metrics {
@@ -352,7 +350,7 @@ fn numbers(all: &BTreeMap<String, Vec<(String, Metric)>>, name: &str) -> BTreeMa
 }
 
 /// A histogram: (count, sum) per attribute set, and the unit.
-fn histogram(all: &BTreeMap<String, Vec<(String, Metric)>>, name: &str) -> (String, BTreeMap<BTreeMap<String, String>, (u64, f64)>) {
+fn histogram(all: &Metrics, name: &str) -> (String, BTreeMap<Attrs, (u64, f64)>) {
     let metrics = all.get(name).unwrap_or_else(|| panic!("metric {name} was exported; got {:?}", all.keys().collect::<Vec<_>>()));
     let unit = metrics[0].1.unit.clone();
     let mut points = Vec::new();
@@ -408,7 +406,7 @@ async fn end_to_end(protocol: Protocol) {
     assert_eq!(pull["snapshots"].as_array().map(Vec::len), Some(2), "{pull}");
     assert!(String::from_utf8_lossy(&body).contains(PLAIN) && String::from_utf8_lossy(&body).contains(SECRET));
 
-    let errors = app.shutdown().await;
+    let errors = app.shutdown();
     assert!(errors.is_empty(), "telemetry shut down cleanly: {errors:?}");
     drop(env);
     let stats = app.telemetry.stats();
@@ -616,7 +614,8 @@ async fn endpoint_down(protocol: Protocol) {
     // change stamps, which differ between two servers: compared without them).
     let pull_h = pull_headers();
     let pull_h: Vec<(&str, &str)> = pull_h.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let requests: Vec<(&str, Vec<(&str, &str)>, Vec<u8>)> = vec![
+    type Request<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>);
+    let requests: Vec<Request> = vec![
         ("/tether/push", push_headers(), the_push().to_string().into_bytes()),
         ("/tether/pull", pull_h.clone(), the_pull().to_string().into_bytes()),
         ("/tether/push", push_headers(), the_push().to_string().into_bytes()), // all duplicates now
@@ -644,7 +643,7 @@ async fn endpoint_down(protocol: Protocol) {
     let serving = started.elapsed();
 
     let shutdown_started = Instant::now();
-    let errors = app.shutdown().await;
+    let errors = app.shutdown();
     let shutdown_took = shutdown_started.elapsed();
     drop(env);
     eprintln!("{protocol:?} endpoint down: traffic took {serving:?}, shutdown took {shutdown_took:?}, guard errors: {errors:?}");
@@ -701,7 +700,7 @@ async fn per_signal_endpoints_and_protocols_are_honoured() {
     let mut app = Instrumented::start().await;
     let (status, _, _) = send(&app.base, "/tether/push", &push_headers(), the_push().to_string().into_bytes()).await;
     assert_eq!(status, 200);
-    let errors = app.shutdown().await;
+    let errors = app.shutdown();
     assert!(errors.is_empty(), "{errors:?}");
     drop(env);
 
@@ -722,50 +721,74 @@ async fn per_signal_endpoints_and_protocols_are_honoured() {
     }
 }
 
-// TEMP EXPERIMENTS
-#[tokio::test(flavor = "current_thread")]
-async fn zz_exp_sampler_orphans() {
+// ---------------------------------------------------------------------------------------
+// Shutdown and resource
+
+/// A host on a current-thread runtime that simply drops the guards at the end (on the
+/// runtime's own thread): the last spans and metrics still reach a gRPC collector, and the
+/// drop returns. (Before the gRPC exporters had their own runtime, this hung forever: the
+/// flush waited for a connection task on the very runtime the flush was blocking.)
+#[test]
+fn dropping_the_guards_on_a_current_thread_runtime_flushes_over_grpc_and_returns() {
     let receiver = OtlpReceiver::start(Protocol::Grpc);
-    let _env = OtelEnv::set(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
-        ("OTEL_TRACES_SAMPLER_ARG", "0"),
-        ("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=pod-7,deployment.environment=prod"),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-    ]).await;
-    let ch = clickhouse().await;
-    ch.migrate().await;
-    let (telemetry, mut tg) = telemetry::init(SERVICE).unwrap();
-    let (capture, mut cg) = pipeline::start_with_telemetry(&fast_config(), ClickHouseWriter::new(ch.client()), telemetry.clone()).unwrap();
-    let _sub = tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.layer()).with(telemetry.layer()));
-    let app = axum::Router::new()
-        .route("/tether/push", axum::routing::post(|axum::Json(req): axum::Json<Value>| async move {
-            let _work = tracing::info_span!("host.apply").entered();
-            axum::Json(json!({"applied": [req["mutations"][0]["mutation_id"]]}))
-        }))
-        .layer(capture.http_layer());
-    let base = serve(app).await;
-    let (st, _, _) = send(&base, "/tether/push", &[], json!({"client_id": CLIENT, "mutations": [mutation(M1, T1, "create", json!({"title": "x"}), 1)]}).to_string().into_bytes()).await;
-    assert_eq!(st, 200);
-    tokio::task::spawn_blocking(move || { cg.shutdown(); tg.shutdown() }).await.unwrap();
-    for (r, _, s) in spans(&receiver.received.traces()) {
-        eprintln!("EXP span {} trace {} parent {:?} res {:?}", s.name, hex(&s.trace_id), hex(&s.parent_span_id), attrs(&r.attributes));
-    }
+    let endpoint = receiver.endpoint.clone();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let env = OtelEnv::set(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                // Never on their own within the test: only the drop's flush exports.
+                ("OTEL_METRIC_EXPORT_INTERVAL", "3600000"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "3600000"),
+                ("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=pod-7,deployment.environment=prod"),
+            ])
+            .await;
+            let app = Instrumented::start().await;
+            drop(env); // read by `init` only; released so a hang here cannot block the other tests
+            let (status, _, _) = send(&app.base, "/tether/push", &push_headers(), the_push().to_string().into_bytes()).await;
+            assert_eq!(status, 200);
+            let started = Instant::now();
+            drop(app); // the capture guard, then the telemetry guard, on this thread
+            done_tx.send(started.elapsed()).unwrap();
+        });
+    });
+    let took = done_rx.recv_timeout(Duration::from_secs(60)).expect("dropping the guards on a current-thread runtime returns within 60 s (or the thread running it panicked: see above)");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    let all = spans(&receiver.received.traces());
+    assert_eq!(all.iter().map(|(_, _, s)| s.name.as_str()).collect::<Vec<_>>(), vec!["tether.push"], "flushed by the drop");
+    let by_name = metrics_by_name(&receiver.received.metrics());
+    assert_eq!(numbers(&by_name, "tether.requests").values().sum::<f64>(), 1.0, "flushed by the drop");
+    // The deployment's resource attributes win over tether-pro's defaults.
+    let res = attrs(&all[0].0.attributes);
+    assert_eq!(res.get("service.instance.id").map(String::as_str), Some("pod-7"));
+    assert_eq!(res.get("deployment.environment").map(String::as_str), Some("prod"));
+    assert_eq!(res.get("service.name").map(String::as_str), Some(SERVICE));
+    assert_eq!(res.get("service.version").map(String::as_str), Some(env!("CARGO_PKG_VERSION")));
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn zz_exp_shutdown_on_runtime_thread() {
-    let receiver = OtlpReceiver::start(Protocol::Grpc);
-    let env = OtelEnv::exporting_to(&receiver.endpoint, Protocol::Grpc).await;
-    let mut app = Instrumented::start().await;
-    let (st, _, _) = send(&app.base, "/tether/push", &push_headers(), the_push().to_string().into_bytes()).await;
-    assert_eq!(st, 200);
-    let mut cg = app.capture_guard.take().unwrap();
-    let mut tg = app.telemetry_guard.take().unwrap();
-    cg.shutdown();
-    let t = Instant::now();
-    let errors = tg.shutdown();
-    eprintln!("EXP direct shutdown took {:?} errors {errors:?} stats {:?} traces {} metrics {}", t.elapsed(), app.telemetry.stats(), receiver.received.traces().len(), receiver.received.metrics().len());
-    drop(env);
+async fn the_resource_takes_the_environment_first_then_the_defaults() {
+    let get = |r: &opentelemetry_sdk::Resource, k: &'static str| r.get(&opentelemetry::Key::from_static_str(k)).map(|v| v.to_string());
+    {
+        let _env = OtelEnv::set(&[]).await;
+        let r = telemetry::resource(SERVICE);
+        assert_eq!(get(&r, "service.name").as_deref(), Some(SERVICE));
+        assert_eq!(get(&r, "service.version").as_deref(), Some(env!("CARGO_PKG_VERSION")));
+        let id = get(&r, "service.instance.id").unwrap();
+        assert_eq!(id.len(), 26);
+        assert_ne!(get(&telemetry::resource(SERVICE), "service.instance.id"), Some(id), "an instance id per process start");
+    }
+    {
+        let _env = OtelEnv::set(&[("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attrs,service.version=2.0.0,service.instance.id=pod-7")]).await;
+        let r = telemetry::resource(SERVICE);
+        assert_eq!(get(&r, "service.name").as_deref(), Some("from-attrs"));
+        assert_eq!(get(&r, "service.version").as_deref(), Some("2.0.0"));
+        assert_eq!(get(&r, "service.instance.id").as_deref(), Some("pod-7"));
+    }
+    {
+        let _env = OtelEnv::set(&[("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attrs"), ("OTEL_SERVICE_NAME", "from-service-name")]).await;
+        assert_eq!(get(&telemetry::resource(SERVICE), "service.name").as_deref(), Some("from-service-name"), "OTEL_SERVICE_NAME wins");
+    }
 }

@@ -116,6 +116,8 @@ pub fn is_excluded_target(target: &str) -> bool {
 pub struct TelemetryGuard {
     tracer_provider: Option<SdkTracerProvider>,
     meter_provider: Option<SdkMeterProvider>,
+    /// The gRPC exporters' own runtime (see [`ExporterRuntime`]), stopped last.
+    runtime: Option<ExporterRuntime>,
 }
 
 impl TelemetryGuard {
@@ -137,6 +139,7 @@ impl TelemetryGuard {
                 errors.push(format!("shutting down metrics: {e}"));
             }
         }
+        drop(self.runtime.take());
         for e in &errors {
             eprintln!("tether-pro: telemetry: {e}");
         }
@@ -171,25 +174,58 @@ fn signal_enabled(signal: &str) -> bool {
     env(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")).is_some() || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
 }
 
-/// The resource: service name (`OTEL_SERVICE_NAME`, else `default_service`), version and a
-/// per-process instance id, plus `OTEL_RESOURCE_ATTRIBUTES`.
+/// The resource: service name (`OTEL_SERVICE_NAME`, else `service.name` in
+/// `OTEL_RESOURCE_ATTRIBUTES`, else `default_service`), version and a per-process instance
+/// id, plus `OTEL_RESOURCE_ATTRIBUTES`. What the environment sets is never overridden by our
+/// defaults (e.g. a `service.instance.id` the deployment assigns per pod).
 pub fn resource(default_service: &str) -> Resource {
-    let name = env("OTEL_SERVICE_NAME").unwrap_or_else(|| default_service.to_owned());
+    use opentelemetry::Key;
+    use opentelemetry_sdk::resource::{EnvResourceDetector, ResourceDetector as _};
+    let from_env = EnvResourceDetector::new().detect();
+    let name = env("OTEL_SERVICE_NAME")
+        .or_else(|| from_env.get(&Key::from_static_str("service.name")).map(|v| v.to_string()))
+        .unwrap_or_else(|| default_service.to_owned());
+    let defaults = [
+        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        KeyValue::new("service.instance.id", ulid::Ulid::new().to_string()),
+    ];
     Resource::builder()
         .with_service_name(name)
-        .with_attributes([
-            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
-            KeyValue::new("service.instance.id", ulid::Ulid::new().to_string()),
-        ])
+        .with_attributes(defaults.into_iter().filter(|kv| from_env.get(&kv.key).is_none()))
         .build()
 }
 
-/// Builds the providers from the environment. Call inside a tokio runtime (the gRPC
-/// transport needs one). Returns a disabled handle when nothing is configured.
+/// A small runtime of our own for the gRPC exporters: tonic's connection task runs there,
+/// not on the caller's runtime. Otherwise an export waits for the host's runtime to be
+/// polled, and the guard's blocking shutdown (or its drop) called from a thread that drives
+/// a current-thread runtime never returns.
+struct ExporterRuntime(Option<tokio::runtime::Runtime>);
+
+impl ExporterRuntime {
+    fn new() -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("tether-pro-otlp").enable_all().build()?;
+        Ok(ExporterRuntime(Some(rt)))
+    }
+}
+
+impl Drop for ExporterRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            // Does not wait, so it is safe from async code too (a plain drop panics there).
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Builds the providers from the environment. Needs no runtime of the caller's: the gRPC
+/// transport gets one of its own. Returns a disabled handle when nothing is configured.
 pub fn init(default_service: &str) -> anyhow::Result<(Telemetry, TelemetryGuard)> {
     use opentelemetry_otlp::{MetricExporter, SpanExporter};
     let stats = Arc::new(TelemetryStats::default());
     let resource = resource(default_service);
+    let grpc = (signal_enabled("TRACES") && grpc_for("TRACES")) || (signal_enabled("METRICS") && grpc_for("METRICS"));
+    let runtime = if grpc { Some(ExporterRuntime::new()?) } else { None };
+    let entered = runtime.as_ref().and_then(|rt| rt.0.as_ref()).map(|rt| rt.enter());
     let tracer_provider = if signal_enabled("TRACES") {
         let exporter = if grpc_for("TRACES") {
             SpanExporter::builder().with_tonic().build()?
@@ -225,9 +261,10 @@ pub fn init(default_service: &str) -> anyhow::Result<(Telemetry, TelemetryGuard)
         opentelemetry::global::set_meter_provider(p.clone());
     }
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    drop(entered);
     let mut telemetry = Telemetry::from_providers(tracer_provider.as_ref(), meter_provider.as_ref());
     telemetry.stats = stats;
-    Ok((telemetry, TelemetryGuard { tracer_provider, meter_provider }))
+    Ok((telemetry, TelemetryGuard { tracer_provider, meter_provider, runtime }))
 }
 
 #[cfg(test)]
