@@ -226,6 +226,12 @@ pub fn init(default_service: &str) -> anyhow::Result<(Telemetry, TelemetryGuard)
     let grpc = (signal_enabled("TRACES") && grpc_for("TRACES")) || (signal_enabled("METRICS") && grpc_for("METRICS"));
     let runtime = if grpc { Some(ExporterRuntime::new()?) } else { None };
     let entered = runtime.as_ref().and_then(|rt| rt.0.as_ref()).map(|rt| rt.enter());
+    if let Some(sampler) = env("OTEL_TRACES_SAMPLER").filter(|s| s != "always_on" && s != "parentbased_always_on") {
+        eprintln!(
+            "tether-pro: telemetry: OTEL_TRACES_SAMPLER={sampler} is not applied: request spans follow the caller's \
+             sampling decision (parent-based, always on for new traces); sample in the collector (tail sampling) instead"
+        );
+    }
     let tracer_provider = if signal_enabled("TRACES") {
         let exporter = if grpc_for("TRACES") {
             SpanExporter::builder().with_tonic().build()?
@@ -237,6 +243,11 @@ pub fn init(default_service: &str) -> anyhow::Result<(Telemetry, TelemetryGuard)
             SdkTracerProvider::builder()
                 .with_resource(resource.clone())
                 .with_id_generator(TetherIdGenerator::default())
+                // The sampling decision is made when a request arrives (its ids are minted
+                // then, and the host's spans follow it): the request span follows its parent.
+                .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+                    opentelemetry_sdk::trace::Sampler::AlwaysOn,
+                )))
                 .with_batch_exporter(exporter)
                 .build(),
         )
