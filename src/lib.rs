@@ -6,6 +6,7 @@ pub mod config;
 pub mod dashboard;
 pub mod pipeline;
 pub mod protocol;
+pub mod replay;
 pub mod sim;
 pub mod store;
 pub mod sync;

@@ -1,0 +1,233 @@
+//! Replay of captured push requests: preview against today's state, and (only where
+//! `replay.live_enabled`) apply a clone with fresh mutation ids through the host's normal push
+//! path, with durable audit links written before anything is sent.
+
+pub mod links;
+pub mod plan;
+pub mod target;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+pub use links::LinkRow;
+pub use plan::{CapturedMutation, Prediction, PreviewEntry};
+pub use target::{HttpTarget, InProcessTarget, ReplayTarget};
+
+use crate::protocol::{PushRequest, RejectionReason};
+
+/// Why a replay was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("no captured request with that id")]
+    NotFound,
+    #[error("only push requests can be replayed; this one is a {0}")]
+    NotAPush(String),
+    #[error("nothing to replay: no replayable mutation was selected")]
+    NothingToReplay,
+    #[error("the audit links could not be written, so nothing was sent: {0}")]
+    LinksNotWritten(String),
+    #[error("the host could not be reached: {0}")]
+    Host(String),
+    #[error("ClickHouse: {0}")]
+    Store(#[from] clickhouse::error::Error),
+}
+
+/// A captured push, as replay reads it back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Captured {
+    pub request_id: String,
+    pub client_id: String,
+    pub client_version: String,
+    pub mutations: Vec<CapturedMutation>,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReplayResult {
+    pub replay_id: String,
+    /// False when the idempotency key had been used: the earlier replay is returned, nothing sent.
+    pub sent: bool,
+    pub host_http_status: u16,
+    pub links: Vec<LinkRow>,
+}
+
+/// What to apply.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ApplyOptions {
+    pub idempotency_key: String,
+    pub actor: String,
+    /// Stamp the clones with the current time instead of the original timestamps.
+    pub restamp: bool,
+    /// Positions to replay (`None`: all).
+    pub positions: Option<Vec<u32>>,
+}
+
+/// Previews and applies replays of one store against one host.
+#[derive(Clone)]
+pub struct Replayer {
+    client: clickhouse::Client,
+    target: Arc<dyn ReplayTarget>,
+    /// Applies run one at a time, so one idempotency key can never send twice.
+    apply_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct RequestHead {
+    kind: String,
+    client_id: String,
+    client_version: String,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct MutationRow {
+    position: u32,
+    mutation_id: String,
+    entity_id: String,
+    model: String,
+    operation: String,
+    payload: String,
+    client_ms: i64,
+    version: u64,
+}
+
+impl Replayer {
+    /// `client` must be bound to tether-pro's database.
+    pub fn new(client: clickhouse::Client, target: Arc<dyn ReplayTarget>) -> Self {
+        Replayer { client, target, apply_lock: Arc::new(tokio::sync::Mutex::new(())) }
+    }
+
+    /// Reads a captured push back from ClickHouse.
+    pub async fn load(&self, request_id: &str) -> Result<Captured, ReplayError> {
+        let head: Option<RequestHead> = self
+            .client
+            .query_raw("SELECT kind, client_id, client_version FROM sync_requests WHERE request_id = {id:String} LIMIT 1")
+            .param("id", request_id)
+            .fetch_optional()
+            .await?;
+        let head = head.ok_or(ReplayError::NotFound)?;
+        if head.kind != "push" {
+            return Err(ReplayError::NotAPush(head.kind));
+        }
+        let rows: Vec<MutationRow> = self
+            .client
+            .query_raw(
+                "SELECT position, mutation_id, entity_id, model, operation, payload,
+                        toUnixTimestamp64Milli(client_timestamp) AS client_ms, version
+                 FROM sync_mutations WHERE request_id = {id:String} ORDER BY position",
+            )
+            .param("id", request_id)
+            .fetch_all()
+            .await?;
+        let mutations = rows
+            .into_iter()
+            .map(|r| CapturedMutation {
+                position: r.position,
+                mutation_id: r.mutation_id,
+                entity_id: r.entity_id,
+                model: r.model,
+                operation: r.operation,
+                payload: serde_json::from_str(&r.payload).ok(),
+                client_timestamp_ms: r.client_ms,
+                version: r.version,
+            })
+            .collect();
+        Ok(Captured { request_id: request_id.to_owned(), client_id: head.client_id, client_version: head.client_version, mutations })
+    }
+
+    /// What each mutation would do now. Writes nothing, anywhere.
+    pub async fn preview(&self, request_id: &str, restamp: bool) -> Result<(Captured, Vec<PreviewEntry>), ReplayError> {
+        let captured = self.load(request_id).await?;
+        let restamp_ms = restamp.then(|| Utc::now().timestamp_millis());
+        let mut entries = Vec::with_capacity(captured.mutations.len());
+        for m in &captured.mutations {
+            let current = self.target.state(&m.model, &m.entity_id).await.map_err(|e| ReplayError::Host(e.to_string()))?;
+            entries.push(plan::preview(m, current, restamp_ms));
+        }
+        Ok((captured, entries))
+    }
+
+    /// The replays of one original request.
+    pub async fn links(&self, request_id: &str) -> Result<Vec<LinkRow>, ReplayError> {
+        Ok(links::for_request(&self.client, request_id).await?)
+    }
+
+    /// Sends a clone: links written and acknowledged first (or nothing is sent), then the push
+    /// through the host's normal path, then the host's answer per clone.
+    pub async fn apply(&self, request_id: &str, opts: &ApplyOptions) -> Result<ReplayResult, ReplayError> {
+        let _one_at_a_time = self.apply_lock.lock().await;
+        let earlier = links::by_idempotency_key(&self.client, &opts.idempotency_key).await?;
+        if let Some(first) = earlier.first() {
+            return Ok(ReplayResult {
+                replay_id: first.replay_id.clone(),
+                sent: false,
+                host_http_status: first.host_http_status,
+                links: earlier,
+            });
+        }
+        let (captured, entries) = self.preview(request_id, opts.restamp).await?;
+        let selected = entries.iter().filter(|e| opts.positions.as_ref().is_none_or(|p| p.contains(&e.position)));
+        let versions: std::collections::HashMap<u32, u64> = captured.mutations.iter().map(|m| (m.position, m.version)).collect();
+        let clones: Vec<(PreviewEntry, crate::protocol::Mutation)> = selected
+            .filter_map(|e| plan::clone_mutation(e, versions.get(&e.position).copied().unwrap_or(1)).map(|c| (e.clone(), c)))
+            .collect();
+        if clones.is_empty() {
+            return Err(ReplayError::NothingToReplay);
+        }
+        let replay_id = ulid::Ulid::new().to_string();
+        let now = Utc::now();
+        let mut rows: Vec<LinkRow> = clones
+            .iter()
+            .map(|(e, c)| LinkRow {
+                replay_id: replay_id.clone(),
+                original_request_id: request_id.to_owned(),
+                original_mutation_id: e.original_mutation_id.clone(),
+                clone_mutation_id: c.mutation_id.clone(),
+                position: e.position,
+                actor: opts.actor.clone(),
+                idempotency_key: opts.idempotency_key.clone(),
+                created_at: now,
+                status: "pending".into(),
+                host_http_status: 0,
+                host_reason: String::new(),
+                updated_at: now,
+            })
+            .collect();
+        links::write(&self.client, &rows).await.map_err(|e| ReplayError::LinksNotWritten(e.to_string()))?;
+
+        let push = PushRequest { client_id: captured.client_id.clone(), mutations: clones.into_iter().map(|(_, c)| c).collect() };
+        let sent = self.target.push(&push, &captured.client_version, request_id).await;
+        let answered = Utc::now();
+        let (status, answer) = match sent {
+            Ok(ok) => ok,
+            Err(e) => {
+                for r in &mut rows {
+                    r.status = "failed".into();
+                    r.host_reason = e.to_string();
+                    r.updated_at = answered;
+                }
+                let _ = links::write(&self.client, &rows).await;
+                return Err(ReplayError::Host(e.to_string()));
+            }
+        };
+        for r in &mut rows {
+            r.host_http_status = status;
+            r.updated_at = answered;
+            let (s, reason) = match &answer {
+                Some(a) if a.applied.contains(&r.clone_mutation_id) => ("applied", String::new()),
+                Some(a) => match a.rejected.iter().chain(&a.conflicts).find(|x| x.mutation_id == r.clone_mutation_id) {
+                    Some(x) if x.reason == RejectionReason::Duplicate => ("duplicate", x.reason.to_string()),
+                    Some(x) if x.reason == RejectionReason::Conflict => ("conflict", x.reason.to_string()),
+                    Some(x) => ("rejected", x.reason.to_string()),
+                    None => ("failed", "not in the host's answer".to_owned()),
+                },
+                None => ("failed", format!("HTTP {status}")),
+            };
+            r.status = s.into();
+            r.host_reason = reason;
+        }
+        links::write(&self.client, &rows).await?;
+        Ok(ReplayResult { replay_id, sent: true, host_http_status: status, links: rows })
+    }
+}
