@@ -1,0 +1,231 @@
+//! Replay against a real ClickHouse and the reference server as host, through both targets.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use common::{TestClickHouse, clickhouse};
+use serde_json::{Value, json};
+use tether_pro::config::CaptureConfig;
+use tether_pro::pipeline::{self, Capture, CaptureGuard, ClickHouseWriter};
+use tether_pro::protocol::{PushRequest, PushResponse};
+use tether_pro::replay::{ApplyOptions, HttpTarget, InProcessTarget, Prediction, ReplayError, ReplayTarget, Replayer};
+use tether_pro::sync::{self, RecordState, SyncServer};
+use tracing_subscriber::layer::SubscriberExt;
+
+const CLIENT: &str = "01JCCCCCCCCCCCCCCCCCCCCCC1";
+const T1: &str = "01JAAAAAAAAAAAAAAAAAAAAAA1";
+const T2: &str = "01JAAAAAAAAAAAAAAAAAAAAAA2";
+const T3: &str = "01JAAAAAAAAAAAAAAAAAAAAAA3";
+
+fn mutation(id: &str, entity: &str, op: &str, payload: Value, ts: i64) -> Value {
+    json!({"mutation_id": id, "entity_id": entity, "model": "Task", "operation": op, "payload": payload, "version": 1, "timestamp": ts})
+}
+
+struct Host {
+    ch: TestClickHouse,
+    server: SyncServer,
+    app: axum::Router,
+    base: String,
+    capture: Capture,
+    guard: CaptureGuard,
+    _sub: tracing::subscriber::DefaultGuard,
+}
+
+async fn host() -> Host {
+    let ch = clickhouse().await;
+    ch.migrate().await;
+    let cfg = CaptureConfig { batch_interval_ms: 20, ..CaptureConfig::default() };
+    let (capture, guard) = pipeline::start(&cfg, ClickHouseWriter::new(ch.client())).unwrap();
+    let _sub = tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.layer()));
+    let server = SyncServer::in_memory();
+    let app = sync::router(server.clone()).layer(capture.http_layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let serve_app = app.clone();
+    tokio::spawn(async move { axum::serve(listener, serve_app).await.unwrap() });
+    Host { ch, server, app, base, capture, guard, _sub }
+}
+
+impl Host {
+    async fn push(&self, body: Value) -> Value {
+        let r = reqwest::Client::new().post(format!("{}/tether/push", self.base)).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+
+    /// Waits until the pipeline wrote `n` request rows.
+    async fn settle(&self, n: u64) {
+        for _ in 0..200 {
+            if self.capture.stats().totals().requests_written >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("captured rows did not arrive");
+    }
+
+    async fn request_ids(&self) -> Vec<String> {
+        self.ch.rows("SELECT request_id FROM sync_requests ORDER BY started_at").await.into_iter().map(|r| r["request_id"].as_str().unwrap().to_owned()).collect()
+    }
+}
+
+/// Seeds: T1 and T2 created; then the push to replay: update T1 (newer), update T2 (older ->
+/// would conflict once T2 changed), create T3, update of an unknown record.
+async fn seeded() -> (Host, String) {
+    let h = host().await;
+    h.push(json!({"client_id": CLIENT, "mutations": [
+        mutation("01JM0000000000000000000001", T1, "create", json!({"title": "one"}), 1_000),
+        mutation("01JM0000000000000000000002", T2, "create", json!({"title": "two"}), 1_000),
+    ]}))
+    .await;
+    h.push(json!({"client_id": CLIENT, "mutations": [
+        mutation("01JM0000000000000000000003", T1, "update", json!({"title": "one v2", "api_key": "sk_live_PLANTED"}), 5_000),
+        mutation("01JM0000000000000000000004", T2, "update", json!({"title": "two v2"}), 5_000),
+        mutation("01JM0000000000000000000005", T3, "create", json!({"title": "three"}), 5_000),
+        mutation("01JM0000000000000000000006", "01JAAAAAAAAAAAAAAAAAAAAAA9", "update", json!({"title": "ghost"}), 5_000),
+    ]}))
+    .await;
+    h.settle(2).await;
+    let id = h.request_ids().await[1].clone();
+    (h, id)
+}
+
+async fn counts(h: &Host) -> (u64, u64, u64) {
+    (
+        h.ch.count("SELECT count() FROM sync_requests").await,
+        h.ch.count("SELECT count() FROM sync_mutations").await,
+        h.ch.count("SELECT count() FROM replay_links").await,
+    )
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn preview_predicts_against_changed_state_and_writes_nothing() {
+    let (h, id) = seeded().await;
+    // Today's state moved on: T2 was edited later, T3 deleted.
+    h.push(json!({"client_id": CLIENT, "mutations": [
+        mutation("01JM0000000000000000000007", T2, "update", json!({"title": "two v3"}), 9_000),
+        mutation("01JM0000000000000000000008", T3, "delete", json!({}), 9_000),
+    ]}))
+    .await;
+    h.settle(3).await;
+    let before = counts(&h).await;
+    let host_state = h.server.state_blocking("Task", T1).unwrap();
+    let replayer = Replayer::new(h.ch.client(), Arc::new(InProcessTarget { app: h.app.clone(), server: h.server.clone() }));
+    let (_, entries) = replayer.preview(&id, false).await.unwrap();
+    let predictions: Vec<&Prediction> = entries.iter().map(|e| &e.prediction).collect();
+    assert_eq!(predictions, vec![&Prediction::WouldApply, &Prediction::Conflict, &Prediction::WouldCreate, &Prediction::NotFound]);
+    // The redacted secret is never resent: the field takes the current value (none here).
+    assert_eq!(entries[0].redacted_fields, vec!["api_key".to_owned()]);
+    assert!(!serde_json::to_string(&entries).unwrap().contains("[REDACTED]\"}"), "no marker in a payload to send");
+    // Restamped, the conflict would apply.
+    let (_, restamped) = replayer.preview(&id, true).await.unwrap();
+    assert_eq!(restamped[1].prediction, Prediction::WouldApply);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(counts(&h).await, before, "a preview writes nothing");
+    assert_eq!(h.server.state_blocking("Task", T1).unwrap(), host_state);
+    drop(h.guard);
+}
+
+/// A target that checks, at the moment the clone reaches the host, that its links exist.
+struct Checking {
+    inner: InProcessTarget,
+    ch: TestClickHouse,
+    pushes: AtomicUsize,
+}
+
+#[async_trait]
+impl ReplayTarget for Checking {
+    async fn state(&self, model: &str, entity_id: &str) -> anyhow::Result<Option<RecordState>> {
+        self.inner.state(model, entity_id).await
+    }
+    async fn push(&self, req: &PushRequest, v: &str, replay_of: &str) -> anyhow::Result<(u16, Option<PushResponse>)> {
+        self.pushes.fetch_add(1, Ordering::SeqCst);
+        for m in &req.mutations {
+            let n = self.ch.count(&format!("SELECT count() FROM replay_links WHERE clone_mutation_id = '{}' AND status = 'pending'", m.mutation_id)).await;
+            assert_eq!(n, 1, "the link of {} exists before the host sees the clone", m.mutation_id);
+        }
+        self.inner.push(req, v, replay_of).await
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn apply_sends_fresh_ids_after_durable_links_once_per_key() {
+    let (h, id) = seeded().await;
+    let target = Arc::new(Checking { inner: InProcessTarget { app: h.app.clone(), server: h.server.clone() }, ch: h.ch.clone(), pushes: AtomicUsize::new(0) });
+    let replayer = Replayer::new(h.ch.client(), target.clone());
+    let opts = ApplyOptions { idempotency_key: "key-1".into(), actor: "ops@example".into(), restamp: true, positions: Some(vec![0, 2]) };
+    let r = replayer.apply(&id, &opts).await.unwrap();
+    assert!(r.sent);
+    assert_eq!(r.host_http_status, 200);
+    assert_eq!(r.links.len(), 2);
+    let originals = ["01JM0000000000000000000003", "01JM0000000000000000000005"];
+    for (l, o) in r.links.iter().zip(originals) {
+        assert_eq!(l.original_mutation_id, o);
+        assert_ne!(l.clone_mutation_id, o, "a clone never reuses the original id");
+        assert_eq!(l.status, "applied", "the host's duplicate detection is not triggered");
+        assert_eq!(l.actor, "ops@example");
+    }
+    assert_ne!(r.links[0].clone_mutation_id, r.links[1].clone_mutation_id);
+    // The same key again: the same replay, nothing sent.
+    let again = replayer.apply(&id, &opts).await.unwrap();
+    assert!(!again.sent);
+    assert_eq!(again.replay_id, r.replay_id);
+    assert_eq!(target.pushes.load(Ordering::SeqCst), 1);
+    // The replayed request was captured like any push, and marked.
+    h.settle(3).await;
+    let marked = h.ch.rows(&format!("SELECT replay_of, mutation_count FROM sync_requests WHERE replay_of = '{id}'")).await;
+    assert_eq!(marked, vec![json!({"replay_of": id, "mutation_count": 2})]);
+    // The audit view answers who, what, with what result.
+    let audit = h.ch.rows(&format!("SELECT actor, status FROM replays WHERE original_request_id = '{id}' ORDER BY position")).await;
+    assert_eq!(audit, vec![json!({"actor": "ops@example", "status": "applied"}), json!({"actor": "ops@example", "status": "applied"})]);
+    assert_eq!(h.server.state_blocking("Task", T1).unwrap().unwrap().state["title"], "one v2");
+    drop(h.guard);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_http_target_replays_through_the_hosts_url() {
+    let (h, id) = seeded().await;
+    let target = HttpTarget {
+        http: reqwest::Client::new(),
+        push_url: format!("{}/tether/push", h.base),
+        state_url_template: format!("{}/tether/state/{{model}}/{{entity_id}}", h.base),
+    };
+    let replayer = Replayer::new(h.ch.client(), Arc::new(target));
+    let (_, entries) = replayer.preview(&id, false).await.unwrap();
+    assert_eq!(entries[2].prediction, Prediction::WouldApply, "T3 exists now");
+    assert_eq!(entries[3].prediction, Prediction::NotFound);
+    let r = replayer.apply(&id, &ApplyOptions { idempotency_key: "k".into(), actor: "a".into(), restamp: true, positions: None }).await.unwrap();
+    let statuses: Vec<&str> = r.links.iter().map(|l| l.status.as_str()).collect();
+    assert_eq!(statuses, vec!["applied", "applied", "applied", "rejected"]);
+    assert_eq!(r.links[3].host_reason, "not_found");
+    drop(h.guard);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn when_links_cannot_be_written_nothing_is_sent() {
+    let (h, id) = seeded().await;
+    h.ch.rows("DROP TABLE replay_links").await;
+    let target = Arc::new(Checking { inner: InProcessTarget { app: h.app.clone(), server: h.server.clone() }, ch: h.ch.clone(), pushes: AtomicUsize::new(0) });
+    let replayer = Replayer::new(h.ch.client(), target.clone());
+    let err = replayer.apply(&id, &ApplyOptions { idempotency_key: "k".into(), ..ApplyOptions::default() }).await.unwrap_err();
+    assert!(matches!(err, ReplayError::Store(_) | ReplayError::LinksNotWritten(_)), "{err}");
+    assert_eq!(target.pushes.load(Ordering::SeqCst), 0, "nothing reached the host");
+    drop(h.guard);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_pull_cannot_be_replayed_and_unknown_ids_are_not_found() {
+    let (h, _) = seeded().await;
+    let r = reqwest::Client::new().post(format!("{}/tether/pull", h.base)).json(&json!({"client_id": CLIENT})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    h.settle(3).await;
+    let pull_id = h.ch.rows("SELECT request_id FROM sync_requests WHERE kind = 'pull'").await[0]["request_id"].as_str().unwrap().to_owned();
+    let replayer = Replayer::new(h.ch.client(), Arc::new(InProcessTarget { app: h.app.clone(), server: h.server.clone() }));
+    assert!(matches!(replayer.preview(&pull_id, false).await, Err(ReplayError::NotAPush(k)) if k == "pull"));
+    assert!(matches!(replayer.apply(&pull_id, &ApplyOptions { idempotency_key: "p".into(), ..ApplyOptions::default() }).await, Err(ReplayError::NotAPush(_))));
+    assert!(matches!(replayer.preview("01JZZZZZZZZZZZZZZZZZZZZZZZ", false).await, Err(ReplayError::NotFound)));
+    drop(h.guard);
+}
