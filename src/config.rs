@@ -18,6 +18,9 @@ pub struct Config {
     pub capture: CaptureConfig,
     pub serve: ServeConfig,
     pub replay: ReplayConfig,
+    /// The original product's key names; folded into the keys above.
+    #[serde(rename = "tether-pro-server", skip_serializing_if = "Option::is_none")]
+    pub original: Option<OriginalKeys>,
 }
 
 /// Where captured data goes.
@@ -181,11 +184,24 @@ impl ServeConfig {
 }
 
 /// Replay of captured pushes. Off unless explicitly enabled.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplayConfig {
     /// Enables replay preview and live apply.
     pub live_enabled: bool,
+    /// For `tether-pro serve`: the host's push URL (e.g. `http://sync:3000/tether/push`).
+    pub push_url: Option<String>,
+    /// For `tether-pro serve`: the host's state lookup, with `{model}` and `{entity_id}`
+    /// (e.g. `http://sync:3000/tether/state/{model}/{entity_id}`).
+    pub state_url_template: Option<String>,
+}
+
+/// Keys under the original product's name (`tether-pro-server.replay.live_enabled`), accepted
+/// so existing configuration keeps working.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginalKeys {
+    pub replay: ReplayConfig,
 }
 
 impl Config {
@@ -198,8 +214,17 @@ impl Config {
         }
         fig = fig
             .merge(Env::raw().only(&["CLICKHOUSE_URL"]).map(|_| "clickhouse.url".into()))
-            .merge(Env::prefixed("TETHER_PRO_").ignore(&["CONFIG"]).split("__"));
-        let cfg: Config = fig.extract()?;
+            .merge(
+                Env::prefixed("TETHER_PRO_")
+                    .ignore(&["CONFIG"])
+                    .filter(|k| !k.as_str().to_ascii_lowercase().starts_with("server__"))
+                    .split("__"),
+            )
+            .merge(Env::prefixed("TETHER_PRO_SERVER__").split("__").map(|k| format!("tether-pro-server.{k}").into()));
+        let mut cfg: Config = fig.extract()?;
+        if let Some(orig) = cfg.original.take() {
+            cfg.replay.live_enabled |= orig.replay.live_enabled;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -264,6 +289,21 @@ mod tests {
             assert_eq!(c.retention.days, 9);
             assert!(c.replay.live_enabled);
             assert_eq!(c.clickhouse.url.as_deref(), Some("http://127.0.0.1:1234"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_original_replay_key_enables_replay() {
+        Jail::expect_with(|jail| {
+            jail.create_file("t.toml", "[tether-pro-server.replay]\nlive_enabled = true\n")?;
+            let c = Config::load(Some(Path::new("t.toml"))).map_err(|e| e.to_string())?;
+            assert!(c.replay.live_enabled);
+            Ok(())
+        });
+        Jail::expect_with(|_| {
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(!c.replay.live_enabled, "off by default");
             Ok(())
         });
     }

@@ -46,7 +46,17 @@ async fn main() -> anyhow::Result<()> {
             };
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             warn_if_open(&config, &listener.local_addr()?);
-            let app = dashboard::app(&config.serve, server.with_database(&config.clickhouse.database));
+            let client = server.with_database(&config.clickhouse.database);
+            let replay = if config.replay.live_enabled {
+                let (Some(push_url), Some(state_url_template)) = (config.replay.push_url.clone(), config.replay.state_url_template.clone()) else {
+                    anyhow::bail!("replay.live_enabled needs replay.push_url and replay.state_url_template (the host's push URL and state lookup)");
+                };
+                let target = tether_pro::replay::HttpTarget { http: reqwest::Client::new(), push_url, state_url_template };
+                Some(dashboard::replay::ReplayState::new(tether_pro::replay::Replayer::new(client.clone(), std::sync::Arc::new(target))))
+            } else {
+                None
+            };
+            let app = dashboard::app_with_replay(&config.serve, client, replay);
             println!("tether-pro dashboard at http://{}{}", listener.local_addr()?, config.serve.prefix);
             axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
             Ok(())
@@ -162,7 +172,8 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     }
 
     // 3. The reference sync server, instrumented the way a user instruments theirs.
-    let server = SyncServer::builder().storage(Storage::File(args.sync_db.clone())).build()?;
+    let sync_server = SyncServer::builder().storage(Storage::File(args.sync_db.clone())).build()?;
+    let sync_app = sync::router(sync_server.clone()).layer(capture.http_layer());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {} (pass --listen 127.0.0.1:0 for any free port)", args.listen))?;
@@ -170,7 +181,7 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let stop_server = CancellationToken::new();
     let server_task = tokio::spawn({
         let stop = stop_server.clone();
-        let app = sync::router(server).layer(capture.http_layer());
+        let app = sync_app.clone();
         async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }
     });
     let base = format!("http://{addr}");
@@ -197,7 +208,13 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the dashboard to {dash_addr} (pass --dashboard-listen 127.0.0.1:0 for any free port)"))?;
     warn_if_open(&config, &dash_listener.local_addr()?);
     let dash_url = format!("http://{}{}", dash_listener.local_addr()?, config.serve.prefix);
-    let dash_app = dashboard::app(&config.serve, server_client(&ch_url, &config.clickhouse).with_database(db));
+    let dash_client = server_client(&ch_url, &config.clickhouse).with_database(db);
+    // Replay goes through the same instrumented router the simulated clients use.
+    let replay = config.replay.live_enabled.then(|| {
+        let target = tether_pro::replay::InProcessTarget { app: sync_app.clone(), server: sync_server.clone() };
+        dashboard::replay::ReplayState::new(tether_pro::replay::Replayer::new(dash_client.clone(), std::sync::Arc::new(target)))
+    });
+    let dash_app = dashboard::app_with_replay(&config.serve, dash_client, replay);
     let dash_task = tokio::spawn({
         let stop = stop_server.clone();
         async move { axum::serve(dash_listener, dash_app).with_graceful_shutdown(stop.cancelled_owned()).await }

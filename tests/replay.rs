@@ -229,3 +229,71 @@ async fn a_pull_cannot_be_replayed_and_unknown_ids_are_not_found() {
     assert!(matches!(replayer.preview("01JZZZZZZZZZZZZZZZZZZZZZZZ", false).await, Err(ReplayError::NotFound)));
     drop(h.guard);
 }
+
+async fn dashboard(h: &Host, replay: bool) -> String {
+    use tether_pro::dashboard::{DashboardState, mount, replay::ReplayState};
+    let mut state = DashboardState::new(h.ch.client());
+    if replay {
+        let target = InProcessTarget { app: h.app.clone(), server: h.server.clone() };
+        state.replay = Some(ReplayState::new(Replayer::new(h.ch.client(), Arc::new(target))));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/tether/dashboard", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, mount(state)).await.unwrap() });
+    base
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn by_default_every_replay_route_is_404_even_a_hand_crafted_post() {
+    let (h, id) = seeded().await;
+    let base = dashboard(&h, false).await;
+    let http = reqwest::Client::new();
+    for (method, path) in [("GET", ""), ("POST", ""), ("GET", "/preview.json"), ("POST", "/apply.json"), ("GET", "/links.json")] {
+        let req = http.request(method.parse().unwrap(), format!("{base}/replay/{id}{path}"));
+        let req = if method == "POST" { req.json(&json!({"idempotency_key": "k", "csrf_token": "00"})) } else { req };
+        assert_eq!(req.send().await.unwrap().status(), 404, "{method} {path}");
+    }
+    assert_eq!(counts(&h).await.2, 0, "no replay happened");
+    drop(h.guard);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn enabled_apply_needs_the_csrf_token_and_replays_once_per_key() {
+    let (h, id) = seeded().await;
+    let base = dashboard(&h, true).await;
+    let http = reqwest::Client::new();
+    let preview: Value = http.get(format!("{base}/replay/{id}/preview.json?restamp=1")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(preview["entries"].as_array().unwrap().len(), 4);
+    let key = preview["idempotency_key"].as_str().unwrap();
+    let token = preview["csrf_token"].as_str().unwrap();
+    let apply = |body: Value| http.post(format!("{base}/replay/{id}/apply.json")).header("x-forwarded-user", "alice").json(&body).send();
+    assert_eq!(apply(json!({"idempotency_key": key})).await.unwrap().status(), 400, "no token at all");
+    assert_eq!(apply(json!({"idempotency_key": key, "csrf_token": "00"})).await.unwrap().status(), 403);
+    assert_eq!(apply(json!({"idempotency_key": "other", "csrf_token": token})).await.unwrap().status(), 403, "a token is bound to its key");
+    let first: Value = apply(json!({"idempotency_key": key, "csrf_token": token, "restamp": true, "positions": [0]})).await.unwrap().json().await.unwrap();
+    assert_eq!(first["sent"], true, "{first}");
+    assert_eq!(first["links"][0]["actor"], "alice");
+    let second: Value = apply(json!({"idempotency_key": key, "csrf_token": token, "restamp": true, "positions": [0]})).await.unwrap().json().await.unwrap();
+    assert_eq!(second["sent"], false);
+    assert_eq!(second["replay_id"], first["replay_id"]);
+    let links: Value = http.get(format!("{base}/replay/{id}/links.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(links.as_array().unwrap().len(), 1);
+    // The HTML preview and the form post.
+    let page = http.get(format!("{base}/replay/{id}")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("would_apply") && html.contains("not_found") && html.contains(first["replay_id"].as_str().unwrap()), "{html}");
+    let form = http
+        .post(format!("{base}/replay/{id}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf_token={token}&idempotency_key={key}&position=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 200);
+    assert!(form.text().await.unwrap().contains("nothing was sent again"));
+    // A pull is refused.
+    let pull_free = http.post(format!("{base}/replay/{id}/apply.json")).body("not json").header("content-type", "application/json").send().await.unwrap();
+    assert_eq!(pull_free.status(), 400);
+    drop(h.guard);
+}

@@ -11,6 +11,7 @@ mod error;
 pub mod health;
 pub mod metrics;
 pub mod pages;
+pub mod replay;
 
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, header};
@@ -29,6 +30,8 @@ pub struct DashboardState {
     pub thresholds: HealthThresholds,
     /// Mutations per page on a request's detail page.
     pub mutations_page_size: usize,
+    /// Replay preview and apply; `None` (the default) makes every replay route a 404.
+    pub replay: Option<replay::ReplayState>,
 }
 
 impl DashboardState {
@@ -41,6 +44,7 @@ impl DashboardState {
             prefix: Self::DEFAULT_PREFIX.to_owned(),
             thresholds: HealthThresholds::default(),
             mutations_page_size: Self::DEFAULT_MUTATIONS_PAGE_SIZE,
+            replay: None,
         }
     }
 }
@@ -53,6 +57,7 @@ pub fn router(state: DashboardState) -> Router {
     Router::new()
         .merge(api::router())
         .merge(pages::router())
+        .merge(replay::router())
         .with_state(state)
         .layer(SetResponseHeaderLayer::overriding(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)))
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
@@ -80,11 +85,17 @@ pub fn mount(state: DashboardState) -> Router {
 /// The dashboard as `tether-pro serve` runs it: mounted under `serve.prefix`, auth from the
 /// configuration around every route, and `/` redirecting to the dashboard.
 pub fn app(serve: &crate::config::ServeConfig, client: clickhouse::Client) -> Router {
+    app_with_replay(serve, client, None)
+}
+
+/// [`app`] with replay routes (only pass `Some` when `replay.live_enabled`).
+pub fn app_with_replay(serve: &crate::config::ServeConfig, client: clickhouse::Client, replay: Option<replay::ReplayState>) -> Router {
     let state = DashboardState {
         client,
         prefix: serve.prefix.clone(),
         thresholds: serve.health,
         mutations_page_size: serve.mutations_page_size,
+        replay,
     };
     let prefix = if serve.prefix.is_empty() { "/".to_owned() } else { serve.prefix.clone() };
     let mut app = mount(state);

@@ -1,0 +1,258 @@
+//! Replay routes, present only when `replay.live_enabled` is set (otherwise every one of
+//! them is a 404, whatever the method). Apply is a POST that needs a CSRF token (an HMAC of
+//! the request id and the idempotency key under a per-process key) and an idempotency key:
+//! the same key replays once, however often it is submitted.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use super::DashboardState;
+use super::pages::views::{DiffView, Nav, diff_view};
+use crate::replay::{ApplyOptions, LinkRow, PreviewEntry, ReplayError, Replayer};
+
+/// Replay's share of the dashboard state.
+#[derive(Clone)]
+pub struct ReplayState {
+    pub replayer: Replayer,
+    csrf_key: Arc<[u8; 32]>,
+}
+
+impl ReplayState {
+    pub fn new(replayer: Replayer) -> Self {
+        ReplayState { replayer, csrf_key: Arc::new(rand::random()) }
+    }
+
+    fn token(&self, request_id: &str, key: &str) -> String {
+        let mut mac = <Hmac<Sha256>>::new_from_slice(self.csrf_key.as_slice()).expect("any key length");
+        mac.update(request_id.as_bytes());
+        mac.update(b"\n");
+        mac.update(key.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    fn check(&self, request_id: &str, key: &str, token: &str) -> bool {
+        let Ok(raw) = hex::decode(token) else { return false };
+        let mut mac = <Hmac<Sha256>>::new_from_slice(self.csrf_key.as_slice()).expect("any key length");
+        mac.update(request_id.as_bytes());
+        mac.update(b"\n");
+        mac.update(key.as_bytes());
+        mac.verify_slice(&raw).is_ok()
+    }
+}
+
+pub fn router() -> Router<DashboardState> {
+    Router::new()
+        .route("/replay/{request_id}", get(preview_page).post(apply_form))
+        .route("/replay/{request_id}/preview.json", get(preview_json))
+        .route("/replay/{request_id}/apply.json", axum::routing::post(apply_json))
+        .route("/replay/{request_id}/links.json", get(links_json))
+}
+
+fn replay_state(state: &DashboardState) -> Result<&ReplayState, Response> {
+    state.replay.as_ref().ok_or_else(|| StatusCode::NOT_FOUND.into_response())
+}
+
+fn error_response(e: ReplayError) -> Response {
+    let status = match &e {
+        ReplayError::NotFound => StatusCode::NOT_FOUND,
+        ReplayError::NotAPush(_) | ReplayError::NothingToReplay => StatusCode::UNPROCESSABLE_ENTITY,
+        ReplayError::LinksNotWritten(_) | ReplayError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ReplayError::Host(_) => StatusCode::BAD_GATEWAY,
+    };
+    let message = match &e {
+        ReplayError::Store(_) => "ClickHouse is unavailable; nothing was sent".to_owned(),
+        other => other.to_string(),
+    };
+    (status, Json(serde_json::json!({"error": message}))).into_response()
+}
+
+/// Who asked: the identity a fronting auth proxy passes, else `dashboard`.
+fn actor(headers: &HeaderMap) -> String {
+    ["x-forwarded-user", "x-auth-request-user", "x-forwarded-email"]
+        .iter()
+        .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .map(|s| s.chars().take(200).collect())
+        .unwrap_or_else(|| "dashboard".to_owned())
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PreviewQuery {
+    restamp: Option<String>,
+}
+
+#[derive(Serialize)]
+struct PreviewBody {
+    request_id: String,
+    restamp: bool,
+    idempotency_key: String,
+    csrf_token: String,
+    entries: Vec<PreviewEntry>,
+}
+
+async fn preview_json(State(state): State<DashboardState>, Path(id): Path<String>, Query(q): Query<PreviewQuery>) -> Response {
+    let rs = match replay_state(&state) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let restamp = q.restamp.as_deref().is_some_and(|v| v == "1" || v == "true");
+    match rs.replayer.preview(&id, restamp).await {
+        Ok((_, entries)) => {
+            let key = ulid::Ulid::new().to_string();
+            let csrf_token = rs.token(&id, &key);
+            Json(PreviewBody { request_id: id, restamp, idempotency_key: key, csrf_token, entries }).into_response()
+        }
+        Err(e) => error_response(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ApplyBody {
+    idempotency_key: String,
+    csrf_token: String,
+    #[serde(default)]
+    restamp: bool,
+    #[serde(default)]
+    positions: Option<Vec<u32>>,
+}
+
+async fn apply_checked(state: &DashboardState, id: &str, headers: &HeaderMap, body: ApplyBody) -> Result<crate::replay::ReplayResult, Response> {
+    let rs = replay_state(state)?;
+    if body.idempotency_key.is_empty() || body.idempotency_key.len() > 128 {
+        return Err((StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "an idempotency key (1 to 128 characters) is required"}))).into_response());
+    }
+    if !rs.check(id, &body.idempotency_key, &body.csrf_token) {
+        return Err((StatusCode::FORBIDDEN, Json(serde_json::json!({"error": "missing or wrong CSRF token; open the preview again"}))).into_response());
+    }
+    let opts = ApplyOptions { idempotency_key: body.idempotency_key, actor: actor(headers), restamp: body.restamp, positions: body.positions };
+    rs.replayer.apply(id, &opts).await.map_err(error_response)
+}
+
+async fn apply_json(State(state): State<DashboardState>, Path(id): Path<String>, headers: HeaderMap, body: Result<Json<ApplyBody>, axum::extract::rejection::JsonRejection>) -> Response {
+    if let Err(resp) = replay_state(&state) {
+        return resp;
+    }
+    let Ok(Json(body)) = body else {
+        return (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "expected JSON {idempotency_key, csrf_token, restamp?, positions?}"}))).into_response();
+    };
+    match apply_checked(&state, &id, &headers, body).await {
+        Ok(r) => Json(r).into_response(),
+        Err(resp) => resp,
+    }
+}
+
+async fn links_json(State(state): State<DashboardState>, Path(id): Path<String>) -> Response {
+    let rs = match replay_state(&state) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match rs.replayer.links(&id).await {
+        Ok(links) => Json(links).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+struct EntryView {
+    e: PreviewEntry,
+    prediction: String,
+    current: String,
+    diff: DiffView,
+}
+
+#[derive(Template)]
+#[template(path = "replay.html")]
+struct ReplayPage {
+    nav: Nav,
+    request_id: String,
+    request_link: String,
+    restamp: bool,
+    toggle_link: String,
+    idempotency_key: String,
+    csrf_token: String,
+    entries: Vec<EntryView>,
+    replays: Vec<LinkRow>,
+}
+
+#[derive(Template)]
+#[template(path = "replay_result.html")]
+struct ResultPage {
+    nav: Nav,
+    request_id: String,
+    request_link: String,
+    sent: bool,
+    host_http_status: u16,
+    links: Vec<LinkRow>,
+}
+
+fn html(t: impl Template) -> Response {
+    match t.render() {
+        Ok(s) => Html(s).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn preview_page(State(state): State<DashboardState>, Path(id): Path<String>, Query(q): Query<PreviewQuery>) -> Response {
+    let rs = match replay_state(&state) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let restamp = q.restamp.as_deref().is_some_and(|v| v == "1" || v == "true");
+    let (entries, replays) = match (rs.replayer.preview(&id, restamp).await, rs.replayer.links(&id).await) {
+        (Ok((_, e)), Ok(l)) => (e, l),
+        (Err(e), _) | (_, Err(e)) => return error_response(e),
+    };
+    let nav = Nav::new(&state.prefix, "requests", format!("Replay {id}"));
+    let key = ulid::Ulid::new().to_string();
+    let base = format!("{}/replay/{}", state.prefix, super::pages::views::enc(&id));
+    html(ReplayPage {
+        request_link: nav.request(&id),
+        toggle_link: if restamp { base } else { format!("{base}?restamp=1") },
+        csrf_token: rs.token(&id, &key),
+        idempotency_key: key,
+        entries: entries
+            .into_iter()
+            .map(|e| EntryView {
+                prediction: serde_json::to_value(&e.prediction).ok().and_then(|v| v["outcome"].as_str().map(str::to_owned)).unwrap_or_default(),
+                current: e.current.as_ref().map(|c| serde_json::to_string_pretty(&c.state).unwrap_or_default()).unwrap_or_default(),
+                diff: diff_view(&serde_json::to_string(&e.diff).unwrap_or_default()),
+                e,
+            })
+            .collect(),
+        replays,
+        nav,
+        request_id: id,
+        restamp,
+    })
+}
+
+async fn apply_form(State(state): State<DashboardState>, Path(id): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Err(resp) = replay_state(&state) {
+        return resp;
+    }
+    let Ok(pairs) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) else {
+        return (StatusCode::BAD_REQUEST, "malformed form").into_response();
+    };
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    let positions: Vec<u32> = pairs.iter().filter(|(n, _)| n == "position").filter_map(|(_, v)| v.parse().ok()).collect();
+    let body = ApplyBody {
+        idempotency_key: get("idempotency_key"),
+        csrf_token: get("csrf_token"),
+        restamp: get("restamp") == "1",
+        positions: Some(positions),
+    };
+    match apply_checked(&state, &id, &headers, body).await {
+        Ok(r) => {
+            let nav = Nav::new(&state.prefix, "requests", format!("Replay {}", r.replay_id));
+            html(ResultPage { request_link: nav.request(&id), nav, request_id: id, sent: r.sent, host_http_status: r.host_http_status, links: r.links })
+        }
+        Err(resp) => resp,
+    }
+}
