@@ -254,6 +254,8 @@ async fn by_default_every_replay_route_is_404_even_a_hand_crafted_post() {
         assert_eq!(req.send().await.unwrap().status(), 404, "{method} {path}");
     }
     assert_eq!(counts(&h).await.2, 0, "no replay happened");
+    let detail = http.get(format!("{base}/requests/{id}")).send().await.unwrap().text().await.unwrap();
+    assert!(detail.contains("replay.live_enabled = true"), "the page says how to enable replay");
     drop(h.guard);
 }
 
@@ -292,7 +294,17 @@ async fn enabled_apply_needs_the_csrf_token_and_replays_once_per_key() {
         .unwrap();
     assert_eq!(form.status(), 200);
     assert!(form.text().await.unwrap().contains("nothing was sent again"));
-    // A pull is refused.
+    // The original's page lists the replay, and links the captured replayed request.
+    h.settle(3).await;
+    let detail = http.get(format!("{base}/requests/{id}")).send().await.unwrap().text().await.unwrap();
+    assert!(detail.contains("preview a replay"));
+    assert!(detail.contains(first["links"][0]["clone_mutation_id"].as_str().unwrap()), "clone listed");
+    let replayed = h.ch.rows(&format!("SELECT request_id FROM sync_requests WHERE replay_of = '{id}'")).await;
+    let replayed_id = replayed[0]["request_id"].as_str().unwrap();
+    assert!(detail.contains(replayed_id), "the replayed request is linked");
+    let replayed_page = http.get(format!("{base}/requests/{replayed_id}")).send().await.unwrap().text().await.unwrap();
+    assert!(replayed_page.contains(&format!("/requests/{id}")), "the clone links back to its original");
+    // Malformed JSON is a 400.
     let pull_free = http.post(format!("{base}/replay/{id}/apply.json")).body("not json").header("content-type", "application/json").send().await.unwrap();
     assert_eq!(pull_free.status(), 400);
     drop(h.guard);

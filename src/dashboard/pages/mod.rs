@@ -394,6 +394,19 @@ async fn request_page(
     let c = &state.client;
     let r = queries::request(c, &id).await?.ok_or_else(not_found)?;
     let size = state.mutations_page_size.max(1) as u64;
+    // The audit trail of replays of this request (readable even with replay switched off).
+    let (replays, replayed_requests) = if r.kind == "push" {
+        let links = crate::replay::links::for_request(c, &r.request_id).await.unwrap_or_default();
+        let replayed: Vec<String> = c
+            .query_raw("SELECT request_id FROM sync_requests WHERE replay_of = {id:String} ORDER BY started_at DESC LIMIT 50")
+            .param("id", &r.request_id)
+            .fetch_all()
+            .await?;
+        let nav_prefix = state.prefix.clone();
+        (links, replayed.into_iter().map(|id| (format!("{nav_prefix}/requests/{}", views::enc(&id)), id)).collect())
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let total = queries::mutation_count(c, r.started_us, &r.request_id).await?;
     let pages = total.div_ceil(size).max(1);
     if page > pages {
@@ -427,6 +440,10 @@ async fn request_page(
         span_id: r.span_id.clone(),
         replay_link: if r.replay_of.is_empty() { String::new() } else { nav.request(&r.replay_of) },
         replay_of: r.replay_of.clone(),
+        replay_url: format!("{}/replay/{}", state.prefix, views::enc(&r.request_id)),
+        replay_enabled: state.replay.is_some(),
+        replays,
+        replayed_requests,
         error: r.error.clone(),
         request_body: pretty(&r.request_body),
         request_size: bytes(r.request_body_bytes),

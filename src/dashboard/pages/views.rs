@@ -422,6 +422,12 @@ pub struct RequestPage {
     pub span_id: String,
     pub replay_of: String,
     pub replay_link: String,
+    /// The replay preview's URL when replay is enabled and this is a push.
+    pub replay_url: String,
+    pub replay_enabled: bool,
+    /// Replays of this request: their audit links, and the captured replayed requests.
+    pub replays: Vec<crate::replay::LinkRow>,
+    pub replayed_requests: Vec<(String, String)>,
     pub error: String,
     pub request_body: String,
     pub request_size: String,
