@@ -90,6 +90,7 @@ struct MutationRow {
     payload: String,
     client_ms: i64,
     version: u64,
+    outcome: String,
 }
 
 impl Replayer {
@@ -114,7 +115,7 @@ impl Replayer {
             .client
             .query_raw(
                 "SELECT position, mutation_id, entity_id, model, operation, payload,
-                        toUnixTimestamp64Milli(client_timestamp) AS client_ms, version
+                        toUnixTimestamp64Milli(client_timestamp) AS client_ms, version, outcome
                  FROM sync_mutations WHERE request_id = {id:String} ORDER BY position",
             )
             .param("id", request_id)
@@ -131,6 +132,7 @@ impl Replayer {
                 payload: serde_json::from_str(&r.payload).ok(),
                 client_timestamp_ms: r.client_ms,
                 version: r.version,
+                original_outcome: r.outcome,
             })
             .collect();
         Ok(Captured { request_id: request_id.to_owned(), client_id: head.client_id, client_version: head.client_version, mutations })

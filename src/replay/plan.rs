@@ -25,6 +25,8 @@ pub struct CapturedMutation {
     pub payload: Option<Object>,
     pub client_timestamp_ms: i64,
     pub version: u64,
+    /// What the host did with the original (`applied`, `duplicate`, ...).
+    pub original_outcome: String,
 }
 
 /// What the host would do with a clone, under the protocol's rules.
@@ -52,6 +54,10 @@ pub struct PreviewEntry {
     pub entity_id: String,
     pub model: String,
     pub operation: String,
+    /// What the host did with the original when it was captured. A clone carries a fresh
+    /// mutation id, so the host's duplicate rule never fires for it: an original `duplicate`
+    /// shows here, not as a prediction.
+    pub original_outcome: String,
     /// The record as the host has it now (`None`: never had it).
     pub current: Option<RecordState>,
     pub prediction: Prediction,
@@ -142,6 +148,7 @@ pub fn preview(m: &CapturedMutation, current: Option<RecordState>, restamp_ms: O
         entity_id: m.entity_id.clone(),
         model: m.model.clone(),
         operation: m.operation.clone(),
+        original_outcome: m.original_outcome.clone(),
         diff: diff::diff(&before, &after),
         current,
         prediction,
@@ -204,6 +211,7 @@ mod tests {
             payload: payload.map(obj),
             client_timestamp_ms: ts,
             version: 2,
+            original_outcome: "applied".into(),
         }
     }
 
