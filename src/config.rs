@@ -266,6 +266,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's error type
 mod tests {
     use super::*;
     use figment::Jail;

@@ -113,7 +113,7 @@ async fn every_page_renders_in_chromium_with_no_console_message_and_no_injection
     let base = format!("{dash}/tether/dashboard");
     let enc = |s: &str| url_escape(s);
     let pages = [
-        format!("{base}"),
+        base.clone(),
         format!("{base}/requests"),
         format!("{base}/requests?client_id={}", enc(HOSTILE)),
         format!("{base}/requests/{}", request_ids[1]),

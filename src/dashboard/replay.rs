@@ -3,6 +3,10 @@
 //! the request id and the idempotency key under a per-process key) and an idempotency key:
 //! the same key replays once, however often it is submitted.
 
+// Handlers build their error responses early and return them as `Err(Response)`; the size
+// of `Response` does not matter on this cold path.
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 
 use askama::Template;
