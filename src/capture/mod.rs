@@ -60,6 +60,22 @@ pub fn record_mutation_state_json(mutation_id: &str, before: Option<String>, aft
     attach_state(mutation_id, before.map(StateValue::Json), after.map(StateValue::Json));
 }
 
+/// Like [`record_mutation_state_json`] for a whole batch at once: one span lookup instead of
+/// one per mutation (what the reference server uses). Items are `(mutation_id, before, after)`.
+pub fn record_mutation_states_json(states: impl IntoIterator<Item = (String, Option<String>, Option<String>)>) {
+    let span = tracing::Span::current();
+    let mut batch = Some(states.into_iter());
+    layer::with_request_data(&span, &mut |d| {
+        if let Some(items) = batch.take() {
+            d.states.extend(items.map(|(mutation_id, before, after)| MutationState {
+                mutation_id,
+                before: before.map(StateValue::Json),
+                after: after.map(StateValue::Json),
+            }));
+        }
+    });
+}
+
 fn attach_state(mutation_id: &str, before: Option<StateValue>, after: Option<StateValue>) {
     let span = tracing::Span::current();
     let mut state = Some(MutationState { mutation_id: mutation_id.to_owned(), before, after });

@@ -127,11 +127,9 @@ async fn push(
     }
     let (req, result) = blocking(move || server.push_blocking(&req).map(|r| (req, r))).await?;
     // Before/after state for observers: how a host reports it (a no-op without capture).
-    for effect in result.effects {
-        if let Some(m) = req.mutations.get(effect.index) {
-            crate::capture::record_mutation_state_json(&m.mutation_id, effect.before, effect.after);
-        }
-    }
+    crate::capture::record_mutation_states_json(result.effects.into_iter().filter_map(|e| {
+        req.mutations.get(e.index).map(|m| (m.mutation_id.clone(), e.before, e.after))
+    }));
     Ok(Json(result.response))
 }
 
