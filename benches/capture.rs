@@ -27,15 +27,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde_json::{Value, json};
+use serde_json::json;
 use tether_pro::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind, StateValue};
 use tether_pro::config::{CaptureConfig, RetentionConfig};
 use tether_pro::pipeline::redact::Redactor;
 use tether_pro::pipeline::{self, Capture, CaptureGuard, ClickHouseWriter, RowSettings};
 use tether_pro::protocol::{CLIENT_VERSION_HEADER, Object, PUSH_PATH, PushRequest, PushResponse};
+use tether_pro::sim::plan;
 use tether_pro::store::local::{LocalClickHouse, LocalClickHouseOptions};
 use tether_pro::sync::{self, SyncServer};
 use tracing_subscriber::layer::SubscriberExt;
@@ -157,55 +157,15 @@ impl BenchDb {
 // ---------------------------------------------------------------------------------------
 // Workload: what a task-list app pushes (the shape of `sim::plan`'s Task payloads)
 
-const WORDS: &[&str] = &[
-    "buy", "milk", "call", "mom", "fix", "sync", "bug", "plan", "trip", "review", "invoice", "book", "flight",
-    "water", "plants", "ship", "release", "write", "notes", "renew", "passport", "clean", "garage",
-];
-
-fn phrase(rng: &mut ChaCha8Rng, lo: usize, hi: usize) -> String {
-    let words = if hi > lo { rng.random_range(lo..hi) } else { lo };
-    let s = (0..words).map(|_| *WORDS.choose(rng).unwrap()).collect::<Vec<_>>().join(" ");
-    let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
-}
-
-fn obj(v: Value) -> Object {
-    match v {
-        Value::Object(m) => m,
-        _ => unreachable!(),
-    }
-}
-
-/// A valid `Task` payload, as `sim::plan::payload` writes it.
+/// A valid `Task` payload from the simulator's own generator (some with nested secrets).
 fn task_payload(rng: &mut ChaCha8Rng) -> Object {
-    let mut p = obj(json!({
-        "title": phrase(rng, 2, 6),
-        "done": rng.random_bool(0.3),
-        "priority": rng.random_range(0..=5),
-        "notes": if rng.random_bool(0.3) { Value::String(phrase(rng, 8, 8)) } else { Value::Null },
-        "estimate_hours": (rng.random_range(1..40) as f64) / 4.0,
-        "metadata": {"source": "sim", "checklist": [{"item": phrase(rng, 2, 2), "done": false}]},
-    }));
-    if rng.random_bool(SECRET_RATIO) {
-        // Six levels deep, inside arrays of objects.
-        let secret = format!("sk_live_{:032x}", rng.random::<u128>());
-        p.insert(
-            "metadata".into(),
-            json!({"integrations": [{"kind": "calendar", "auth": [{"provider": "x", "credentials": {"api_key": secret, "password": "hunter2"}}]}]}),
-        );
-    }
-    p
+    let secret = rng.random_bool(SECRET_RATIO);
+    plan::payload(rng, "Task", secret)
 }
 
-/// An edit of a live task, as `sim::plan::edit` makes it.
+/// An edit of a live task, as the simulator makes it.
 fn edit_task(rng: &mut ChaCha8Rng, current: &Object) -> Object {
-    let mut p = current.clone();
-    if rng.random_bool(0.5) {
-        p.insert("done".into(), Value::Bool(rng.random_bool(0.5)));
-    }
-    p.insert("title".into(), Value::String(phrase(rng, 2, 6)));
-    p.insert("priority".into(), json!(rng.random_range(0..=5)));
-    p
+    plan::edit(rng, "Task", current)
 }
 
 struct Entity {

@@ -9,7 +9,7 @@
 //! conflicts can vary from run to run.
 
 mod client;
-mod plan;
+pub mod plan;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
