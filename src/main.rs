@@ -117,6 +117,7 @@ async fn run_sim(cfg: SimConfig, stats: Arc<SimStats>) -> anyhow::Result<SimTota
     tick.tick().await;
     let signal = shutdown_signal();
     tokio::pin!(signal);
+    let mut signalled = false;
     loop {
         tokio::select! {
             res = &mut handle => return res?,
@@ -125,7 +126,9 @@ async fn run_sim(cfg: SimConfig, stats: Arc<SimStats>) -> anyhow::Result<SimTota
                 let secs = started.elapsed().as_secs_f64();
                 println!("[{secs:>5.0}s] {:.1} pushes/s · {}", t.pushes as f64 / secs, summary(&t));
             }
-            _ = &mut signal => {
+            // A completed future must not be polled again: once signalled, only wait for the clients.
+            _ = &mut signal, if !signalled => {
+                signalled = true;
                 println!("stopping the simulated clients…");
                 stop.cancel();
             }

@@ -72,6 +72,10 @@ impl LocalClickHouse {
         if opts.ephemeral {
             cmd.arg("--ephemeral");
         }
+        // Its own process group: a Ctrl-C at the terminal reaches only us, and we stop the
+        // server last (closing its stdin), after the capture pipeline has flushed into it.
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.arg("--watch-stdin")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
