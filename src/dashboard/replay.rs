@@ -128,8 +128,43 @@ struct ApplyBody {
     positions: Option<Vec<u32>>,
 }
 
+/// Whether a browser sent this from the dashboard's own origin. Browsers say where a request
+/// comes from (`Sec-Fetch-Site`, `Origin`); a request from another site (a form or a fetch on
+/// a page elsewhere, riding on the user's basic-auth or proxy session) is refused even with a
+/// valid CSRF token. Clients that send neither header (curl, scripts) are not affected. The
+/// origin's host must be the one the request was sent to (`Host`, or `X-Forwarded-Host`
+/// behind a proxy, which a cross-site page cannot set).
+fn same_origin(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site")
+        && !matches!(site.as_bytes(), b"same-origin" | b"none")
+    {
+        return false;
+    }
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else { return true };
+    // `null` (sandboxed frames, file pages, cross-site redirects) and anything odd is foreign.
+    let Some((scheme, authority)) = origin.to_str().ok().and_then(|o| o.split_once("://")) else { return false };
+    let default_port = match scheme {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return false,
+    };
+    let norm = |a: &str| a.trim().strip_suffix(default_port).unwrap_or(a.trim()).to_ascii_lowercase();
+    if authority.is_empty() || authority.contains(['/', '@', '?', '#']) {
+        return false;
+    }
+    let origin = norm(authority);
+    [axum::http::header::HOST.as_str(), "x-forwarded-host"]
+        .iter()
+        .filter_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .filter_map(|v| v.split(',').next())
+        .any(|host| norm(host) == origin)
+}
+
 async fn apply_checked(state: &DashboardState, id: &str, headers: &HeaderMap, body: ApplyBody) -> Result<crate::replay::ReplayResult, Response> {
     let rs = replay_state(state)?;
+    if !same_origin(headers) {
+        return Err((StatusCode::FORBIDDEN, Json(serde_json::json!({"error": "a replay can only be applied from the dashboard's own pages"}))).into_response());
+    }
     if body.idempotency_key.is_empty() || body.idempotency_key.len() > 128 {
         return Err((StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "an idempotency key (1 to 128 characters) is required"}))).into_response());
     }
@@ -144,8 +179,16 @@ async fn apply_json(State(state): State<DashboardState>, Path(id): Path<String>,
     if let Err(resp) = replay_state(&state) {
         return resp;
     }
-    let Ok(Json(body)) = body else {
-        return (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "expected JSON {idempotency_key, csrf_token, restamp?, positions?}"}))).into_response();
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(e) => {
+            // Too large stays a 413 and a wrong content type a 415; anything else is a 400.
+            let status = match e.status() {
+                s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return (status, Json(serde_json::json!({"error": "expected JSON {idempotency_key, csrf_token, restamp?, positions?}"}))).into_response();
+        }
     };
     match apply_checked(&state, &id, &headers, body).await {
         Ok(r) => Json(r).into_response(),
