@@ -870,3 +870,31 @@ async fn dashboard_restarted_mid_load_answers_again_and_counts_every_request() {
     assert_eq!(metrics["totals"]["pulls"], json!(sim_totals.pulls));
     assert_eq!(metrics["totals"]["mutations"], json!(t.mutations_written));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_insert_whose_answer_is_lost_is_retried_and_deduplicated() {
+    let cfg = CaptureConfig { batch_interval_ms: 100, flush_timeout_ms: 30_000, ..CaptureConfig::default() };
+    let mut p = proxied(cfg).await;
+    p.proxy.set_mode(Mode::LoseAnswer);
+    let load = burst(&p.h, 3, 71, 10).await;
+    let n = load.sent().len() as u64;
+    wait_until("inserts landed with their answers lost", Duration::from_secs(60), || p.proxy.inserts_in(Mode::LoseAnswer).len() >= 3).await;
+    p.proxy.set_mode(Mode::Pass);
+    p.h.flush();
+    let t = p.h.totals();
+    let lost = p.proxy.inserts_in(Mode::LoseAnswer);
+    let passed = p.proxy.inserts_in(Mode::Pass);
+    eprintln!("lost answers: sent {n}; inserts landed with the answer lost {}, answered normally {}; totals {t:?}", lost.len(), passed.len());
+    assert!(lost.iter().all(|s| s.status == 502), "every insert of the lost-answer phase reached ClickHouse: {lost:?}");
+    let lost_tokens: BTreeSet<_> = lost.iter().map(|s| s.token.clone().unwrap()).collect();
+    let passed_tokens: BTreeSet<_> = passed.iter().map(|s| s.token.clone().unwrap()).collect();
+    assert!(!lost_tokens.is_disjoint(&passed_tokens), "a batch that landed was sent again with the same token");
+    assert_eq!(t.insert_failures, lost.len() as u64);
+    assert_eq!((t.dropped, t.buffer_dropped, t.records_failed), (0, 0, 0), "{t:?}");
+    assert_eq!(t.requests_written, n);
+    let sent = load.sent();
+    // Rows of a batch that landed twice would be here twice: the token deduplicated them.
+    let tags = assert_unique_and_known(&p.ch, &sent).await;
+    assert_eq!(tags.len() as u64, n);
+    assert_mutations_of(&p.ch, &sent, &tags).await;
+}

@@ -30,6 +30,10 @@ pub enum Mode {
     /// Answer every `INSERT` with a bare `503 Service Unavailable` (no ClickHouse code), as a
     /// load balancer in front of a restarting ClickHouse does. Other queries pass.
     Unavailable,
+    /// Forward every `INSERT` (it lands in ClickHouse), then answer `502 Bad Gateway` as if
+    /// the connection broke before the answer came back: the writer must retry, and the
+    /// retry must not double the rows. Other queries pass.
+    LoseAnswer,
 }
 
 /// One request the proxy saw.
@@ -151,7 +155,13 @@ async fn forward(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             out = out.header(name, value);
         }
     }
+    let lose_answer = mode == Mode::LoseAnswer && insert_into.is_some();
     match out.send().await {
+        Ok(resp) if lose_answer => {
+            let landed = resp.status().is_success() && resp.bytes().await.is_ok();
+            record(if landed { 502 } else { 0 });
+            (StatusCode::BAD_GATEWAY, "").into_response()
+        }
         Ok(resp) => {
             let status = resp.status();
             let headers = resp.headers().clone();
