@@ -898,3 +898,87 @@ async fn an_insert_whose_answer_is_lost_is_retried_and_deduplicated() {
     assert_eq!(tags.len() as u64, n);
     assert_mutations_of(&p.ch, &sent, &tags).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// 5. The soak: `scripts/soak [SECONDS] [KILL_EVERY]`
+
+fn env_secs(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name} must be a number of seconds"))).unwrap_or(default)
+}
+
+/// The reference server under load for `TETHER_PRO_SOAK_SECS` (default 600) while its own
+/// ClickHouse is SIGKILLed every `TETHER_PRO_SOAK_KILL_EVERY` seconds (default 30) and
+/// restarted after `TETHER_PRO_SOAK_OUTAGE` seconds (default 3); prints the exact accounting
+/// and asserts it, like the kill test above but for as long as you like.
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "long: run it with scripts/soak"]
+async fn soak_clickhouse_killed_every_n_seconds() {
+    let total = Duration::from_secs(env_secs("TETHER_PRO_SOAK_SECS", 600));
+    let every = Duration::from_secs(env_secs("TETHER_PRO_SOAK_KILL_EVERY", 30).max(1));
+    let outage = Duration::from_secs(env_secs("TETHER_PRO_SOAK_OUTAGE", 3));
+    let devices = env_secs("TETHER_PRO_SOAK_DEVICES", DEVICES as u64) as usize;
+    let mut own = OwnClickHouse::new();
+    own.start().await;
+    let database = format!("soak_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let ch = TestClickHouse { url: own.url(), database: database.clone() };
+    ch.migrate().await;
+    let cfg = CaptureConfig { flush_timeout_ms: 120_000, ..CaptureConfig::default() };
+    let mut h = host(&cfg, writer(&own.url(), &database), Telemetry::disabled()).await;
+    let stop = CancellationToken::new();
+    let (load, tasks) = start_load(&h, devices, 81, PAUSE, u64::MAX, stop.clone());
+    let started = Instant::now();
+    let mut kills = 0;
+    eprintln!("soak: {total:?} of load from {devices} devices, ClickHouse killed every {every:?} for {outage:?}");
+    while started.elapsed() + every < total {
+        tokio::time::sleep(every).await;
+        own.kill().await;
+        kills += 1;
+        tokio::time::sleep(outage).await;
+        own.start().await;
+        let t = h.totals();
+        eprintln!(
+            "soak: {:>5.0?} kill #{kills}: sent {}, written {}, dropped {}, buffer_dropped {}, failed {}, insert failures {}",
+            started.elapsed(),
+            load.sent.lock().unwrap().len(),
+            t.requests_written,
+            t.dropped,
+            t.buffer_dropped,
+            t.records_failed,
+            t.insert_failures
+        );
+    }
+    tokio::time::sleep(total.saturating_sub(started.elapsed())).await;
+    stop.cancel();
+    join(tasks).await;
+    h.flush();
+    let t = h.totals();
+    let sent = load.sent();
+    let tags = assert_unique_and_known(&ch, &sent).await;
+    let rows = ch.count("SELECT count() FROM sync_requests").await;
+    let mutation_rows = ch.count("SELECT count() FROM sync_mutations").await;
+    println!("soak accounting after {:?} and {kills} ClickHouse kills:", started.elapsed());
+    println!("  requests sent          {:>9}  ({} pushes, {} pulls)", sent.len(), load.pushes.load(Ordering::Relaxed), load.pulls.load(Ordering::Relaxed));
+    println!("  host errors            {:>9}", load.host_errors.load(Ordering::Relaxed));
+    println!("  answers changed        {:>9}", load.changed.load(Ordering::Relaxed));
+    println!("  queued                 {:>9}", t.enqueued);
+    println!("  dropped (queue full)   {:>9}", t.dropped);
+    println!("  dropped (buffer full)  {:>9}", t.buffer_dropped);
+    println!("  failed (ClickHouse)    {:>9}", t.records_failed);
+    println!("  written                {:>9}", t.requests_written);
+    println!("  rows in ClickHouse     {:>9}  (distinct requests {}, duplicates 0)", rows, tags.len());
+    println!("  mutation rows          {:>9}  (written {})", mutation_rows, t.mutations_written);
+    println!("  insert failures        {:>9}  (inserts {})", t.insert_failures, t.inserts);
+    println!(
+        "  sent - (written + dropped + buffer_dropped + failed) = {}",
+        sent.len() as i64 - (t.requests_written + t.dropped + t.buffer_dropped + t.records_failed) as i64
+    );
+    load.check_host();
+    assert_eq!(t.enqueued + t.dropped, sent.len() as u64);
+    assert_eq!(t.requests_written + t.dropped + t.buffer_dropped + t.records_failed, sent.len() as u64, "{t:?}");
+    assert_eq!(rows, t.requests_written);
+    assert_eq!(tags.len() as u64, t.requests_written);
+    assert_eq!(mutation_rows, t.mutations_written);
+    assert_mutations_of(&ch, &sent, &tags).await;
+    drop(h);
+    own.stop().await;
+}
