@@ -589,7 +589,9 @@ async fn slow_clickhouse_seconds_per_insert_loses_nothing_and_batches_coalesce()
 
 #[tokio::test(flavor = "current_thread")]
 async fn code_117_is_not_retried_is_counted_and_later_batches_are_written() {
-    let cfg = CaptureConfig { batch_interval_ms: 100, flush_timeout_ms: 30_000, ..CaptureConfig::default() };
+    // A burst spans a few ticks: the stuck first batch never has to share the write buffer
+    // with more batches than it holds.
+    let cfg = CaptureConfig { batch_interval_ms: 500, flush_timeout_ms: 30_000, ..CaptureConfig::default() };
     let mut p = proxied(cfg).await;
 
     // A: written normally.
@@ -637,7 +639,9 @@ async fn code_117_is_not_retried_is_counted_and_later_batches_are_written() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_bare_503_is_retried_and_lands_once() {
-    let cfg = CaptureConfig { batch_interval_ms: 100, flush_timeout_ms: 30_000, ..CaptureConfig::default() };
+    // A burst spans a few ticks: the stuck first batch never has to share the write buffer
+    // with more batches than it holds.
+    let cfg = CaptureConfig { batch_interval_ms: 500, flush_timeout_ms: 30_000, ..CaptureConfig::default() };
     let mut p = proxied(cfg).await;
     p.proxy.set_mode(Mode::Unavailable);
     let load = burst(&p.h, 3, 41, 10).await;
@@ -693,12 +697,13 @@ async fn otlp_endpoint_down_while_clickhouse_is_down_changes_nothing_and_rows_ar
     let mut own = OwnClickHouse::new();
     let database = format!("test_{}", ulid::Ulid::new().to_string().to_lowercase());
     let ch = TestClickHouse { url: own.url(), database: database.clone() };
-    let cfg = CaptureConfig { queue_records: 100_000, flush_timeout_ms: 60_000, ..CaptureConfig::default() };
+    // Ticks of 2 s: the outage is about what OTLP does, not how long the write buffer lasts.
+    let cfg = CaptureConfig { batch_interval_ms: 2_000, queue_records: 100_000, flush_timeout_ms: 60_000, ..CaptureConfig::default() };
     let mut h = host(&cfg, writer(&own.url(), &database), telemetry.clone()).await;
 
     let stop = CancellationToken::new();
     let (load, tasks) = start_load(&h, 4, 51, PAUSE, u64::MAX, stop.clone());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_until("inserts failing while ClickHouse is down", Duration::from_secs(60), || h.totals().insert_failures >= 2).await;
     let down = h.totals();
     own.start().await;
     ch.migrate().await;
@@ -873,7 +878,9 @@ async fn dashboard_restarted_mid_load_answers_again_and_counts_every_request() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_insert_whose_answer_is_lost_is_retried_and_deduplicated() {
-    let cfg = CaptureConfig { batch_interval_ms: 100, flush_timeout_ms: 30_000, ..CaptureConfig::default() };
+    // A burst spans a few ticks: the stuck first batch never has to share the write buffer
+    // with more batches than it holds.
+    let cfg = CaptureConfig { batch_interval_ms: 500, flush_timeout_ms: 30_000, ..CaptureConfig::default() };
     let mut p = proxied(cfg).await;
     p.proxy.set_mode(Mode::LoseAnswer);
     let load = burst(&p.h, 3, 71, 10).await;
