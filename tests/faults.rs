@@ -472,6 +472,16 @@ async fn kill_mid_load(cfg: CaptureConfig, seed: u64) -> (BTreeMap<String, u64>,
     load.check_host();
     assert!(during.insert_failures > before_kill.insert_failures, "inserts failed while ClickHouse was dead: {during:?}");
     let tags = assert_unique_and_known(&ch, &sent).await;
+    // The load exercised every outcome, not just applies.
+    let outcomes: BTreeSet<String> = ch
+        .rows("SELECT DISTINCT concat(outcome, '/', reason) AS o FROM sync_mutations")
+        .await
+        .into_iter()
+        .map(|r| r["o"].as_str().unwrap().to_owned())
+        .collect();
+    for o in ["applied/", "conflict/conflict", "duplicate/duplicate", "rejected/validation_failed", "rejected/not_found"] {
+        assert!(outcomes.contains(o), "no {o} among the captured mutations: {outcomes:?}");
+    }
     (sent, t, tags, ch, own)
 }
 
