@@ -364,6 +364,10 @@ fn sql_payloads() -> Vec<Vec<u8>> {
         "1e308",
         "2026-05-18T10:00:00Z' OR '1'='1",
         "01JAAAAAAAAAAAAAAAAAAAAAA1' OR '1'='1",
+        // Not SQL, but where a redirect could lead.
+        "//evil.example/x",
+        "https://evil.example/",
+        "/\\evil.example",
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
@@ -726,8 +730,50 @@ async fn with_auth_configured_every_route_and_variant_answers_401_without_the_ri
     ];
     n += assert_every_route_refuses(&db, &w, &id, &wrong_b).await;
     assert_eq!(target_b.pushes.load(Ordering::SeqCst), 0, "nothing reached the host");
+
+    // A credential configured but empty (an unset secret) refuses everything, never serves
+    // without auth.
+    for (label, serve) in [
+        ("empty bearer token", ServeConfig { bearer_token: Some(String::new()), ..ServeConfig::default() }),
+        ("empty basic user", ServeConfig { basic_username: Some(String::new()), basic_password: Some("pw".into()), ..ServeConfig::default() }),
+        ("empty basic password", ServeConfig { basic_username: Some("ops".into()), basic_password: Some(String::new()), ..ServeConfig::default() }),
+    ] {
+        let de = w.dashboard(&serve, Some(w.counting())).await;
+        let creds: Vec<(&str, Vec<(&'static str, String)>)> = vec![
+            ("nothing", vec![]),
+            ("empty bearer", vec![("authorization", "Bearer ".into())]),
+            ("bare bearer", vec![("authorization", "Bearer".into())]),
+            ("empty basic", vec![("authorization", format!("Basic {}", b64(":")))]),
+            ("user, empty password", vec![("authorization", format!("Basic {}", b64("ops:")))]),
+            ("empty user", vec![("authorization", format!("Basic {}", b64(":pw")))]),
+        ];
+        for (c, h) in &creds {
+            let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            for path in ["", "/requests", "/metrics", "/assets/app.css", "/openapi.json"] {
+                let r = raw(&de, "GET", &format!("{PREFIX}{path}"), &h, b"").await;
+                assert_eq!(r.status, 401, "{label}, {c}: {path}");
+                n += 1;
+            }
+        }
+    }
     eprintln!("{n} unauthenticated requests, all 401");
     assert_eq!(w.snapshot().await, before, "nothing was written");
+
+    // With basic auth, the replay's actor is the user who logged in, not a header the client
+    // chose. (Behind a proxy with bearer auth, the proxy's X-Forwarded-User stays the actor.)
+    let preview: Value = serde_json::from_slice(&raw(&db, "GET", &format!("{PREFIX}/replay/{id}/preview.json"), &[("authorization", &good_b)], b"").await.body).unwrap();
+    let form = format!("csrf_token={}&idempotency_key={}&position=0", preview["csrf_token"].as_str().unwrap(), preview["idempotency_key"].as_str().unwrap());
+    let r = raw(&db, "POST", &format!("{PREFIX}/replay/{id}"), &[("authorization", &good_b), ("content-type", "application/x-www-form-urlencoded"), ("x-forwarded-user", "admin")], form.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(target_b.pushes.load(Ordering::SeqCst), 1);
+    let r = raw(&d, "POST", &format!("{PREFIX}/replay/{id}/apply.json"), &[("authorization", &good), ("content-type", "application/json"), ("x-forwarded-user", "alice")], apply.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let actors: Vec<Value> = w.ch.rows("SELECT DISTINCT actor, idempotency_key FROM replay_links ORDER BY actor").await;
+    assert_eq!(
+        actors.iter().map(|r| r["actor"].as_str().unwrap()).collect::<Vec<_>>(),
+        vec!["alice", "ops"],
+        "basic auth's user, not the X-Forwarded-User it sent; the proxy-named user with bearer auth"
+    );
 }
 
 // ----- the replay gate ----------------------------------------------------------------------

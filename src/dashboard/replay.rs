@@ -79,8 +79,13 @@ fn error_response(e: ReplayError) -> Response {
     (status, Json(serde_json::json!({"error": message}))).into_response()
 }
 
-/// Who asked: the identity a fronting auth proxy passes, else `dashboard`.
-fn actor(headers: &HeaderMap) -> String {
+/// Who asked: the user `tether-pro serve`'s basic auth let in; else the identity a fronting
+/// auth proxy passes; else `dashboard`. With basic auth the headers are not trusted: any
+/// client can send them.
+fn actor(basic: Option<&super::auth::BasicUser>, headers: &HeaderMap) -> String {
+    if let Some(super::auth::BasicUser(user)) = basic {
+        return user.chars().take(200).collect();
+    }
     ["x-forwarded-user", "x-auth-request-user", "x-forwarded-email"]
         .iter()
         .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
@@ -160,7 +165,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
         .any(|host| norm(host) == origin)
 }
 
-async fn apply_checked(state: &DashboardState, id: &str, headers: &HeaderMap, body: ApplyBody) -> Result<crate::replay::ReplayResult, Response> {
+async fn apply_checked(state: &DashboardState, id: &str, basic: Option<&super::auth::BasicUser>, headers: &HeaderMap, body: ApplyBody) -> Result<crate::replay::ReplayResult, Response> {
     let rs = replay_state(state)?;
     if !same_origin(headers) {
         return Err((StatusCode::FORBIDDEN, Json(serde_json::json!({"error": "a replay can only be applied from the dashboard's own pages"}))).into_response());
@@ -171,11 +176,17 @@ async fn apply_checked(state: &DashboardState, id: &str, headers: &HeaderMap, bo
     if !rs.check(id, &body.idempotency_key, &body.csrf_token) {
         return Err((StatusCode::FORBIDDEN, Json(serde_json::json!({"error": "missing or wrong CSRF token; open the preview again"}))).into_response());
     }
-    let opts = ApplyOptions { idempotency_key: body.idempotency_key, actor: actor(headers), restamp: body.restamp, positions: body.positions };
+    let opts = ApplyOptions { idempotency_key: body.idempotency_key, actor: actor(basic, headers), restamp: body.restamp, positions: body.positions };
     rs.replayer.apply(id, &opts).await.map_err(error_response)
 }
 
-async fn apply_json(State(state): State<DashboardState>, Path(id): Path<String>, headers: HeaderMap, body: Result<Json<ApplyBody>, axum::extract::rejection::JsonRejection>) -> Response {
+async fn apply_json(
+    State(state): State<DashboardState>,
+    Path(id): Path<String>,
+    basic: Option<axum::Extension<super::auth::BasicUser>>,
+    headers: HeaderMap,
+    body: Result<Json<ApplyBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     if let Err(resp) = replay_state(&state) {
         return resp;
     }
@@ -190,7 +201,7 @@ async fn apply_json(State(state): State<DashboardState>, Path(id): Path<String>,
             return (status, Json(serde_json::json!({"error": "expected JSON {idempotency_key, csrf_token, restamp?, positions?}"}))).into_response();
         }
     };
-    match apply_checked(&state, &id, &headers, body).await {
+    match apply_checked(&state, &id, basic.as_deref(), &headers, body).await {
         Ok(r) => Json(r).into_response(),
         Err(resp) => resp,
     }
@@ -280,7 +291,13 @@ async fn preview_page(State(state): State<DashboardState>, Path(id): Path<String
     })
 }
 
-async fn apply_form(State(state): State<DashboardState>, Path(id): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn apply_form(
+    State(state): State<DashboardState>,
+    Path(id): Path<String>,
+    basic: Option<axum::Extension<super::auth::BasicUser>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     if let Err(resp) = replay_state(&state) {
         return resp;
     }
@@ -295,7 +312,7 @@ async fn apply_form(State(state): State<DashboardState>, Path(id): Path<String>,
         restamp: get("restamp") == "1",
         positions: Some(positions),
     };
-    match apply_checked(&state, &id, &headers, body).await {
+    match apply_checked(&state, &id, basic.as_deref(), &headers, body).await {
         Ok(r) => {
             let nav = Nav::new(&state.prefix, "requests", format!("Replay {}", r.replay_id));
             html(ResultPage { request_link: nav.request(&id), nav, request_id: id, sent: r.sent, host_http_status: r.host_http_status, links: r.links })
