@@ -544,5 +544,9 @@ async fn hostile_strings_in_every_rendered_field_stay_inert_in_chromium_with_and
     ] {
         assert!(shown(field), "the hostile {field} is not displayed (as text) on any page");
     }
+    // Diff paths of hostile keys (applied: before -> after; conflict: server -> client).
+    for key in ["after key", "before key", "payload key 5", "server key"] {
+        assert!(all_dom.contains(&format!("<td class=\"path\"><code>[\"{key}:\\\"&gt;&lt;script&gt;")), "no diff row for the hostile {key}");
+    }
     eprintln!("{} Chromium visits, {} fields planted", urls.len(), 32);
 }

@@ -946,6 +946,18 @@ async fn with_the_gate_on_no_forged_misbound_cross_site_or_wrongly_typed_apply_s
     let ok = raw(&d, "POST", &apply_form, &[form_ct, ("origin", &origin), ("sec-fetch-site", "same-origin")], f(&key, &token).as_bytes()).await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(target.pushes.load(Ordering::SeqCst), 1);
+
+    // When the audit links cannot be written, nothing is sent and ClickHouse's exception
+    // (SQL, table and constraint names) stays in the log, out of the answer.
+    w.ch.rows("ALTER TABLE replay_links ADD CONSTRAINT refuse_all CHECK 0").await;
+    let p: Value = serde_json::from_slice(&raw(&d, "GET", &format!("{PREFIX}/replay/{id}/preview.json"), &[], b"").await.body).unwrap();
+    let r = raw(&d, "POST", &apply_json, &[json_ct], j(&s(&p, "idempotency_key"), &s(&p, "csrf_token")).as_bytes()).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let lower = r.text().to_lowercase();
+    for leak in ["db::exception", "code: ", "constraint", "refuse_all", "replay_links", "insert"] {
+        assert!(!lower.contains(leak), "the answer shows {leak:?}: {}", r.text());
+    }
+    assert_eq!(target.pushes.load(Ordering::SeqCst), 1, "nothing sent without links");
     eprintln!("{} refused applies", cases.len());
 }
 
@@ -1039,6 +1051,12 @@ async fn oversized_and_deeply_nested_bodies_get_bounded_answers_everywhere() {
             assert_no_leak(&what, &r.text(), b"");
             n += 1;
         }
+    }
+    // The read-only routes do not take bodies at all.
+    for path in [String::new(), "/requests".into(), "/metrics".into(), "/search".into(), format!("/requests/{id}")] {
+        let r = raw(&d, "POST", &format!("{PREFIX}{path}"), &[("content-type", "application/json")], &bodies[3].1).await;
+        assert_eq!(r.status, 405, "POST {path}");
+        n += 1;
     }
     assert_eq!(target.pushes.load(Ordering::SeqCst), 0);
     assert_eq!(w.ch.count("SELECT count() FROM replay_links").await, 0);

@@ -72,10 +72,15 @@ fn error_response(e: ReplayError) -> Response {
         ReplayError::LinksNotWritten(_) | ReplayError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         ReplayError::Host(_) => StatusCode::BAD_GATEWAY,
     };
+    // Store errors carry ClickHouse's exception text (SQL, table names): logged, not shown.
     let message = match &e {
         ReplayError::Store(_) => "ClickHouse is unavailable; nothing was sent".to_owned(),
+        ReplayError::LinksNotWritten(_) => "the audit links could not be written, so nothing was sent".to_owned(),
         other => other.to_string(),
     };
+    if matches!(e, ReplayError::Store(_) | ReplayError::LinksNotWritten(_)) {
+        tracing::error!(target: "tether_pro::dashboard", error = %e, "replay failed");
+    }
     (status, Json(serde_json::json!({"error": message}))).into_response()
 }
 
