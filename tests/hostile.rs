@@ -62,7 +62,10 @@ async fn raw(addr: &str, method: &str, target: &str, headers: &[(&str, &str)], b
 }
 
 async fn try_raw(addr: &str, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Resp, String> {
-    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut head = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
     let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -931,6 +934,9 @@ async fn with_the_gate_on_no_forged_misbound_cross_site_or_wrongly_typed_apply_s
         ("same-site subdomain", "POST", apply_form.clone(), vec![form_ct, ("sec-fetch-site", "same-site")], f(&key, &token)),
         ("cross-site fetch (JSON)", "POST", apply_json.clone(), vec![json_ct, ("sec-fetch-site", "cross-site")], j(&key, &token)),
         ("Origin on another port", "POST", apply_json.clone(), vec![json_ct, ("origin", "http://127.0.0.1:1")], j(&key, &token)),
+        ("Origin of another scheme", "POST", apply_json.clone(), vec![json_ct, ("origin", "ftp://127.0.0.1")], j(&key, &token)),
+        ("cross-site, with a matching Origin", "POST", apply_json.clone(), vec![json_ct, ("sec-fetch-site", "cross-site"), ("origin", "http://evil.example"), ("host", "evil.example")], j(&key, &token)),
+        ("Origin with credentials", "POST", apply_form.clone(), vec![form_ct, ("origin", "http://evil.example@127.0.0.1")], f(&key, &token)),
     ];
     for (label, method, target_path, headers, body) in &cases {
         let r = raw(&d, method, target_path, headers, body.as_bytes()).await;
@@ -942,9 +948,18 @@ async fn with_the_gate_on_no_forged_misbound_cross_site_or_wrongly_typed_apply_s
     assert_eq!(w.host_state().await, host_before, "and changed nothing on the host");
     // The same-origin form post a browser makes with the preview's token does replay (so the
     // refusals above are the checks, not a broken route).
-    let origin = format!("http://{d}");
-    let ok = raw(&d, "POST", &apply_form, &[form_ct, ("origin", &origin), ("sec-fetch-site", "same-origin")], f(&key, &token).as_bytes()).await;
+    // A modern browser behind a proxy that rewrites Host: Sec-Fetch-Site decides.
+    let ok = raw(&d, "POST", &apply_form, &[form_ct, ("origin", "https://dash.example.com"), ("sec-fetch-site", "same-origin")], f(&key, &token).as_bytes()).await;
     assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(target.pushes.load(Ordering::SeqCst), 1);
+    // An older browser (no Sec-Fetch-Site) on the dashboard's own origin, and behind a proxy
+    // that says which host it was asked for: same key, so answered without sending again.
+    let origin = format!("http://{d}");
+    for h in [vec![form_ct, ("origin", origin.as_str())], vec![form_ct, ("origin", "https://dash.example.com"), ("x-forwarded-host", "dash.example.com")]] {
+        let again = raw(&d, "POST", &apply_form, &h, f(&key, &token).as_bytes()).await;
+        assert_eq!(again.status, 200, "{h:?}: {}", again.text());
+        assert!(again.text().contains("nothing was sent again"));
+    }
     assert_eq!(target.pushes.load(Ordering::SeqCst), 1);
 
     // When the audit links cannot be written, nothing is sent and ClickHouse's exception

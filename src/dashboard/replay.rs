@@ -138,17 +138,15 @@ struct ApplyBody {
     positions: Option<Vec<u32>>,
 }
 
-/// Whether a browser sent this from the dashboard's own origin. Browsers say where a request
-/// comes from (`Sec-Fetch-Site`, `Origin`); a request from another site (a form or a fetch on
-/// a page elsewhere, riding on the user's basic-auth or proxy session) is refused even with a
-/// valid CSRF token. Clients that send neither header (curl, scripts) are not affected. The
-/// origin's host must be the one the request was sent to (`Host`, or `X-Forwarded-Host`
-/// behind a proxy, which a cross-site page cannot set).
+/// Whether a browser sent this from the dashboard's own origin. A request from another site
+/// (a form or a fetch on a page elsewhere, riding on the user's basic-auth or proxy session)
+/// is refused even with a valid CSRF token. Modern browsers say where a request comes from in
+/// `Sec-Fetch-Site`, which holds behind any proxy; without it, an `Origin` must name the host
+/// the request was sent to (`Host`, or `X-Forwarded-Host` behind a proxy; a cross-site page
+/// cannot set either). Clients that send neither header (curl, scripts) are not affected.
 fn same_origin(headers: &HeaderMap) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site")
-        && !matches!(site.as_bytes(), b"same-origin" | b"none")
-    {
-        return false;
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return matches!(site.as_bytes(), b"same-origin" | b"none");
     }
     let Some(origin) = headers.get(axum::http::header::ORIGIN) else { return true };
     // `null` (sandboxed frames, file pages, cross-site redirects) and anything odd is foreign.
@@ -158,10 +156,13 @@ fn same_origin(headers: &HeaderMap) -> bool {
         "https" => ":443",
         _ => return false,
     };
-    let norm = |a: &str| a.trim().strip_suffix(default_port).unwrap_or(a.trim()).to_ascii_lowercase();
     if authority.is_empty() || authority.contains(['/', '@', '?', '#']) {
         return false;
     }
+    let norm = |a: &str| {
+        let a = a.trim().to_ascii_lowercase();
+        a.strip_suffix(default_port).map(str::to_owned).unwrap_or(a)
+    };
     let origin = norm(authority);
     [axum::http::header::HOST.as_str(), "x-forwarded-host"]
         .iter()
