@@ -285,13 +285,13 @@ pub fn redact_changes(changes: &mut Vec<Change>, redactor: &Redactor) {
             .path
             .iter()
             .position(|seg| matches!(seg, PathSegment::Key(k) if redactor.is_sensitive(k)));
-        if let Some(i) = first_sensitive {
-            if i + 1 < c.path.len() {
-                c.path.truncate(i + 1);
-                c.change = ChangeKind::Changed;
-                c.old.get_or_insert(Value::Null);
-                c.new.get_or_insert(Value::Null);
-            }
+        if let Some(i) = first_sensitive
+            && i + 1 < c.path.len()
+        {
+            c.path.truncate(i + 1);
+            c.change = ChangeKind::Changed;
+            c.old.get_or_insert(Value::Null);
+            c.new.get_or_insert(Value::Null);
         }
         for v in [&mut c.old, &mut c.new].into_iter().flatten() {
             if first_sensitive.is_some() {
