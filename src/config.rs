@@ -100,6 +100,31 @@ pub struct CaptureConfig {
     /// Nice value of the pipeline thread (Linux): it yields the CPU to the host's request
     /// threads when both want it. 0 keeps the default priority.
     pub pipeline_nice: i32,
+    /// The disk spool for batches the write buffer cannot hold (off by default).
+    pub spool: SpoolConfig,
+}
+
+/// The disk spool (`[capture.spool]`): when ClickHouse is away longer than the memory
+/// buffers last, batches (already redacted) go to files here instead of being dropped, and
+/// are written from there when ClickHouse is back, also after a restart or a crash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub enabled: bool,
+    /// Directory of this process's spool (one process per directory; a lock file enforces it).
+    pub dir: PathBuf,
+    /// Bytes on disk at most; batches beyond it are dropped and counted.
+    pub max_bytes: u64,
+}
+
+impl SpoolConfig {
+    pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig { enabled: false, dir: PathBuf::from(".tether-pro/spool"), max_bytes: Self::DEFAULT_MAX_BYTES }
+    }
 }
 
 impl CaptureConfig {
@@ -121,6 +146,11 @@ impl CaptureConfig {
         anyhow::ensure!((0..=19).contains(&self.pipeline_nice), "capture.pipeline_nice must be 0..=19");
         anyhow::ensure!(self.body_cap_bytes >= 64, "capture.body_cap_bytes must be at least 64");
         anyhow::ensure!(self.redact_keys.iter().all(|k| !k.trim().is_empty()), "capture.redact_keys has an empty key");
+        anyhow::ensure!(
+            !self.spool.enabled || self.spool.max_bytes >= 1024 * 1024,
+            "capture.spool.max_bytes must be at least 1 MiB"
+        );
+        anyhow::ensure!(!self.spool.enabled || !self.spool.dir.as_os_str().is_empty(), "capture.spool.dir is empty");
         Ok(())
     }
 }
@@ -139,6 +169,7 @@ impl Default for CaptureConfig {
             batch_interval_ms: Self::DEFAULT_BATCH_INTERVAL_MS,
             flush_timeout_ms: Self::DEFAULT_FLUSH_TIMEOUT_MS,
             pipeline_nice: Self::DEFAULT_PIPELINE_NICE,
+            spool: SpoolConfig::default(),
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::diff::{self, Change};
@@ -14,7 +14,7 @@ use crate::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind, St
 use crate::protocol::{Object, SYNC_KEY};
 
 /// A `sync_requests` row (columns in table order).
-#[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
 pub struct RequestRow {
     pub request_id: String,
     pub kind: String,
@@ -46,7 +46,7 @@ pub struct RequestRow {
 }
 
 /// A `sync_mutations` row (columns in table order).
-#[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
 pub struct MutationRow {
     pub request_id: String,
     #[serde(with = "clickhouse::serde::chrono::datetime64::micros")]
