@@ -182,8 +182,9 @@ struct Batch {
 /// The spool, shared by the two stages on the pipeline thread (never borrowed across an await).
 type SharedSpool = Rc<RefCell<Option<Spool>>>;
 
-/// Batches waiting for ClickHouse at most (each up to `batch_rows` / `batch_bytes`): with the
-/// queue, the bound on the pipeline's memory while ClickHouse is away.
+/// Batches waiting for ClickHouse at most (each up to `batch_rows` / `batch_bytes`). With the
+/// queue, the batch being written and the one being filled, the bound on the pipeline's
+/// memory while ClickHouse is away.
 const WRITE_BUFFER_BATCHES: usize = 4;
 
 /// Two stages on one thread: processing drains the queue continuously (rows, redaction,
@@ -224,6 +225,10 @@ async fn process_loop(
     let interval = Duration::from_millis(cfg.batch_interval_ms);
     let wake = rx.wake.clone();
     let mut taken = Vec::new();
+    // The batch being filled. It is handed over at the end of an interval only when the
+    // write buffer has room; otherwise it keeps filling across intervals (ClickHouse slow or
+    // away), and only a full batch that finds no room is spilled to disk or dropped.
+    let mut batch = Batch::default();
     loop {
         let mut stopping = false;
         tokio::select! {
@@ -241,7 +246,6 @@ async fn process_loop(
                 cfg.queue_records, cfg.queue_bytes
             );
         }
-        let mut batch = Batch::default();
         loop {
             taken.clear();
             if rx.drain(256, &mut taken) == 0 {
@@ -266,9 +270,14 @@ async fn process_loop(
                 }
             }
         }
-        out.hand_over(batch);
         if stopping {
-            return; // dropping the outlet lets the writer finish what it has and stop
+            // Wait for room (the writer gives up at the flush deadline, and then spools or
+            // counts); dropping the outlet afterwards lets the writer finish and stop.
+            out.hand_over_waiting(batch).await;
+            return;
+        }
+        if out.has_room() {
+            out.hand_over(std::mem::take(&mut batch));
         }
     }
 }
@@ -281,6 +290,21 @@ struct Outlet {
 }
 
 impl Outlet {
+    fn has_room(&self) -> bool {
+        self.batches.capacity() > 0
+    }
+
+    async fn hand_over_waiting(&self, batch: Batch) {
+        if batch.records == 0 {
+            return;
+        }
+        if let Err(e) = self.batches.send(batch).await {
+            let b = e.0;
+            spill_or_drop(&self.spool, &self.stats, b.records, b.requests, b.mutations, ulid::Ulid::new().to_string());
+        }
+    }
+
+    /// Hands a batch to the writer, or spills/drops it when the write buffer is full.
     fn hand_over(&self, batch: Batch) {
         if batch.records == 0 {
             return;
