@@ -10,29 +10,41 @@ use base64::Engine as _;
 /// The credentials every request must present.
 #[derive(Clone)]
 pub struct AuthConfig {
-    expected: Vec<Vec<u8>>,
+    /// Each accepted `Authorization` value, with the basic-auth user it names.
+    expected: Vec<(Vec<u8>, Option<String>)>,
     challenge: &'static str,
 }
 
+/// The user `tether-pro serve`'s basic auth let in, as a request extension (replay records
+/// it as the actor: a header a client can set is not an identity).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BasicUser(pub String);
+
 impl AuthConfig {
     /// `Authorization: Bearer <token>` and/or `Authorization: Basic <user:password>`.
-    /// `None` when neither is configured.
+    /// `None` when neither is configured. A credential that is configured but empty (an empty
+    /// token, user or password, e.g. from an unset secret) accepts nothing: the dashboard then
+    /// refuses every request instead of silently serving without auth.
     pub fn new(bearer: Option<&str>, basic: Option<(&str, &str)>) -> Option<Self> {
+        if bearer.is_none() && basic.is_none() {
+            return None;
+        }
         let mut expected = Vec::new();
         if let Some(t) = bearer.filter(|t| !t.is_empty()) {
-            expected.push(format!("Bearer {t}").into_bytes());
+            expected.push((format!("Bearer {t}").into_bytes(), None));
         }
-        if let Some((u, p)) = basic.filter(|(u, _)| !u.is_empty()) {
+        if let Some((u, p)) = basic.filter(|(u, p)| !u.is_empty() && !p.is_empty()) {
             let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
-            expected.push(format!("Basic {encoded}").into_bytes());
+            expected.push((format!("Basic {encoded}").into_bytes(), Some(u.to_owned())));
         }
         let challenge = if basic.is_some() { "Basic realm=\"tether-pro\"" } else { "Bearer" };
-        (!expected.is_empty()).then_some(AuthConfig { expected, challenge })
+        Some(AuthConfig { expected, challenge })
     }
 
-    fn accepts(&self, presented: &[u8]) -> bool {
+    /// `Some(basic user)` when `presented` is one of the credentials.
+    fn accepts(&self, presented: &[u8]) -> Option<Option<String>> {
         // Compare every candidate in full, in constant time for equal lengths.
-        self.expected.iter().fold(false, |ok, e| ok | constant_time_eq(e, presented))
+        self.expected.iter().fold(None, |found, (e, user)| if constant_time_eq(e, presented) { Some(user.clone()) } else { found })
     }
 }
 
@@ -45,8 +57,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Middleware: 401 unless the request carries one of the configured credentials.
 pub async fn require(State(auth): State<AuthConfig>, req: Request, next: Next) -> Response {
+    let mut req = req;
     let presented = req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes).unwrap_or_default();
-    if auth.accepts(presented) {
+    if let Some(user) = auth.accepts(presented) {
+        if let Some(user) = user {
+            req.extensions_mut().insert(BasicUser(user));
+        }
         return next.run(req).await;
     }
     let mut resp = (StatusCode::UNAUTHORIZED, "authentication required\n").into_response();
@@ -61,12 +77,21 @@ mod tests {
     #[test]
     fn accepts_only_the_configured_credentials() {
         let a = AuthConfig::new(Some("s3cret"), Some(("ops", "pw"))).unwrap();
-        assert!(a.accepts(b"Bearer s3cret"));
-        assert!(a.accepts(b"Basic b3BzOnB3"));
+        assert_eq!(a.accepts(b"Bearer s3cret"), Some(None));
+        assert_eq!(a.accepts(b"Basic b3BzOnB3"), Some(Some("ops".to_owned())));
         for bad in [&b""[..], b"Bearer s3cre", b"Bearer s3cretX", b"bearer s3cret", b"Basic b3BzOnB4", b"s3cret"] {
-            assert!(!a.accepts(bad), "{}", String::from_utf8_lossy(bad));
+            assert!(a.accepts(bad).is_none(), "{}", String::from_utf8_lossy(bad));
         }
         assert!(AuthConfig::new(None, None).is_none());
-        assert!(AuthConfig::new(Some(""), None).is_none());
+    }
+
+    #[test]
+    fn configured_but_empty_credentials_fail_closed() {
+        for a in [AuthConfig::new(Some(""), None), AuthConfig::new(None, Some(("", "pw"))), AuthConfig::new(None, Some(("ops", "")))] {
+            let a = a.expect("configured auth is never switched off");
+            for presented in [&b""[..], b"Bearer ", b"Bearer", b"Basic Om53", b"Basic b3BzOg==", b"Basic OnB3"] {
+                assert!(a.accepts(presented).is_none(), "{}", String::from_utf8_lossy(presented));
+            }
+        }
     }
 }

@@ -54,10 +54,13 @@ pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data
 
 /// The dashboard's routes, relative to its root.
 pub fn router(state: DashboardState) -> Router {
+    // With replay off its routes do not exist at all: every replay path answers the router's
+    // 404 whatever the method (never a 405 or an extractor's 400 that would tell them apart).
+    let replay = if state.replay.is_some() { replay::router() } else { Router::new() };
     Router::new()
         .merge(api::router())
         .merge(pages::router())
-        .merge(replay::router())
+        .merge(replay)
         .with_state(state)
         .layer(SetResponseHeaderLayer::overriding(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)))
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))

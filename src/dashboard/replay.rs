@@ -72,15 +72,25 @@ fn error_response(e: ReplayError) -> Response {
         ReplayError::LinksNotWritten(_) | ReplayError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         ReplayError::Host(_) => StatusCode::BAD_GATEWAY,
     };
+    // Store errors carry ClickHouse's exception text (SQL, table names): logged, not shown.
     let message = match &e {
         ReplayError::Store(_) => "ClickHouse is unavailable; nothing was sent".to_owned(),
+        ReplayError::LinksNotWritten(_) => "the audit links could not be written, so nothing was sent".to_owned(),
         other => other.to_string(),
     };
+    if matches!(e, ReplayError::Store(_) | ReplayError::LinksNotWritten(_)) {
+        tracing::error!(target: "tether_pro::dashboard", error = %e, "replay failed");
+    }
     (status, Json(serde_json::json!({"error": message}))).into_response()
 }
 
-/// Who asked: the identity a fronting auth proxy passes, else `dashboard`.
-fn actor(headers: &HeaderMap) -> String {
+/// Who asked: the user `tether-pro serve`'s basic auth let in; else the identity a fronting
+/// auth proxy passes; else `dashboard`. With basic auth the headers are not trusted: any
+/// client can send them.
+fn actor(basic: Option<&super::auth::BasicUser>, headers: &HeaderMap) -> String {
+    if let Some(super::auth::BasicUser(user)) = basic {
+        return user.chars().take(200).collect();
+    }
     ["x-forwarded-user", "x-auth-request-user", "x-forwarded-email"]
         .iter()
         .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
@@ -128,26 +138,76 @@ struct ApplyBody {
     positions: Option<Vec<u32>>,
 }
 
-async fn apply_checked(state: &DashboardState, id: &str, headers: &HeaderMap, body: ApplyBody) -> Result<crate::replay::ReplayResult, Response> {
+/// Whether a browser sent this from the dashboard's own origin. A request from another site
+/// (a form or a fetch on a page elsewhere, riding on the user's basic-auth or proxy session)
+/// is refused even with a valid CSRF token. Modern browsers say where a request comes from in
+/// `Sec-Fetch-Site`, which holds behind any proxy; without it, an `Origin` must name the host
+/// the request was sent to (`Host`, or `X-Forwarded-Host` behind a proxy; a cross-site page
+/// cannot set either). Clients that send neither header (curl, scripts) are not affected.
+fn same_origin(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else { return true };
+    // `null` (sandboxed frames, file pages, cross-site redirects) and anything odd is foreign.
+    let Some((scheme, authority)) = origin.to_str().ok().and_then(|o| o.split_once("://")) else { return false };
+    let default_port = match scheme {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return false,
+    };
+    if authority.is_empty() || authority.contains(['/', '@', '?', '#']) {
+        return false;
+    }
+    let norm = |a: &str| {
+        let a = a.trim().to_ascii_lowercase();
+        a.strip_suffix(default_port).map(str::to_owned).unwrap_or(a)
+    };
+    let origin = norm(authority);
+    [axum::http::header::HOST.as_str(), "x-forwarded-host"]
+        .iter()
+        .filter_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .filter_map(|v| v.split(',').next())
+        .any(|host| norm(host) == origin)
+}
+
+async fn apply_checked(state: &DashboardState, id: &str, basic: Option<&super::auth::BasicUser>, headers: &HeaderMap, body: ApplyBody) -> Result<crate::replay::ReplayResult, Response> {
     let rs = replay_state(state)?;
+    if !same_origin(headers) {
+        return Err((StatusCode::FORBIDDEN, Json(serde_json::json!({"error": "a replay can only be applied from the dashboard's own pages"}))).into_response());
+    }
     if body.idempotency_key.is_empty() || body.idempotency_key.len() > 128 {
         return Err((StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "an idempotency key (1 to 128 characters) is required"}))).into_response());
     }
     if !rs.check(id, &body.idempotency_key, &body.csrf_token) {
         return Err((StatusCode::FORBIDDEN, Json(serde_json::json!({"error": "missing or wrong CSRF token; open the preview again"}))).into_response());
     }
-    let opts = ApplyOptions { idempotency_key: body.idempotency_key, actor: actor(headers), restamp: body.restamp, positions: body.positions };
+    let opts = ApplyOptions { idempotency_key: body.idempotency_key, actor: actor(basic, headers), restamp: body.restamp, positions: body.positions };
     rs.replayer.apply(id, &opts).await.map_err(error_response)
 }
 
-async fn apply_json(State(state): State<DashboardState>, Path(id): Path<String>, headers: HeaderMap, body: Result<Json<ApplyBody>, axum::extract::rejection::JsonRejection>) -> Response {
+async fn apply_json(
+    State(state): State<DashboardState>,
+    Path(id): Path<String>,
+    basic: Option<axum::Extension<super::auth::BasicUser>>,
+    headers: HeaderMap,
+    body: Result<Json<ApplyBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     if let Err(resp) = replay_state(&state) {
         return resp;
     }
-    let Ok(Json(body)) = body else {
-        return (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "expected JSON {idempotency_key, csrf_token, restamp?, positions?}"}))).into_response();
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(e) => {
+            // Too large stays a 413 and a wrong content type a 415; anything else is a 400.
+            let status = match e.status() {
+                s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return (status, Json(serde_json::json!({"error": "expected JSON {idempotency_key, csrf_token, restamp?, positions?}"}))).into_response();
+        }
     };
-    match apply_checked(&state, &id, &headers, body).await {
+    match apply_checked(&state, &id, basic.as_deref(), &headers, body).await {
         Ok(r) => Json(r).into_response(),
         Err(resp) => resp,
     }
@@ -237,7 +297,13 @@ async fn preview_page(State(state): State<DashboardState>, Path(id): Path<String
     })
 }
 
-async fn apply_form(State(state): State<DashboardState>, Path(id): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn apply_form(
+    State(state): State<DashboardState>,
+    Path(id): Path<String>,
+    basic: Option<axum::Extension<super::auth::BasicUser>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     if let Err(resp) = replay_state(&state) {
         return resp;
     }
@@ -252,7 +318,7 @@ async fn apply_form(State(state): State<DashboardState>, Path(id): Path<String>,
         restamp: get("restamp") == "1",
         positions: Some(positions),
     };
-    match apply_checked(&state, &id, &headers, body).await {
+    match apply_checked(&state, &id, basic.as_deref(), &headers, body).await {
         Ok(r) => {
             let nav = Nav::new(&state.prefix, "requests", format!("Replay {}", r.replay_id));
             html(ResultPage { request_link: nav.request(&id), nav, request_id: id, sent: r.sent, host_http_status: r.host_http_status, links: r.links })
