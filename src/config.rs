@@ -278,6 +278,14 @@ impl Config {
         );
         anyhow::ensure!(self.serve.mutations_page_size >= 1, "serve.mutations_page_size must be at least 1");
         anyhow::ensure!(
+            self.serve.bearer_token.as_deref().is_none_or(|t| !t.trim().is_empty()),
+            "serve.bearer_token is set but empty (unset it to serve without auth)"
+        );
+        anyhow::ensure!(
+            self.serve.basic_username.as_deref().is_none_or(|u| !u.trim().is_empty()),
+            "serve.basic_username is set but empty"
+        );
+        anyhow::ensure!(
             self.serve.basic_username.is_none() || self.serve.basic_password.as_deref().is_some_and(|p| !p.is_empty()),
             "serve.basic_username needs a non-empty serve.basic_password"
         );
@@ -346,6 +354,33 @@ mod tests {
             jail.create_file("t.toml", "[clickhouse]\ndatabse = \"typo\"\n")?;
             let err = Config::load(Some(Path::new("t.toml"))).unwrap_err().to_string();
             assert!(err.contains("databse"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn empty_credentials_are_refused_at_start() {
+        let mut c = Config::default();
+        c.serve.bearer_token = Some(" ".into());
+        assert!(c.validate().unwrap_err().to_string().contains("bearer_token"));
+        let mut c = Config::default();
+        c.serve.basic_username = Some(String::new());
+        c.serve.basic_password = Some("pw".into());
+        assert!(c.validate().unwrap_err().to_string().contains("basic_username"));
+    }
+
+    #[test]
+    fn the_spool_is_off_by_default_and_set_from_the_environment() {
+        Jail::expect_with(|jail| {
+            assert!(!Config::load(None).map_err(|e| e.to_string())?.capture.spool.enabled);
+            jail.set_env("TETHER_PRO_CAPTURE__SPOOL__ENABLED", "true");
+            jail.set_env("TETHER_PRO_CAPTURE__SPOOL__DIR", "/var/spool/tether");
+            jail.set_env("TETHER_PRO_CAPTURE__SPOOL__MAX_BYTES", "1000");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("spool.max_bytes"), "{err}");
+            jail.set_env("TETHER_PRO_CAPTURE__SPOOL__MAX_BYTES", "2097152");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!((c.capture.spool.enabled, c.capture.spool.dir.to_str(), c.capture.spool.max_bytes), (true, Some("/var/spool/tether"), 2097152));
             Ok(())
         });
     }
