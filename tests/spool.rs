@@ -218,21 +218,25 @@ fn gauge_max(receiver: &OtlpReceiver, name: &str) -> Option<f64> {
     max
 }
 
+/// The child's environment for exporting metrics (only) to `receiver` every 200 ms.
+fn metrics_to(receiver: &OtlpReceiver) -> Vec<(&'static str, &str)> {
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ("OTEL_TRACES_EXPORTER", "none"),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spooled_batches_survive_kill_9_and_arrive_exactly_once_after_restart() {
     let ch = common::clickhouse().await;
     ch.migrate().await;
     let spool = tempfile::tempdir().unwrap();
     let receiver = OtlpReceiver::start(Protocol::HttpProtobuf);
-    let endpoint = receiver.endpoint.clone();
-    let otel = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-        ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
-        ("OTEL_TRACES_EXPORTER", "none"),
-    ];
+    let otel = metrics_to(&receiver);
 
-    // 1. ClickHouse away: 60 pushes (4 rows each; 3 records a batch; 5 batches fit in memory).
+    // 1. ClickHouse away: 60 pushes (4 rows each; 3 records a batch; 6 batches fit in memory).
     let down = Server::start(&closed_port_url(), &ch.database, spool.path(), &otel);
     push_all(&down.base, "killed", 60).await;
     let spooled = settled(spool.path()).await;
@@ -296,15 +300,9 @@ async fn beyond_the_disk_cap_the_drop_count_is_exact() {
     ch.migrate().await;
     let spool = tempfile::tempdir().unwrap();
     let receiver = OtlpReceiver::start(Protocol::HttpProtobuf);
-    let endpoint = receiver.endpoint.clone();
-    let env = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-        ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
-        ("OTEL_TRACES_EXPORTER", "none"),
-        // 1 MiB of disk: about forty of these 24 KB records.
-        ("TETHER_PRO_CAPTURE__SPOOL__MAX_BYTES", "1048576"),
-    ];
+    let mut env = metrics_to(&receiver);
+    // 1 MiB of disk: about forty of these 24 KB records.
+    env.push(("TETHER_PRO_CAPTURE__SPOOL__MAX_BYTES", "1048576"));
     let down = Server::start(&closed_port_url(), &ch.database, spool.path(), &env);
     let pushes = 120;
     push_sized(&down.base, "capped", pushes, 4000).await;
