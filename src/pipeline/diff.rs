@@ -273,20 +273,36 @@ fn navigate_create<'a>(mut cur: &'a mut Value, path: &[PathSegment]) -> &'a mut 
 /// [`Redactor`]), its `old` and `new` (those present) become the string [`REDACTED`], so the
 /// view still shows that e.g. `password` changed, without the values; otherwise `old` and
 /// `new` are redacted in place with [`Redactor::redact_value`].
-pub fn redact_changes(changes: &mut [Change], redactor: &Redactor) {
-    for c in changes {
-        let sensitive = c
+///
+/// The keys and indices *below* a sensitive key are part of its value (a `session` map keyed
+/// by session ids, a `credentials` object's field names), so a change inside a sensitive value
+/// is reported at the sensitive key itself, as one `changed` entry (both sides existed, or
+/// the diff would not have descended), and the changes below one sensitive key collapse into
+/// that single entry.
+pub fn redact_changes(changes: &mut Vec<Change>, redactor: &Redactor) {
+    for c in changes.iter_mut() {
+        let first_sensitive = c
             .path
             .iter()
-            .any(|seg| matches!(seg, PathSegment::Key(k) if redactor.is_sensitive(k)));
+            .position(|seg| matches!(seg, PathSegment::Key(k) if redactor.is_sensitive(k)));
+        if let Some(i) = first_sensitive {
+            if i + 1 < c.path.len() {
+                c.path.truncate(i + 1);
+                c.change = ChangeKind::Changed;
+                c.old.get_or_insert(Value::Null);
+                c.new.get_or_insert(Value::Null);
+            }
+        }
         for v in [&mut c.old, &mut c.new].into_iter().flatten() {
-            if sensitive {
+            if first_sensitive.is_some() {
                 drop_deep(std::mem::replace(v, Value::String(REDACTED.to_owned())));
             } else {
                 redactor.redact_value(v);
             }
         }
     }
+    // Changes below one sensitive key are adjacent (the diff walks each subtree in one go).
+    changes.dedup_by(|later, earlier| later.path == earlier.path);
 }
 
 #[cfg(test)]
@@ -452,6 +468,32 @@ mod tests {
         redact_changes(&mut changes, &Redactor::default());
         assert_eq!(changes[0].old, Some(json!(REDACTED)));
         assert_eq!(changes[0].new, Some(json!(REDACTED)));
+    }
+
+    #[test]
+    fn redact_changes_hides_keys_below_a_sensitive_key() {
+        // Found by the `diff` fuzz target: the path of a change inside a sensitive value named
+        // the keys below it (here a session id), which are part of the redacted value.
+        let before = json!({"session": {"s_8f3a91c2": {"expires": 1}, "other": [1, 2]}, "title": "a"});
+        let after = json!({"session": {"s_8f3a91c2": {"expires": 2}, "other": [1]}, "title": "b"});
+        let mut changes = diff(&before, &after);
+        assert_eq!(changes.len(), 3);
+        redact_changes(&mut changes, &Redactor::default());
+        assert_eq!(
+            serde_json::to_value(&changes).unwrap(),
+            json!([
+                {"path": ["session"], "change": "changed", "old": REDACTED, "new": REDACTED},
+                {"path": ["title"], "change": "changed", "old": "a", "new": "b"}
+            ])
+        );
+        assert!(!serde_json::to_string(&changes).unwrap().contains("s_8f3a91c2"));
+        // A key added or removed below a sensitive key is a change of that key too.
+        let mut changes = diff(&json!({"a": {"api_key": {"k1": 1}}}), &json!({"a": {"api_key": {"k2": 1}}}));
+        redact_changes(&mut changes, &Redactor::default());
+        assert_eq!(
+            serde_json::to_value(&changes).unwrap(),
+            json!([{"path": ["a", "api_key"], "change": "changed", "old": REDACTED, "new": REDACTED}])
+        );
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {

@@ -155,11 +155,17 @@ fn capped(text: String, s: &RowSettings) -> String {
     cap_text(text, s.body_cap_bytes, len).0
 }
 
-fn str_field(v: &Value, key: &str) -> String {
+/// A field as column text; a field of the wrong type is stored as its redacted JSON text
+/// (`"model": {"password": ...}` must not reach a column unredacted).
+fn str_field(v: &Value, key: &str, r: &Redactor) -> String {
     match v.get(key) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
+        Some(other) => {
+            let mut other = other.clone();
+            r.redact_value(&mut other);
+            other.to_string()
+        }
     }
 }
 
@@ -175,7 +181,7 @@ struct Verdict {
     data: Option<Value>,
 }
 
-fn verdicts(resp: &Value) -> HashMap<String, VecDeque<Verdict>> {
+fn verdicts(resp: &Value, redactor: &Redactor) -> HashMap<String, VecDeque<Verdict>> {
     let mut map: HashMap<String, VecDeque<Verdict>> = HashMap::new();
     if let Some(applied) = resp.get("applied").and_then(Value::as_array) {
         for id in applied.iter().filter_map(Value::as_str) {
@@ -188,10 +194,10 @@ fn verdicts(resp: &Value) -> HashMap<String, VecDeque<Verdict>> {
     }
     for (key, default_outcome) in [("rejected", mutation_outcome::REJECTED), ("conflicts", mutation_outcome::CONFLICT)] {
         for r in resp.get(key).and_then(Value::as_array).into_iter().flatten() {
-            let reason = str_field(r, "reason");
+            let reason = str_field(r, "reason", redactor);
             let outcome = if reason == "duplicate" { mutation_outcome::DUPLICATE } else { default_outcome };
             let data = r.get("data").filter(|d| !d.is_null()).cloned();
-            map.entry(str_field(r, "mutation_id")).or_default().push_back(Verdict { outcome, reason, data });
+            map.entry(str_field(r, "mutation_id", redactor)).or_default().push_back(Verdict { outcome, reason, data });
         }
     }
     map
@@ -241,7 +247,7 @@ fn error_text(rec: &CaptureRecord, resp: Option<&Value>, s: &RowSettings) -> Str
     let text = match (resp, rec.http_status) {
         (_, 0) => "no response".to_owned(),
         (Some(v), status) => {
-            let parts: Vec<String> = [str_field(v, "error"), str_field(v, "message")].into_iter().filter(|x| !x.is_empty()).collect();
+            let parts: Vec<String> = [str_field(v, "error", &s.redactor), str_field(v, "message", &s.redactor)].into_iter().filter(|x| !x.is_empty()).collect();
             if parts.is_empty() { format!("HTTP {status}") } else { parts.join(": ") }
         }
         (None, status) => format!("HTTP {status}"),
@@ -256,7 +262,7 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
     let mut req = parse(&rec.request_body);
     let mut resp = parse(&rec.response_body);
     let success = (200..300).contains(&rec.http_status);
-    let client_id = req.as_ref().map(|v| str_field(v, "client_id")).unwrap_or_default();
+    let client_id = req.as_ref().map(|v| str_field(v, "client_id", &s.redactor)).unwrap_or_default();
     let error = error_text(rec, resp.as_ref(), s);
 
     let mut request = RequestRow {
@@ -296,7 +302,7 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
         request.outcome = if success { outcome::OK } else { outcome::ERROR }.to_owned();
     } else {
         let mut verdicts = match (&resp, success) {
-            (Some(v), true) => verdicts(v),
+            (Some(v), true) => verdicts(v, &s.redactor),
             _ => HashMap::new(),
         };
         let mut states: HashMap<&str, VecDeque<&MutationState>> = HashMap::new();
@@ -309,8 +315,8 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
         let (mut applied, mut rejected, mut conflicts, mut duplicates, mut unprocessed) = (0u32, 0u32, 0u32, 0u32, 0u32);
         mutations.reserve(list.len());
         for (position, m) in list.iter().enumerate() {
-            let mutation_id = str_field(m, "mutation_id");
-            let entity_id = str_field(m, "entity_id");
+            let mutation_id = str_field(m, "mutation_id", &s.redactor);
+            let entity_id = str_field(m, "entity_id", &s.redactor);
             let verdict = verdicts.get_mut(&mutation_id).and_then(VecDeque::pop_front).unwrap_or_else(|| Verdict {
                 outcome: mutation_outcome::UNPROCESSED,
                 reason: if success { String::new() } else { format!("http_{}", rec.http_status) },
@@ -347,8 +353,8 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
                 position: position as u32,
                 mutation_id,
                 entity_id,
-                model: str_field(m, "model"),
-                operation: str_field(m, "operation"),
+                model: str_field(m, "model", &s.redactor),
+                operation: str_field(m, "operation", &s.redactor),
                 client_id: client_id.clone(),
                 client_timestamp: ms_to_datetime(m.get("timestamp").and_then(Value::as_i64).unwrap_or(0)),
                 version: m.get("version").and_then(Value::as_u64).unwrap_or(0),
@@ -389,4 +395,50 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
     (request.request_body, request.request_body_truncated) = body_text(&rec.request_body, req.as_ref(), s);
     (request.response_body, request.response_body_truncated) = body_text(&rec.response_body, resp.as_ref(), s);
     Rows { request, mutations }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::RequestKind;
+    use bytes::Bytes;
+
+    fn body(text: &str) -> CapturedBody {
+        CapturedBody { chunks: vec![Bytes::copy_from_slice(text.as_bytes())], retained: text.len(), total: text.len() as u64, complete: true }
+    }
+
+    /// Found by the `rows` fuzz target: a field of the wrong type (an object where the model
+    /// name belongs) was stored as its raw JSON text, secrets included.
+    #[test]
+    fn fields_of_the_wrong_type_are_stored_redacted() {
+        let req = r#"{"client_id":{"token":"tk_client_0123"},"mutations":[{"mutation_id":"m1","entity_id":["e",{"cvv":"123_cvv_0123"}],
+            "model":{"password":"pw_model_0123"},"operation":{"secret":"op_secret_0123"},"payload":{},"version":1,"timestamp":1}]}"#;
+        let resp = r#"{"rejected":[{"mutation_id":"m1","reason":{"api_key":"ak_reason_0123"}}]}"#;
+        let rec = CaptureRecord {
+            request_id: "r".into(),
+            kind: RequestKind::Push,
+            started_at: Default::default(),
+            duration: std::time::Duration::ZERO,
+            http_status: 200,
+            client_version: String::new(),
+            request_body: body(req),
+            response_body: body(resp),
+            states: Vec::new(),
+            trace_id: String::new(),
+            span_id: String::new(),
+            parent: None,
+            path: "/tether/push".into(),
+            replay_of: String::new(),
+            error: None,
+        };
+        let rows = build(&rec, &RowSettings { redactor: Redactor::default(), body_cap_bytes: 65536 });
+        let m = &rows.mutations[0];
+        assert_eq!(m.model, r#"{"password":"[REDACTED]"}"#);
+        assert_eq!(m.reason, r#"{"api_key":"[REDACTED]"}"#);
+        assert_eq!(m.outcome, mutation_outcome::REJECTED, "the verdict still matches its mutation");
+        let all = format!("{:?}", rows);
+        for secret in ["tk_client_0123", "123_cvv_0123", "pw_model_0123", "op_secret_0123", "ak_reason_0123"] {
+            assert!(!all.contains(secret), "{secret} stored: {all}");
+        }
+    }
 }
