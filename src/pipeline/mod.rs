@@ -14,7 +14,7 @@ pub mod writer;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -182,10 +182,13 @@ struct Batch {
 /// The spool, shared by the two stages on the pipeline thread (never borrowed across an await).
 type SharedSpool = Rc<RefCell<Option<Spool>>>;
 
-/// Batches waiting for ClickHouse at most (each up to `batch_rows` / `batch_bytes`). With the
-/// queue, the batch being written and the one being filled, the bound on the pipeline's
-/// memory while ClickHouse is away.
-const WRITE_BUFFER_BATCHES: usize = 4;
+/// Batches waiting for ClickHouse at most (each up to `batch_rows` / `batch_bytes`).
+pub const WRITE_BUFFER_BATCHES: usize = 4;
+
+/// Finished batches the pipeline holds in memory at most: the write buffer, the batch being
+/// written and the one being filled. With the queue caps, the bound on its memory while
+/// ClickHouse is away: `queue_bytes + BATCHES_IN_MEMORY * batch_bytes`.
+pub const BATCHES_IN_MEMORY: usize = WRITE_BUFFER_BATCHES + 2;
 
 /// Two stages on one thread: processing drains the queue continuously (rows, redaction,
 /// diffs, OpenTelemetry), so spans and metrics keep flowing while ClickHouse is down;
@@ -205,9 +208,10 @@ async fn run(
     let (batches_tx, batches_rx) = tokio::sync::mpsc::channel::<Batch>(WRITE_BUFFER_BATCHES);
     let stop_at = Rc::new(std::cell::Cell::new(None::<Instant>));
     let spool: SharedSpool = Rc::new(RefCell::new(spool));
-    let out = Outlet { batches: batches_tx, stats: stats.clone(), spool: spool.clone() };
+    let writer_failing = Arc::new(AtomicBool::new(false));
+    let out = Outlet { batches: batches_tx, stats: stats.clone(), spool: spool.clone(), writer_failing: writer_failing.clone() };
     let process = process_loop(rx, out, settings, cfg.clone(), stats.clone(), shutdown, telemetry.clone(), stop_at.clone());
-    let write = write_loop(batches_rx, writer, stats, telemetry, stop_at, spool);
+    let write = write_loop(batches_rx, writer, stats, telemetry, stop_at, spool, writer_failing);
     tokio::join!(process, write);
 }
 
@@ -266,9 +270,11 @@ async fn process_loop(
                 batch.mutations.extend(rows.mutations);
                 batch.records += 1;
                 if batch.mutations.len() + batch.requests.len() >= cfg.batch_rows || batch.row_bytes >= cfg.batch_bytes {
-                    out.hand_over(std::mem::take(&mut batch));
+                    out.hand_over_full(std::mem::take(&mut batch)).await;
                 }
             }
+            // The writer shares this thread: give it a turn between chunks of a burst.
+            tokio::task::yield_now().await;
         }
         if stopping {
             // Wait for room (the writer gives up at the flush deadline, and then spools or
@@ -287,9 +293,28 @@ struct Outlet {
     batches: tokio::sync::mpsc::Sender<Batch>,
     stats: Arc<CaptureStats>,
     spool: SharedSpool,
+    /// The writer's last attempt failed (ClickHouse away or refusing): waiting for room in
+    /// the write buffer would stall processing, and with it spans and metrics.
+    writer_failing: Arc<AtomicBool>,
 }
 
 impl Outlet {
+    /// A full batch waits for room while the writer is making progress (a healthy but busy
+    /// ClickHouse: the queue absorbs the pause); when the writer is failing it is spilled to
+    /// disk or dropped at once, so processing goes on.
+    async fn hand_over_full(&self, batch: Batch) {
+        loop {
+            if self.writer_failing.load(Ordering::Relaxed) {
+                return self.hand_over(batch);
+            }
+            match tokio::time::timeout(Duration::from_millis(100), self.batches.reserve()).await {
+                Ok(Ok(permit)) => return permit.send(batch),
+                Ok(Err(_)) => return self.hand_over(batch), // writer gone: spill or count
+                Err(_) => continue,                         // still busy: is it failing now?
+            }
+        }
+    }
+
     fn has_room(&self) -> bool {
         self.batches.capacity() > 0
     }
@@ -346,13 +371,16 @@ async fn write_loop(
     telemetry: Telemetry,
     stop_at: Rc<std::cell::Cell<Option<Instant>>>,
     spool: SharedSpool,
+    failing: Arc<AtomicBool>,
 ) {
     use tokio::sync::mpsc::error::TryRecvError;
     let deadline = || stop_at.get();
     let on_failure = |_: &clickhouse::error::Error| {
         stats.insert_failures.fetch_add(1, Ordering::Relaxed);
+        failing.store(true, Ordering::Relaxed);
     };
     let written = |requests: usize, mutations: usize, started: Instant| {
+        failing.store(false, Ordering::Relaxed);
         let elapsed = started.elapsed();
         stats.requests_written.fetch_add(requests as u64, Ordering::Relaxed);
         stats.mutations_written.fetch_add(mutations as u64, Ordering::Relaxed);
