@@ -53,6 +53,11 @@ fuzz_target!(|data: &[u8]| {
     if !(before.is_empty() || before.ends_with(['{', ',', '&', ';', '\n', ' ', '?'])) || before.contains(['"', '\'', '\\']) {
         return;
     }
+    // Nor may it end with a `:` or `=` (possibly before spaces): our key would be the value
+    // of whatever comes before (`Authorization: 'password': 'x'`), redacted as such.
+    if before.trim_end().ends_with([':', '=']) {
+        return;
+    }
     // And the text after starts at a delimiter: `…"value"} token":` would make the pair part of
     // one long (sensitive) key, and keys stay visible by design.
     if !(after.is_empty() || after.starts_with([',', '}', ']', '&', ';', '\n', ' '])) {

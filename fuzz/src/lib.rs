@@ -83,7 +83,13 @@ impl Oracle {
 
     fn split_at(&self, v: &Value, hidden: bool, secrets: &mut Vec<String>, visible: &mut Vec<String>) {
         let sink = |s: String, secrets: &mut Vec<String>, visible: &mut Vec<String>| {
-            if hidden { secrets.push(s) } else { visible.push(s) }
+            if hidden {
+                secrets.push(s)
+            } else {
+                // Also as JSON text: escapes can spell a secret (`"\u0000000…"` holds `0000000`).
+                visible.push(serde_json::to_string(&s).expect("a string serializes"));
+                visible.push(s)
+            }
         };
         match v {
             Value::Object(m) => {
