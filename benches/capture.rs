@@ -363,17 +363,18 @@ impl Captured {
         let t = self.capture.stats().totals();
         let (requests, mutations) = (self.db.count("sync_requests"), self.db.count("sync_mutations"));
         eprintln!(
-            "bench {what}: capture enqueued {} dropped {} failed {}; written {} requests / {} mutations in {} inserts \
+            "bench {what}: capture enqueued {} dropped {} (queue) {} (write buffer) failed {}; written {} requests / {} mutations in {} inserts \
              (mean insert {:.1} ms); ClickHouse holds {requests} / {mutations}",
             t.enqueued,
             t.dropped,
+            t.buffer_dropped,
             t.records_failed,
             t.requests_written,
             t.mutations_written,
             t.inserts,
             t.insert_latency_us_sum as f64 / t.inserts.max(1) as f64 / 1000.0,
         );
-        if t.dropped > 0 || t.records_failed > 0 {
+        if t.dropped > 0 || t.buffer_dropped > 0 || t.records_failed > 0 {
             eprintln!("bench {what}: WARNING: records were dropped or not written; the numbers above understate capture's cost");
         }
         self.db.drop_database();

@@ -3,7 +3,7 @@
 //! its RSS is its own) under steady push load while ClickHouse is stopped for 60 s, then
 //! started again on the same port with the same data. Samples VmRSS every second and
 //! reports baseline, peak, the configured bound (capture.queue_bytes + the pipeline's write
-//! buffer, WRITE_BUFFER_BATCHES x capture.batch_bytes) and what was dropped and what
+//! buffer, the batch being written and the one being filled: BATCHES_IN_MEMORY x capture.batch_bytes) and what was dropped and what
 //! arrived after recovery.
 //!
 //! The reference server keeps its SQLite in a file here (an in-memory database would grow
@@ -25,9 +25,9 @@ use support::env_or;
 use support::load::{self, Counters};
 use support::receiver::Receiver;
 
-/// `WRITE_BUFFER_BATCHES` in src/pipeline/mod.rs (private there): batches waiting for
-/// ClickHouse at most.
-const WRITE_BUFFER_BATCHES: u64 = 4;
+/// Finished batches the pipeline holds in memory at most (the write buffer, the batch being
+/// written, the one being filled).
+const BATCHES_IN_MEMORY: u64 = tether_pro::pipeline::BATCHES_IN_MEMORY as u64;
 const MIB: u64 = 1024 * 1024;
 
 struct Sample {
@@ -48,7 +48,7 @@ fn main() {
     // so the baseline is a steady state, not a backlog.
     let rate = env_or("OUTAGE_RATE", 100, 50) as f64;
     let (queue_bytes, batch_bytes) = (env_or("OUTAGE_QUEUE_MIB", 32, 32) * MIB, env_or("OUTAGE_BATCH_MIB", 4, 4) * MIB);
-    let cap = queue_bytes + WRITE_BUFFER_BATCHES * batch_bytes;
+    let cap = queue_bytes + BATCHES_IN_MEMORY * batch_bytes;
     let clients = 4;
 
     // A ClickHouse of our own, with a data directory that survives its restart.
@@ -73,7 +73,7 @@ fn main() {
     let pid = server.pid;
     println!(
         "outage memory: {rate} pushes/s from {clients} clients; ClickHouse up {}s, stopped {}s, up again {}s; \
-         queue_bytes {} MiB + {WRITE_BUFFER_BATCHES} x batch_bytes {} MiB = bound {} MiB; load {}",
+         queue_bytes {} MiB + {BATCHES_IN_MEMORY} x batch_bytes {} MiB = bound {} MiB; load {}",
         warm.as_secs(),
         outage.as_secs(),
         recovery.as_secs(),

@@ -84,6 +84,10 @@ pub struct SyncServerArgs {
     /// SQLite file; `:memory:` keeps everything in memory.
     #[arg(long, default_value = ".tether-pro/sync.sqlite3")]
     pub db: String,
+    /// Capture pushes and pulls into ClickHouse (`CLICKHOUSE_URL`), with OpenTelemetry from
+    /// the `OTEL_*` variables: the reference server instrumented as a user instruments theirs.
+    #[arg(long)]
+    pub capture: bool,
 }
 
 #[derive(Debug, Args)]

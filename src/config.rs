@@ -100,6 +100,31 @@ pub struct CaptureConfig {
     /// Nice value of the pipeline thread (Linux): it yields the CPU to the host's request
     /// threads when both want it. 0 keeps the default priority.
     pub pipeline_nice: i32,
+    /// The disk spool for batches the write buffer cannot hold (off by default).
+    pub spool: SpoolConfig,
+}
+
+/// The disk spool (`[capture.spool]`): when ClickHouse is away longer than the memory
+/// buffers last, batches (already redacted) go to files here instead of being dropped, and
+/// are written from there when ClickHouse is back, also after a restart or a crash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub enabled: bool,
+    /// Directory of this process's spool (one process per directory; a lock file enforces it).
+    pub dir: PathBuf,
+    /// Bytes on disk at most; batches beyond it are dropped and counted.
+    pub max_bytes: u64,
+}
+
+impl SpoolConfig {
+    pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig { enabled: false, dir: PathBuf::from(".tether-pro/spool"), max_bytes: Self::DEFAULT_MAX_BYTES }
+    }
 }
 
 impl CaptureConfig {
@@ -121,6 +146,11 @@ impl CaptureConfig {
         anyhow::ensure!((0..=19).contains(&self.pipeline_nice), "capture.pipeline_nice must be 0..=19");
         anyhow::ensure!(self.body_cap_bytes >= 64, "capture.body_cap_bytes must be at least 64");
         anyhow::ensure!(self.redact_keys.iter().all(|k| !k.trim().is_empty()), "capture.redact_keys has an empty key");
+        anyhow::ensure!(
+            !self.spool.enabled || self.spool.max_bytes >= 1024 * 1024,
+            "capture.spool.max_bytes must be at least 1 MiB"
+        );
+        anyhow::ensure!(!self.spool.enabled || !self.spool.dir.as_os_str().is_empty(), "capture.spool.dir is empty");
         Ok(())
     }
 }
@@ -139,6 +169,7 @@ impl Default for CaptureConfig {
             batch_interval_ms: Self::DEFAULT_BATCH_INTERVAL_MS,
             flush_timeout_ms: Self::DEFAULT_FLUSH_TIMEOUT_MS,
             pipeline_nice: Self::DEFAULT_PIPELINE_NICE,
+            spool: SpoolConfig::default(),
         }
     }
 }
@@ -247,6 +278,14 @@ impl Config {
         );
         anyhow::ensure!(self.serve.mutations_page_size >= 1, "serve.mutations_page_size must be at least 1");
         anyhow::ensure!(
+            self.serve.bearer_token.as_deref().is_none_or(|t| !t.trim().is_empty()),
+            "serve.bearer_token is set but empty (unset it to serve without auth)"
+        );
+        anyhow::ensure!(
+            self.serve.basic_username.as_deref().is_none_or(|u| !u.trim().is_empty()),
+            "serve.basic_username is set but empty"
+        );
+        anyhow::ensure!(
             self.serve.basic_username.is_none() || self.serve.basic_password.as_deref().is_some_and(|p| !p.is_empty()),
             "serve.basic_username needs a non-empty serve.basic_password"
         );
@@ -315,6 +354,33 @@ mod tests {
             jail.create_file("t.toml", "[clickhouse]\ndatabse = \"typo\"\n")?;
             let err = Config::load(Some(Path::new("t.toml"))).unwrap_err().to_string();
             assert!(err.contains("databse"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn empty_credentials_are_refused_at_start() {
+        let mut c = Config::default();
+        c.serve.bearer_token = Some(" ".into());
+        assert!(c.validate().unwrap_err().to_string().contains("bearer_token"));
+        let mut c = Config::default();
+        c.serve.basic_username = Some(String::new());
+        c.serve.basic_password = Some("pw".into());
+        assert!(c.validate().unwrap_err().to_string().contains("basic_username"));
+    }
+
+    #[test]
+    fn the_spool_is_off_by_default_and_set_from_the_environment() {
+        Jail::expect_with(|jail| {
+            assert!(!Config::load(None).map_err(|e| e.to_string())?.capture.spool.enabled);
+            jail.set_env("TETHER_PRO_CAPTURE__SPOOL__ENABLED", "true");
+            jail.set_env("TETHER_PRO_CAPTURE__SPOOL__DIR", "/var/spool/tether");
+            jail.set_env("TETHER_PRO_CAPTURE__SPOOL__MAX_BYTES", "1000");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("spool.max_bytes"), "{err}");
+            jail.set_env("TETHER_PRO_CAPTURE__SPOOL__MAX_BYTES", "2097152");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!((c.capture.spool.enabled, c.capture.spool.dir.to_str(), c.capture.spool.max_bytes), (true, Some("/var/spool/tether"), 2097152));
             Ok(())
         });
     }

@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use tether_pro::cli::{Cli, Command, DemoArgs, SimArgs};
+use tether_pro::cli::{Cli, Command, DemoArgs, SimArgs, SyncServerArgs};
 use tether_pro::config::Config;
 use tether_pro::dashboard;
 use tether_pro::sim::{self, CancellationToken, SimConfig, SimStats, SimTotals};
@@ -18,7 +18,7 @@ use tether_pro::sync::{self, Storage, SyncServer};
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
-    if !matches!(cli.command, Command::Demo(_)) {
+    if !matches!(cli.command, Command::Demo(_) | Command::SyncServer(_)) {
         init_tracing(None, &Telemetry::disabled());
     }
     match cli.command {
@@ -61,14 +61,7 @@ async fn main() -> anyhow::Result<()> {
             axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
             Ok(())
         }
-        Command::SyncServer(args) => {
-            let storage = if args.db == ":memory:" { Storage::Memory } else { Storage::File(args.db.into()) };
-            let server = SyncServer::builder().storage(storage).build()?;
-            let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-            println!("reference Tether sync server on http://{}", listener.local_addr()?);
-            axum::serve(listener, sync::router(server)).with_graceful_shutdown(shutdown_signal()).await?;
-            Ok(())
-        }
+        Command::SyncServer(args) => sync_server(config, args).await,
         Command::Simulate(args) => {
             let stats = Arc::new(SimStats::default());
             let totals = run_sim(sim_config(&args.url, &args.sim), stats).await?;
@@ -88,6 +81,46 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The reference server alone, or with capture (`--capture`).
+async fn sync_server(config: Config, args: SyncServerArgs) -> anyhow::Result<()> {
+    let storage = if args.db == ":memory:" { Storage::Memory } else { Storage::File(args.db.into()) };
+    let server = SyncServer::builder().storage(storage).build()?;
+    let mut app = sync::router(server);
+    let mut guards = None;
+    if args.capture {
+        let url = config.clickhouse.url.clone().context("--capture needs a ClickHouse: set CLICKHOUSE_URL (or clickhouse.url)")?;
+        let db = &config.clickhouse.database;
+        // ClickHouse being away must not keep the sync server from starting: the pipeline
+        // retries (and the disk spool, when enabled, keeps what the memory cannot).
+        let admin = server_client(&url, &config.clickhouse);
+        let migrating = migrate::migrate(&admin, db, &config.retention);
+        match tokio::time::timeout(Duration::from_secs(10), migrating).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("tether-pro: could not migrate ClickHouse at {url} (capturing anyway): {e:#}"),
+            Err(_) => eprintln!("tether-pro: ClickHouse at {url} did not answer within 10 s (capturing anyway)"),
+        }
+        let (telemetry, telemetry_guard) = telemetry::init("tether-sync")?;
+        let writer = ClickHouseWriter::new(server_client(&url, &config.clickhouse).with_database(db));
+        let (capture, guard) = pipeline::start_with_telemetry(&config.capture, writer, telemetry.clone())?;
+        init_tracing(Some(&capture), &telemetry);
+        app = app.layer(capture.http_layer());
+        guards = Some((guard, telemetry_guard));
+        println!("capturing into {url} database `{db}`");
+    } else {
+        init_tracing(None, &Telemetry::disabled());
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    println!("reference Tether sync server on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    if let Some((mut guard, mut telemetry_guard)) = guards {
+        tokio::task::block_in_place(|| {
+            guard.shutdown();
+            telemetry_guard.shutdown();
+        });
+    }
+    Ok(())
 }
 
 fn sim_config(url: &str, a: &SimArgs) -> SimConfig {

@@ -396,7 +396,8 @@ fn clickhouse_down_then_back_buffers_within_the_cap_and_counts_every_drop() {
     let database = format!("test_{}", ulid::Ulid::new().to_string().to_lowercase());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let cfg = CaptureConfig { batch_interval_ms: 50, queue_records: 10, flush_timeout_ms: 60_000, ..CaptureConfig::default() };
+        // Batches of two records (four rows): memory holds six batches, so 60 overflow it.
+        let cfg = CaptureConfig { batch_interval_ms: 50, queue_records: 10, batch_rows: 4, flush_timeout_ms: 60_000, ..CaptureConfig::default() };
         let client = clickhouse::Client::default().with_url(&url).with_database(&database);
         let writer = ClickHouseWriter::new(client).with_backoff(Duration::from_millis(50), Duration::from_millis(500));
         let ch = TestClickHouse { url: url.clone(), database: database.clone() };

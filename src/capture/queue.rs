@@ -34,6 +34,19 @@ pub struct CaptureStats {
     /// Sum and count of successful insert latencies, in microseconds.
     pub insert_latency_us_sum: AtomicU64,
     pub inserts: AtomicU64,
+    /// Records written to the disk spool (when it is enabled) because the write buffer was full.
+    pub spool_spilled: AtomicU64,
+    /// Records written to ClickHouse from the disk spool.
+    pub spool_written: AtomicU64,
+    /// Records dropped because the disk spool was full (or could not be written).
+    pub spool_dropped: AtomicU64,
+    /// Spooled batches that could not be read back (set aside as `.corrupt`).
+    pub spool_corrupt: AtomicU64,
+    /// Batches, records and bytes in the spool now, and the age of the oldest (Unix ms; 0: empty).
+    pub spool_files: AtomicU64,
+    pub spool_records: AtomicU64,
+    pub spool_bytes: AtomicU64,
+    pub spool_oldest_unix_ms: AtomicU64,
     pub(crate) warned_drop: AtomicBool,
 }
 
@@ -51,6 +64,14 @@ pub struct CaptureTotals {
     pub records_failed: u64,
     pub inserts: u64,
     pub insert_latency_us_sum: u64,
+    pub spool_spilled: u64,
+    pub spool_written: u64,
+    pub spool_dropped: u64,
+    pub spool_corrupt: u64,
+    pub spool_files: u64,
+    pub spool_records: u64,
+    pub spool_bytes: u64,
+    pub spool_oldest_unix_ms: u64,
 }
 
 impl CaptureStats {
@@ -68,6 +89,14 @@ impl CaptureStats {
             records_failed: g(&self.records_failed),
             inserts: g(&self.inserts),
             insert_latency_us_sum: g(&self.insert_latency_us_sum),
+            spool_spilled: g(&self.spool_spilled),
+            spool_written: g(&self.spool_written),
+            spool_dropped: g(&self.spool_dropped),
+            spool_corrupt: g(&self.spool_corrupt),
+            spool_files: g(&self.spool_files),
+            spool_records: g(&self.spool_records),
+            spool_bytes: g(&self.spool_bytes),
+            spool_oldest_unix_ms: g(&self.spool_oldest_unix_ms),
         }
     }
 }

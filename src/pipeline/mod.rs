@@ -8,10 +8,13 @@
 pub mod diff;
 pub mod redact;
 pub mod rows;
+pub mod spool;
 pub mod writer;
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -25,6 +28,7 @@ use crate::config::CaptureConfig;
 pub use rows::{MutationRow, RequestRow, RowSettings, Rows};
 
 use crate::telemetry::Telemetry;
+pub use spool::{Spool, SpooledBatch};
 pub use writer::{ClickHouseWriter, WriteError};
 
 /// A running capture pipeline: hands out layers and reports its counters.
@@ -113,11 +117,35 @@ pub fn start_with_telemetry(
     let cfg = config.clone();
     let worker_stats = stats.clone();
     telemetry.observe_capture(stats.clone());
+    // Opened here, so a problem is reported at start. A spool that cannot be opened (say,
+    // another process holds its directory) must not stop the host: capture runs without it.
+    let spool = if config.spool.enabled {
+        match Spool::open(&config.spool, stats.clone()) {
+            Ok(s) => {
+                let t = stats.totals();
+                if t.spool_files > 0 {
+                    eprintln!(
+                        "tether-pro: disk spool {}: {} batches ({} records) from an earlier run will be written to ClickHouse",
+                        config.spool.dir.display(),
+                        t.spool_files,
+                        t.spool_records
+                    );
+                }
+                Some(s)
+            }
+            Err(e) => {
+                eprintln!("tether-pro: disk spool {} unavailable, capturing without it: {e}", config.spool.dir.display());
+                None
+            }
+        }
+    } else {
+        None
+    };
     std::thread::Builder::new().name("tether-pro-pipeline".into()).spawn(move || {
         let _no_tracing = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
         lower_priority(cfg.pipeline_nice);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("pipeline runtime");
-        rt.block_on(run(rx, writer, settings, cfg, worker_stats, shutdown_rx, telemetry));
+        rt.block_on(run(rx, writer, settings, cfg, worker_stats, shutdown_rx, telemetry, spool));
         let _ = done_tx.send(());
     })?;
     let timeout = Duration::from_millis(config.flush_timeout_ms);
@@ -151,13 +179,22 @@ struct Batch {
     row_bytes: usize,
 }
 
-/// Batches waiting for ClickHouse at most (each up to `batch_rows` / `batch_bytes`): with the
-/// queue, the bound on the pipeline's memory while ClickHouse is away.
-const WRITE_BUFFER_BATCHES: usize = 4;
+/// The spool, shared by the two stages on the pipeline thread (never borrowed across an await).
+type SharedSpool = Rc<RefCell<Option<Spool>>>;
+
+/// Batches waiting for ClickHouse at most (each up to `batch_rows` / `batch_bytes`).
+pub const WRITE_BUFFER_BATCHES: usize = 4;
+
+/// Finished batches the pipeline holds in memory at most: the write buffer, the batch being
+/// written and the one being filled. With the queue caps, the bound on its memory while
+/// ClickHouse is away: `queue_bytes + BATCHES_IN_MEMORY * batch_bytes`.
+pub const BATCHES_IN_MEMORY: usize = WRITE_BUFFER_BATCHES + 2;
 
 /// Two stages on one thread: processing drains the queue continuously (rows, redaction,
 /// diffs, OpenTelemetry), so spans and metrics keep flowing while ClickHouse is down;
-/// writing takes finished batches to ClickHouse with retries.
+/// writing takes finished batches to ClickHouse with retries. With the disk spool, batches
+/// the write buffer cannot hold go to disk, and the writer drains the disk when memory is empty.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     rx: QueueReceiver,
     writer: ClickHouseWriter,
@@ -166,18 +203,22 @@ async fn run(
     stats: Arc<CaptureStats>,
     shutdown: watch::Receiver<bool>,
     telemetry: Telemetry,
+    spool: Option<Spool>,
 ) {
     let (batches_tx, batches_rx) = tokio::sync::mpsc::channel::<Batch>(WRITE_BUFFER_BATCHES);
-    let stop_at = std::rc::Rc::new(std::cell::Cell::new(None::<Instant>));
-    let process = process_loop(rx, batches_tx, settings, cfg.clone(), stats.clone(), shutdown, telemetry.clone(), stop_at.clone());
-    let write = write_loop(batches_rx, writer, stats, telemetry, stop_at);
+    let stop_at = Rc::new(std::cell::Cell::new(None::<Instant>));
+    let spool: SharedSpool = Rc::new(RefCell::new(spool));
+    let writer_failing = Arc::new(AtomicBool::new(false));
+    let out = Outlet { batches: batches_tx, stats: stats.clone(), spool: spool.clone(), writer_failing: writer_failing.clone() };
+    let process = process_loop(rx, out, settings, cfg.clone(), stats.clone(), shutdown, telemetry.clone(), stop_at.clone());
+    let write = write_loop(batches_rx, writer, stats, telemetry, stop_at, spool, writer_failing);
     tokio::join!(process, write);
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn process_loop(
     mut rx: QueueReceiver,
-    batches: tokio::sync::mpsc::Sender<Batch>,
+    out: Outlet,
     settings: RowSettings,
     cfg: CaptureConfig,
     stats: Arc<CaptureStats>,
@@ -188,6 +229,10 @@ async fn process_loop(
     let interval = Duration::from_millis(cfg.batch_interval_ms);
     let wake = rx.wake.clone();
     let mut taken = Vec::new();
+    // The batch being filled. It is handed over at the end of an interval only when the
+    // write buffer has room; otherwise it keeps filling across intervals (ClickHouse slow or
+    // away), and only a full batch that finds no room is spilled to disk or dropped.
+    let mut batch = Batch::default();
     loop {
         let mut stopping = false;
         tokio::select! {
@@ -205,7 +250,6 @@ async fn process_loop(
                 cfg.queue_records, cfg.queue_bytes
             );
         }
-        let mut batch = Batch::default();
         loop {
             taken.clear();
             if rx.drain(256, &mut taken) == 0 {
@@ -226,30 +270,98 @@ async fn process_loop(
                 batch.mutations.extend(rows.mutations);
                 batch.records += 1;
                 if batch.mutations.len() + batch.requests.len() >= cfg.batch_rows || batch.row_bytes >= cfg.batch_bytes {
-                    hand_over(&batches, std::mem::take(&mut batch), &stats);
+                    out.hand_over_full(std::mem::take(&mut batch)).await;
                 }
             }
+            // The writer shares this thread: give it a turn between chunks of a burst.
+            tokio::task::yield_now().await;
         }
-        hand_over(&batches, batch, &stats);
         if stopping {
-            return; // dropping `batches` lets the writer finish what it has and stop
+            // Wait for room (the writer gives up at the flush deadline, and then spools or
+            // counts); dropping the outlet afterwards lets the writer finish and stop.
+            out.hand_over_waiting(batch).await;
+            return;
+        }
+        if out.has_room() {
+            out.hand_over(std::mem::take(&mut batch));
         }
     }
 }
 
-/// Passes a batch to the writer, or drops and counts it when the write buffer is full.
-fn hand_over(batches: &tokio::sync::mpsc::Sender<Batch>, batch: Batch, stats: &CaptureStats) {
-    if batch.records == 0 {
-        return;
-    }
-    if let Err(e) = batches.try_send(batch) {
-        let records = match e {
-            tokio::sync::mpsc::error::TrySendError::Full(b) | tokio::sync::mpsc::error::TrySendError::Closed(b) => b.records,
-        };
-        if stats.buffer_dropped.fetch_add(records, Ordering::Relaxed) == 0 {
-            eprintln!("tether-pro: ClickHouse is not keeping up: dropping captured records; the sync server is unaffected");
+/// Where finished batches go: the write buffer, else the disk spool, else counted as dropped.
+struct Outlet {
+    batches: tokio::sync::mpsc::Sender<Batch>,
+    stats: Arc<CaptureStats>,
+    spool: SharedSpool,
+    /// The writer's last attempt failed (ClickHouse away or refusing): waiting for room in
+    /// the write buffer would stall processing, and with it spans and metrics.
+    writer_failing: Arc<AtomicBool>,
+}
+
+impl Outlet {
+    /// A full batch waits for room while the writer is making progress (a healthy but busy
+    /// ClickHouse: the queue absorbs the pause); when the writer is failing it is spilled to
+    /// disk or dropped at once, so processing goes on.
+    async fn hand_over_full(&self, batch: Batch) {
+        loop {
+            if self.writer_failing.load(Ordering::Relaxed) {
+                return self.hand_over(batch);
+            }
+            match tokio::time::timeout(Duration::from_millis(100), self.batches.reserve()).await {
+                Ok(Ok(permit)) => return permit.send(batch),
+                Ok(Err(_)) => return self.hand_over(batch), // writer gone: spill or count
+                Err(_) => continue,                         // still busy: is it failing now?
+            }
         }
     }
+
+    fn has_room(&self) -> bool {
+        self.batches.capacity() > 0
+    }
+
+    async fn hand_over_waiting(&self, batch: Batch) {
+        if batch.records == 0 {
+            return;
+        }
+        if let Err(e) = self.batches.send(batch).await {
+            let b = e.0;
+            spill_or_drop(&self.spool, &self.stats, b.records, b.requests, b.mutations, ulid::Ulid::new().to_string());
+        }
+    }
+
+    /// Hands a batch to the writer, or spills/drops it when the write buffer is full.
+    fn hand_over(&self, batch: Batch) {
+        if batch.records == 0 {
+            return;
+        }
+        if let Err(e) = self.batches.try_send(batch) {
+            let batch = match e {
+                tokio::sync::mpsc::error::TrySendError::Full(b) | tokio::sync::mpsc::error::TrySendError::Closed(b) => b,
+            };
+            spill_or_drop(&self.spool, &self.stats, batch.records, batch.requests, batch.mutations, ulid::Ulid::new().to_string());
+        }
+    }
+}
+
+/// Puts a batch in the disk spool, or drops and counts it: as `spool_dropped` when the spool
+/// is full or failing, as `buffer_dropped` when there is no spool.
+/// Returns whether the batch was kept.
+fn spill_or_drop(spool: &SharedSpool, stats: &CaptureStats, records: u64, requests: Vec<RequestRow>, mutations: Vec<MutationRow>, token: String) -> bool {
+    if let Some(spool) = spool.borrow_mut().as_mut() {
+        return match spool.push(&SpooledBatch::new(token, records, requests, mutations)) {
+            Ok(_) => true,
+            Err(e) => {
+                if stats.spool_dropped.fetch_add(records, Ordering::Relaxed) == 0 {
+                    eprintln!("tether-pro: dropping captured records: {e}; the sync server is unaffected");
+                }
+                false
+            }
+        };
+    }
+    if stats.buffer_dropped.fetch_add(records, Ordering::Relaxed) == 0 {
+        eprintln!("tether-pro: ClickHouse is not keeping up: dropping captured records; the sync server is unaffected");
+    }
+    false
 }
 
 async fn write_loop(
@@ -257,28 +369,105 @@ async fn write_loop(
     writer: ClickHouseWriter,
     stats: Arc<CaptureStats>,
     telemetry: Telemetry,
-    stop_at: std::rc::Rc<std::cell::Cell<Option<Instant>>>,
+    stop_at: Rc<std::cell::Cell<Option<Instant>>>,
+    spool: SharedSpool,
+    failing: Arc<AtomicBool>,
 ) {
+    use tokio::sync::mpsc::error::TryRecvError;
     let deadline = || stop_at.get();
-    while let Some(batch) = batches.recv().await {
+    let on_failure = |_: &clickhouse::error::Error| {
+        stats.insert_failures.fetch_add(1, Ordering::Relaxed);
+        failing.store(true, Ordering::Relaxed);
+    };
+    let written = |requests: usize, mutations: usize, started: Instant| {
+        failing.store(false, Ordering::Relaxed);
+        let elapsed = started.elapsed();
+        stats.requests_written.fetch_add(requests as u64, Ordering::Relaxed);
+        stats.mutations_written.fetch_add(mutations as u64, Ordering::Relaxed);
+        stats.inserts.fetch_add(1, Ordering::Relaxed);
+        stats.insert_latency_us_sum.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        telemetry.record_insert(elapsed.as_secs_f64());
+    };
+    loop {
+        // Memory first (it is what a crash would lose); the disk when memory is empty, and
+        // not once shutdown has begun (the disk keeps for the next start).
+        let batch = match batches.try_recv() {
+            Ok(b) => b,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                let oldest = if deadline().is_none() { spool.borrow().as_ref().and_then(Spool::oldest) } else { None };
+                if let Some(entry) = oldest {
+                    write_spooled(&spool, entry, &writer, &stats, &deadline, &on_failure, &written).await;
+                    continue;
+                }
+                match batches.recv().await {
+                    Some(b) => b,
+                    None => break,
+                }
+            }
+        };
         let token = ulid::Ulid::new().to_string();
         let started = Instant::now();
-        let on_failure = |_: &clickhouse::error::Error| {
-            stats.insert_failures.fetch_add(1, Ordering::Relaxed);
-        };
         match writer.write(&batch.requests, &batch.mutations, &token, &deadline, &on_failure).await {
-            Ok(()) => {
-                let elapsed = started.elapsed();
-                stats.requests_written.fetch_add(batch.requests.len() as u64, Ordering::Relaxed);
-                stats.mutations_written.fetch_add(batch.mutations.len() as u64, Ordering::Relaxed);
-                stats.inserts.fetch_add(1, Ordering::Relaxed);
-                stats.insert_latency_us_sum.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-                telemetry.record_insert(elapsed.as_secs_f64());
+            Ok(()) => written(batch.requests.len(), batch.mutations.len(), started),
+            Err(WriteError::GaveUp(e)) if spool.borrow().is_some() => {
+                // Shutdown with ClickHouse away: the disk keeps the batch for the next start.
+                let records = batch.records;
+                if spill_or_drop(&spool, &stats, records, batch.requests, batch.mutations, token) {
+                    eprintln!("tether-pro: ClickHouse unavailable at shutdown ({e}); {records} captured requests kept in the disk spool");
+                }
             }
             Err(e) => {
                 stats.records_failed.fetch_add(batch.records, Ordering::Relaxed);
                 eprintln!("tether-pro: {} captured requests not written: {e}", batch.records);
             }
+        }
+    }
+}
+
+/// Writes the oldest spooled batch with its own token, and removes it once written (or set
+/// aside when unreadable or refused as bad data). Left on disk when shutdown cuts it short.
+async fn write_spooled(
+    spool: &SharedSpool,
+    entry: spool::SpoolEntry,
+    writer: &ClickHouseWriter,
+    stats: &CaptureStats,
+    deadline: &dyn Fn() -> Option<Instant>,
+    on_failure: &(dyn Fn(&clickhouse::error::Error) + Sync),
+    written: &dyn Fn(usize, usize, Instant),
+) {
+    let read = spool.borrow().as_ref().map(|s| s.read(&entry));
+    let batch = match read {
+        Some(Ok(b)) => b,
+        None => return,
+        Some(Err(e)) => {
+            eprintln!("tether-pro: spooled batch {} unreadable, set aside as .corrupt: {e}", entry.id);
+            stats.spool_corrupt.fetch_add(entry.records, Ordering::Relaxed);
+            if let Some(s) = spool.borrow_mut().as_mut() {
+                if let Err(e) = s.set_aside(&entry) {
+                    eprintln!("tether-pro: setting aside spooled batch {}: {e}", entry.id);
+                }
+            }
+            return;
+        }
+    };
+    let started = Instant::now();
+    let result = writer.write(&batch.requests, &batch.mutations, &batch.token, deadline, on_failure).await;
+    let mut guard = spool.borrow_mut();
+    let Some(s) = guard.as_mut() else { return };
+    match result {
+        Ok(()) => {
+            written(batch.requests.len(), batch.mutations.len(), started);
+            stats.spool_written.fetch_add(batch.records, Ordering::Relaxed);
+            if let Err(e) = s.remove(&entry) {
+                eprintln!("tether-pro: removing written spool batch {}: {e}", entry.id);
+            }
+        }
+        Err(WriteError::GaveUp(_)) => {} // shutdown: stays on disk
+        Err(e @ WriteError::BadData(_)) => {
+            stats.records_failed.fetch_add(batch.records, Ordering::Relaxed);
+            eprintln!("tether-pro: spooled batch {} ({} captured requests) not written, set aside: {e}", entry.id, batch.records);
+            let _ = s.set_aside(&entry);
         }
     }
 }

@@ -81,10 +81,11 @@ pub(crate) fn observe_capture(provider: &SdkMeterProvider, c: Arc<CaptureStats>,
         .build();
     let c3 = c.clone();
     m.u64_observable_counter("tether.capture.records.dropped")
-        .with_description("Captured records dropped (queue or write buffer full)")
+        .with_description("Captured records dropped (queue, write buffer or disk spool full)")
         .with_callback(move |o| {
             o.observe(c3.dropped.load(Ordering::Relaxed), &[KeyValue::new("stage", "queue")]);
             o.observe(c3.buffer_dropped.load(Ordering::Relaxed), &[KeyValue::new("stage", "write_buffer")]);
+            o.observe(c3.spool_dropped.load(Ordering::Relaxed), &[KeyValue::new("stage", "spool")]);
         })
         .build();
     let c4 = c.clone();
@@ -95,16 +96,50 @@ pub(crate) fn observe_capture(provider: &SdkMeterProvider, c: Arc<CaptureStats>,
             o.observe(c4.mutations_written.load(Ordering::Relaxed), &[KeyValue::new("table", "sync_mutations")]);
         })
         .build();
-    let c5 = c;
+    let c5 = c.clone();
     m.u64_observable_counter("tether.capture.insert.failures")
         .with_description("Failed ClickHouse insert attempts (each retry counts)")
         .with_callback(move |o| o.observe(c5.insert_failures.load(Ordering::Relaxed), &[]))
         .build();
+    observe_spool(&m, c);
     m.u64_observable_counter("tether.telemetry.export.failures")
         .with_description("Failed OTLP exports, by signal")
         .with_callback(move |o| {
             o.observe(t.span_export_failures.load(Ordering::Relaxed), &[KeyValue::new("signal", "traces")]);
             o.observe(t.metric_export_failures.load(Ordering::Relaxed), &[KeyValue::new("signal", "metrics")]);
+        })
+        .build();
+}
+
+/// The disk spool's size and age (zero while it is off or empty).
+fn observe_spool(m: &opentelemetry::metrics::Meter, c: Arc<CaptureStats>) {
+    let c1 = c.clone();
+    m.u64_observable_gauge("tether.capture.spool.bytes")
+        .with_unit("By")
+        .with_description("Bytes of captured batches waiting in the disk spool")
+        .with_callback(move |o| o.observe(c1.spool_bytes.load(Ordering::Relaxed), &[]))
+        .build();
+    let c2 = c.clone();
+    m.u64_observable_gauge("tether.capture.spool.records")
+        .with_description("Captured requests waiting in the disk spool")
+        .with_callback(move |o| o.observe(c2.spool_records.load(Ordering::Relaxed), &[]))
+        .build();
+    let c3 = c.clone();
+    m.f64_observable_gauge("tether.capture.spool.age")
+        .with_unit("s")
+        .with_description("Age of the oldest batch in the disk spool (0 when empty)")
+        .with_callback(move |o| {
+            let oldest = c3.spool_oldest_unix_ms.load(Ordering::Relaxed);
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            o.observe(if oldest == 0 { 0.0 } else { now.saturating_sub(oldest) as f64 / 1000.0 }, &[]);
+        })
+        .build();
+    let c4 = c;
+    m.u64_observable_counter("tether.capture.spool.records.moved")
+        .with_description("Captured requests spilled to the disk spool, and written from it to ClickHouse")
+        .with_callback(move |o| {
+            o.observe(c4.spool_spilled.load(Ordering::Relaxed), &[KeyValue::new("direction", "spilled")]);
+            o.observe(c4.spool_written.load(Ordering::Relaxed), &[KeyValue::new("direction", "written")]);
         })
         .build();
 }
