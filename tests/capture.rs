@@ -265,9 +265,8 @@ async fn the_server_span_has_the_rows_ids_continues_the_callers_trace_and_parent
     assert_eq!(attr("tether.outcome").as_deref(), Some("ok"));
     assert_eq!(attr("http.response.status_code").as_deref(), Some("200"));
     assert_eq!(attr("http.route").as_deref(), Some("/tether/push"));
-    let events: Vec<_> = server.events.iter().collect();
-    assert_eq!(events.len(), 1);
-    assert!(events[0].attributes.iter().any(|kv| kv.key.as_str() == "tether.outcome" && kv.value.to_string() == "applied"));
+    // The one mutation was applied: counted on the span, no event (events are for what went wrong).
+    assert!(server.events.is_empty(), "{:?}", server.events);
     // Nothing of the payload is in OTLP data, not even redacted.
     let everything = format!("{spans:?}");
     assert!(!everything.contains("Buy milk") && !everything.contains("PLANTED") && !everything.contains("REDACTED"));

@@ -11,7 +11,7 @@ use crate::capture::{CaptureRecord, RequestKind};
 use crate::pipeline::Rows;
 use crate::protocol::{PULL_PATH, PUSH_PATH};
 
-/// Per-mutation span events kept on one request span (the SDK's default event limit).
+/// Span events (mutations not applied) kept on one request span (the SDK's default event limit).
 pub const MAX_MUTATION_EVENTS: usize = 128;
 
 /// Reasons reported as themselves; anything else a host invents is `other`.
@@ -134,7 +134,10 @@ impl Telemetry {
         };
         let builder = SpanBuilder::from_name(name).with_kind(SpanKind::Server).with_start_time(start).with_attributes(attrs);
         let mut span = ids::with_preset_ids(trace_id, span_id, || tracer.build_with_context(builder, &parent));
-        for m in rows.mutations.iter().take(MAX_MUTATION_EVENTS) {
+        // Events for what went wrong only: applied mutations are counted on the span (and
+        // every mutation is in ClickHouse); an event each doubled the export for nothing.
+        let not_applied = rows.mutations.iter().filter(|m| m.outcome != crate::pipeline::rows::mutation_outcome::APPLIED);
+        for m in not_applied.take(MAX_MUTATION_EVENTS) {
             span.add_event_with_timestamp(
                 "tether.mutation",
                 start,
