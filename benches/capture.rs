@@ -94,14 +94,15 @@ fn clickhouse_url() -> String {
 /// A client for the server as a whole (a fresh one per use: its connection pool belongs to
 /// the runtime it first runs on).
 fn server_client(url: &str) -> clickhouse::Client {
-    let mut client = clickhouse::Client::default().with_url(url);
+    // The product's client settings (`clickhouse.compression = auto`: none on loopback).
+    let mut cfg = tether_pro::config::ClickHouseConfig::default();
     if let Ok(user) = std::env::var("CLICKHOUSE_USER") {
-        client = client.with_user(user);
+        cfg.user = user;
     }
     if let Ok(password) = std::env::var("CLICKHOUSE_PASSWORD") {
-        client = client.with_password(password);
+        cfg.password = password;
     }
-    client
+    tether_pro::store::server_client(url, &cfg)
 }
 
 /// A database of one benchmark, created and migrated; dropped by `drop_database`.

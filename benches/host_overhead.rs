@@ -84,7 +84,61 @@ fn main() {
     }
     summarize(&results);
     check_real_work(&rt, &setup, &results);
+    paced_latency(&rt, &setup, median(results[&Variant::Plain].iter().map(|r| r.measured.per_second()).collect()));
     rt.block_on(support::drop_database(&setup.ch_url, &setup.database));
+}
+
+/// Latency at a load the server carries (half of (a)'s saturated throughput unless
+/// `HOST_BENCH_PACED_RATE` says otherwise): what a production host, rarely saturated, sees.
+/// The pipeline's work then runs on CPU the host leaves idle.
+fn paced_latency(rt: &tokio::runtime::Runtime, s: &Setup, plain_rate: f64) {
+    let rate = std::env::var("HOST_BENCH_PACED_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or((plain_rate / 2.0).max(1.0));
+    let rounds = env_or("HOST_BENCH_PACED_ROUNDS", 3, 1) as usize;
+    println!();
+    println!("paced: {rate:.0} pushes/s in all, {rounds} interleaved rounds per variant");
+    let mut quantiles: HashMap<Variant, Vec<(f64, f64, f64)>> = HashMap::new();
+    for round in 1..=rounds {
+        for variant in Variant::ALL {
+            let receiver = (variant != Variant::Plain).then(Receiver::start);
+            let mut envs = Vec::new();
+            if let Some(r) = &receiver {
+                envs.push(("OTEL_EXPORTER_OTLP_ENDPOINT", r.endpoint.clone()));
+                envs.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()));
+            }
+            if variant == Variant::Tether {
+                envs.push((child::ENV_CH_URL, s.ch_url.clone()));
+                envs.push((child::ENV_CH_DB, s.database.clone()));
+            }
+            let server = ChildServer::spawn(variant, &envs);
+            let p = rt.block_on(load::run_paced(&server.push_url, &s.bodies, s.warmup, rate));
+            let stats = server.stop();
+            assert_eq!(p.errors, 0, "{variant:?}: failed pushes at the paced rate");
+            let ms = |q| p.quantile(q).as_secs_f64() * 1000.0;
+            let (p50, p90, p99) = (ms(0.5), ms(0.9), ms(0.99));
+            let achieved = p.latencies.len() as f64 / p.elapsed.as_secs_f64();
+            let mut line = format!(
+                "paced round {round} {:<24} p50 {p50:>6.2} ms  p90 {p90:>6.2} ms  p99 {p99:>6.2} ms  ({achieved:.0} pushes/s)",
+                variant.name()
+            );
+            if variant == Variant::Tether {
+                line += &format!("  dropped {}", stat_u64(&stats, "dropped") + stat_u64(&stats, "buffer_dropped"));
+            }
+            println!("{line}  load {}", support::load_average());
+            quantiles.entry(variant).or_default().push((p50, p90, p99));
+        }
+    }
+    let q = |v: Variant, f: fn(&(f64, f64, f64)) -> f64| median(quantiles[&v].iter().map(f).collect());
+    for v in Variant::ALL {
+        println!("  {:<24} p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms (medians over rounds)", v.name(), q(v, |t| t.0), q(v, |t| t.1), q(v, |t| t.2));
+    }
+    let (a, b, c) = (Variant::Plain, Variant::Tether, Variant::OtelPayload);
+    println!(
+        "  latency b/a: p50 {:.3}, p99 {:.3};  c/a: p50 {:.3}, p99 {:.3}",
+        q(b, |t| t.0) / q(a, |t| t.0),
+        q(b, |t| t.2) / q(a, |t| t.2),
+        q(c, |t| t.0) / q(a, |t| t.0),
+        q(c, |t| t.2) / q(a, |t| t.2)
+    );
 }
 
 fn run_round(rt: &tokio::runtime::Runtime, s: &Setup, variant: Variant) -> Round {

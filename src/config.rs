@@ -36,7 +36,7 @@ pub struct ClickHouseConfig {
     /// Data directory of the embedded ClickHouse (used only when `url` is unset).
     pub embedded_data_dir: PathBuf,
     /// Compression of inserted data: `lz4` saves bandwidth to a remote ClickHouse; `none`
-    /// saves the pipeline's CPU (a third of it) when ClickHouse is on the same host.
+    /// saves the pipeline's CPU (a third of it); `auto`: none on loopback, else lz4.
     pub compression: Compression,
 }
 
@@ -44,9 +44,27 @@ pub struct ClickHouseConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
+    /// `none` for a ClickHouse on this host (loopback), `lz4` otherwise.
     #[default]
+    Auto,
     Lz4,
     None,
+}
+
+impl Compression {
+    /// What `auto` means for `url`.
+    pub fn resolve(self, url: &str) -> Compression {
+        match self {
+            Compression::Auto => {
+                let host = url.split("://").nth(1).unwrap_or(url).split(['/', '?']).next().unwrap_or("");
+                let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+                let host = if host.starts_with('[') { host.split(']').next().map(|h| &h[1..]).unwrap_or("") } else { host.split(':').next().unwrap_or("") };
+                let loopback = host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                if loopback { Compression::None } else { Compression::Lz4 }
+            }
+            other => other,
+        }
+    }
 }
 
 impl Default for ClickHouseConfig {
@@ -57,7 +75,7 @@ impl Default for ClickHouseConfig {
             user: "default".into(),
             password: String::new(),
             embedded_data_dir: PathBuf::from(".tether-pro/clickhouse"),
-            compression: Compression::Lz4,
+            compression: Compression::Auto,
         }
     }
 }
@@ -372,9 +390,25 @@ mod tests {
     }
 
     #[test]
-    fn compression_is_lz4_unless_set_to_none() {
+    fn auto_compression_is_none_on_loopback_and_lz4_elsewhere() {
+        for (url, want) in [
+            ("http://127.0.0.1:8123", Compression::None),
+            ("http://localhost:8123/", Compression::None),
+            ("http://user:pw@[::1]:8123/?x=1", Compression::None),
+            ("http://127.0.0.2:8123", Compression::None),
+            ("https://clickhouse.internal:8443", Compression::Lz4),
+            ("http://10.0.0.5:8123", Compression::Lz4),
+            ("http://127.0.0.1.evil.example:8123", Compression::Lz4),
+        ] {
+            assert_eq!(Compression::Auto.resolve(url), want, "{url}");
+            assert_eq!(Compression::Lz4.resolve(url), Compression::Lz4);
+        }
+    }
+
+    #[test]
+    fn compression_is_auto_unless_set() {
         Jail::expect_with(|jail| {
-            assert_eq!(Config::load(None).map_err(|e| e.to_string())?.clickhouse.compression, Compression::Lz4);
+            assert_eq!(Config::load(None).map_err(|e| e.to_string())?.clickhouse.compression, Compression::Auto);
             jail.set_env("TETHER_PRO_CLICKHOUSE__COMPRESSION", "none");
             assert_eq!(Config::load(None).map_err(|e| e.to_string())?.clickhouse.compression, Compression::None);
             jail.set_env("TETHER_PRO_CLICKHOUSE__COMPRESSION", "gzip");

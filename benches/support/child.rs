@@ -188,11 +188,7 @@ fn serve_tether(rt: &tokio::runtime::Runtime, server: SyncServer) -> anyhow::Res
     }
     let (telemetry, mut telemetry_guard) = tether_pro::telemetry::init("tether-bench-server")?;
     anyhow::ensure!(telemetry.traces_enabled() && telemetry.metrics_enabled(), "OTLP export must be on for this variant");
-    let mut client = super::server_client(&env(ENV_CH_URL)).with_database(env(ENV_CH_DB));
-    if std::env::var("HOST_BENCH_COMPRESSION").is_ok_and(|v| v == "none") {
-        client = client.with_compression(clickhouse::Compression::None);
-    }
-    let writer = ClickHouseWriter::new(client);
+    let writer = ClickHouseWriter::new(super::server_client(&env(ENV_CH_URL)).with_database(env(ENV_CH_DB)));
     let (capture, mut guard) = pipeline::start_with_telemetry(&cfg, writer, telemetry.clone())?;
     tracing_subscriber::registry().with(capture.layer()).with(telemetry.layer()).init();
     let app = sync::router(server).layer(capture.http_layer());

@@ -147,3 +147,60 @@ pub async fn run_until(url: &str, clients: usize, rate: f64, stop: Arc<AtomicBoo
         t.await.expect("a client task");
     }
 }
+
+/// Latencies of a paced run: every client sends its bodies at `rate / clients` pushes/s (a
+/// load the server can carry), each latency measured from send to full answer.
+pub struct Paced {
+    pub latencies: Vec<Duration>,
+    pub errors: u64,
+    pub elapsed: Duration,
+}
+
+impl Paced {
+    /// The `q` quantile (0..=1) of the latencies.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let mut v = self.latencies.clone();
+        v.sort();
+        v[((v.len() - 1) as f64 * q).round() as usize]
+    }
+}
+
+pub async fn run_paced(url: &str, bodies: &[Vec<Bytes>], warmup: usize, rate: f64) -> Paced {
+    let period = Duration::from_secs_f64(bodies.len() as f64 / rate);
+    let start = Instant::now();
+    let tasks: Vec<_> = bodies
+        .iter()
+        .enumerate()
+        .map(|(c, seq)| {
+            let (url, seq) = (url.to_owned(), seq.clone());
+            tokio::spawn(async move {
+                let http = http();
+                // Clients start spread over one period, not in lock step.
+                tokio::time::sleep(period.mul_f64(c as f64 / 8.0 % 1.0)).await;
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut out = Vec::with_capacity(seq.len());
+                for (i, body) in seq.into_iter().enumerate() {
+                    tick.tick().await;
+                    let sent = Instant::now();
+                    let ok = push(&http, &url, body).await.is_ok_and(|b| {
+                        serde_json::from_slice::<PushResponse>(&b).is_ok_and(|r| r.applied.len() == BATCH)
+                    });
+                    if i >= warmup {
+                        out.push((sent.elapsed(), ok));
+                    }
+                }
+                out
+            })
+        })
+        .collect();
+    let mut paced = Paced { latencies: Vec::new(), errors: 0, elapsed: Duration::ZERO };
+    for t in tasks {
+        for (latency, ok) in t.await.expect("a client task") {
+            paced.latencies.push(latency);
+            paced.errors += u64::from(!ok);
+        }
+    }
+    paced.elapsed = start.elapsed();
+    paced
+}

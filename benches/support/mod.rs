@@ -100,14 +100,21 @@ pub fn start_local(port: u16, data_dir: Option<std::path::PathBuf>) -> LocalClic
 
 /// A client for the server as a whole (`CLICKHOUSE_USER` / `CLICKHOUSE_PASSWORD` if set).
 pub fn server_client(url: &str) -> clickhouse::Client {
-    let mut client = clickhouse::Client::default().with_url(url);
+    // The product's own client settings (`clickhouse.compression = auto`: none on loopback),
+    // with `BENCH_COMPRESSION=lz4|none` to measure the other choice.
+    let mut cfg = tether_pro::config::ClickHouseConfig::default();
     if let Ok(user) = std::env::var("CLICKHOUSE_USER") {
-        client = client.with_user(user);
+        cfg.user = user;
     }
     if let Ok(password) = std::env::var("CLICKHOUSE_PASSWORD") {
-        client = client.with_password(password);
+        cfg.password = password;
     }
-    client
+    match std::env::var("BENCH_COMPRESSION").as_deref() {
+        Ok("lz4") => cfg.compression = tether_pro::config::Compression::Lz4,
+        Ok("none") => cfg.compression = tether_pro::config::Compression::None,
+        _ => {}
+    }
+    tether_pro::store::server_client(url, &cfg)
 }
 
 /// Creates and migrates a fresh database `bench_<label>_<ulid>`; returns its name.

@@ -87,23 +87,12 @@ fn normalized_rev(s: &str) -> impl Iterator<Item = char> + '_ {
 }
 
 /// `is_sensitive` for an ASCII key: the same rule (separators dropped, lowercased, ends with
-/// a configured key) on bytes.
+/// a configured key) on bytes, walking from the end of the key so that most configured keys
+/// are ruled out by the first byte or two.
 fn is_sensitive_ascii(keys: &[Box<[u8]>], key: &[u8]) -> bool {
-    const TAIL: usize = 64;
-    let mut tail = [0u8; TAIL];
-    let mut len = 0;
-    let normalized = key.iter().rev().filter(|b| !matches!(b, b'-' | b'_' | b'.' | b' ' | b'\t'..=b'\r'));
-    for b in normalized.take(TAIL) {
-        tail[len] = b.to_ascii_lowercase();
-        len += 1;
-    }
     keys.iter().any(|k| {
-        if k.len() <= TAIL {
-            tail[..len].starts_with(k)
-        } else {
-            let mut all = key.iter().rev().filter(|b| !matches!(b, b'-' | b'_' | b'.' | b' ' | b'\t'..=b'\r'));
-            k.iter().all(|c| all.next().map(u8::to_ascii_lowercase) == Some(*c))
-        }
+        let mut normalized = key.iter().rev().filter(|b| !matches!(b, b'-' | b'_' | b'.' | b' ' | b'\t'..=b'\r')).map(u8::to_ascii_lowercase);
+        k.iter().all(|c| normalized.next() == Some(*c))
     })
 }
 

@@ -11,8 +11,8 @@ pub fn server_client(url: &str, cfg: &ClickHouseConfig) -> clickhouse::Client {
     if !cfg.password.is_empty() {
         c = c.with_password(&cfg.password);
     }
-    match cfg.compression {
-        crate::config::Compression::Lz4 => c.with_compression(clickhouse::Compression::Lz4),
+    match cfg.compression.resolve(url) {
         crate::config::Compression::None => c.with_compression(clickhouse::Compression::None),
+        _ => c.with_compression(clickhouse::Compression::Lz4),
     }
 }
