@@ -99,17 +99,7 @@ fn paced_latency(rt: &tokio::runtime::Runtime, s: &Setup, plain_rate: f64) {
     let mut quantiles: HashMap<Variant, Vec<(f64, f64, f64)>> = HashMap::new();
     for round in 1..=rounds {
         for variant in Variant::ALL {
-            let receiver = (variant != Variant::Plain).then(Receiver::start);
-            let mut envs = Vec::new();
-            if let Some(r) = &receiver {
-                envs.push(("OTEL_EXPORTER_OTLP_ENDPOINT", r.endpoint.clone()));
-                envs.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()));
-            }
-            if variant == Variant::Tether {
-                envs.push((child::ENV_CH_URL, s.ch_url.clone()));
-                envs.push((child::ENV_CH_DB, s.database.clone()));
-            }
-            let server = ChildServer::spawn(variant, &envs);
+            let (server, _receiver) = spawn_variant(s, variant);
             let p = rt.block_on(load::run_paced(&server.push_url, &s.bodies, s.warmup, rate));
             let stats = server.stop();
             assert_eq!(p.errors, 0, "{variant:?}: failed pushes at the paced rate");
@@ -141,8 +131,9 @@ fn paced_latency(rt: &tokio::runtime::Runtime, s: &Setup, plain_rate: f64) {
     );
 }
 
-fn run_round(rt: &tokio::runtime::Runtime, s: &Setup, variant: Variant) -> Round {
-    // A fresh receiver per round: it keeps what it decodes, so memory stays bounded.
+/// The variant's server in a child process, with a fresh OTLP receiver when it exports (a
+/// receiver keeps what it decodes, so one per round keeps memory bounded).
+fn spawn_variant(s: &Setup, variant: Variant) -> (ChildServer, Option<Receiver>) {
     let receiver = (variant != Variant::Plain).then(Receiver::start);
     let mut envs = Vec::new();
     if let Some(r) = &receiver {
@@ -153,7 +144,11 @@ fn run_round(rt: &tokio::runtime::Runtime, s: &Setup, variant: Variant) -> Round
         envs.push((child::ENV_CH_URL, s.ch_url.clone()));
         envs.push((child::ENV_CH_DB, s.database.clone()));
     }
-    let server = ChildServer::spawn(variant, &envs);
+    (ChildServer::spawn(variant, &envs), receiver)
+}
+
+fn run_round(rt: &tokio::runtime::Runtime, s: &Setup, variant: Variant) -> Round {
+    let (server, receiver) = spawn_variant(s, variant);
     let pid = server.pid;
     let rows_before = rt.block_on(support::count(&s.ch_url, &s.database, "sync_mutations"));
     let measured = rt.block_on(load::run_fixed(&server.push_url, &s.bodies, s.warmup, pid));
