@@ -11,99 +11,37 @@
 //!   mutation row written to ClickHouse (`iter_custom`; throughput in mutation rows).
 //! * `redact_and_diff/push_50`: `pipeline::rows::build` on one representative push record.
 //!
-//! ClickHouse: `CLICKHOUSE_URL` (with `CLICKHOUSE_USER` / `CLICKHOUSE_PASSWORD` if set), or
-//! the embedded `LocalClickHouse` in an ephemeral temporary directory. No ClickHouse: the
+//! ClickHouse (the helpers of `benches/support`): `CLICKHOUSE_URL` (with `CLICKHOUSE_USER` /
+//! `CLICKHOUSE_PASSWORD` if set; `BENCH_COMPRESSION=lz4|none` overrides the client's
+//! compression), or the embedded `LocalClickHouse` in an ephemeral temporary directory. No ClickHouse: the
 //! benchmark panics, it never silently measures something else. Each benchmark that needs
 //! ClickHouse gets its own database (created, migrated, dropped at the end).
 //!
 //! Run: `cargo bench --bench capture` (a filter such as `-- push_50` sets up only what it
 //! runs).
 
-use std::collections::VecDeque;
+mod support;
+
 use std::hint::black_box;
-use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use serde_json::json;
-use tether_pro::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind, StateValue};
-use tether_pro::config::{CaptureConfig, RetentionConfig};
+use tether_pro::capture::CaptureRecord;
+use tether_pro::config::CaptureConfig;
 use tether_pro::pipeline::redact::Redactor;
 use tether_pro::pipeline::{self, Capture, CaptureGuard, ClickHouseWriter, RowSettings};
-use tether_pro::protocol::{CLIENT_VERSION_HEADER, Object, PUSH_PATH, PushRequest, PushResponse};
-use tether_pro::sim::plan;
-use tether_pro::store::local::{LocalClickHouse, LocalClickHouseOptions};
+use tether_pro::protocol::{CLIENT_VERSION_HEADER, PUSH_PATH, PushResponse};
 use tether_pro::sync::{self, SyncServer};
 use tracing_subscriber::layer::SubscriberExt;
 
-/// Mutations per push.
-const BATCH: usize = 50;
-/// Of which updates of records created by earlier pushes (once there are any).
-const UPDATES_PER_PUSH: usize = 20;
-/// Share of payloads carrying a nested credential (redaction has something to find).
-const SECRET_RATIO: f64 = 0.1;
+use support::{BATCH, Workload, clickhouse_url, server_client};
+
 /// Captured pushes queued per iteration of `pipeline/records_per_second`.
 const PIPELINE_RECORDS: usize = 40;
 
 // ---------------------------------------------------------------------------------------
 // ClickHouse
-
-/// The embedded server, when one was started. A static is never dropped: the server lives
-/// until the process exits, then the launcher sees its stdin close, stops, and deletes its
-/// ephemeral data directory.
-static LOCAL: OnceLock<LocalClickHouse> = OnceLock::new();
-
-fn clickhouse_url() -> String {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        if let Ok(url) = std::env::var("CLICKHOUSE_URL")
-            && !url.trim().is_empty()
-        {
-            return url.trim().to_owned();
-        }
-        let data_dir = tempfile::Builder::new()
-            .prefix("tether-pro-bench-clickhouse-")
-            .tempdir()
-            .expect("a temporary directory for the embedded ClickHouse")
-            .keep();
-        let server = LocalClickHouse::start(LocalClickHouseOptions {
-            data_dir: data_dir.clone(),
-            port: 0,
-            ephemeral: true,
-            startup_timeout: Duration::from_secs(300),
-        })
-        .unwrap_or_else(|err| {
-            let _ = std::fs::remove_dir_all(&data_dir);
-            panic!(
-                "\n\nNO CLICKHOUSE FOR THE CAPTURE BENCHMARKS: the embedded local ClickHouse did not \
-                 start: {err:#}\nSet CLICKHOUSE_URL to a running server, or see \
-                 `scripts/clickhouse-local --help`.\n"
-            )
-        });
-        let url = server.url().to_owned();
-        LOCAL.set(server).expect("started once");
-        url
-    })
-    .clone()
-}
-
-/// A client for the server as a whole (a fresh one per use: its connection pool belongs to
-/// the runtime it first runs on).
-fn server_client(url: &str) -> clickhouse::Client {
-    // The product's client settings (`clickhouse.compression = auto`: none on loopback).
-    let mut cfg = tether_pro::config::ClickHouseConfig::default();
-    if let Ok(user) = std::env::var("CLICKHOUSE_USER") {
-        cfg.user = user;
-    }
-    if let Ok(password) = std::env::var("CLICKHOUSE_PASSWORD") {
-        cfg.password = password;
-    }
-    tether_pro::store::server_client(url, &cfg)
-}
 
 /// A database of one benchmark, created and migrated; dropped by `drop_database`.
 struct BenchDb {
@@ -114,18 +52,7 @@ struct BenchDb {
 impl BenchDb {
     fn create(label: &str) -> BenchDb {
         let url = clickhouse_url();
-        let database = format!("bench_{label}_{}", ulid::Ulid::new().to_string().to_lowercase());
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            server_client(&url)
-                .query(&format!("CREATE DATABASE {database}"))
-                .execute()
-                .await
-                .unwrap_or_else(|e| panic!("CREATE DATABASE {database} on {url} failed: {e}"));
-            tether_pro::store::migrate::migrate(&server_client(&url), &database, &RetentionConfig::default())
-                .await
-                .unwrap_or_else(|e| panic!("migrating {database} on {url} failed: {e:#}"));
-        });
+        let database = block_on(support::create_database(&url, label));
         BenchDb { url, database }
     }
 
@@ -134,96 +61,18 @@ impl BenchDb {
     }
 
     fn count(&self, table: &str) -> u64 {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            server_client(&self.url)
-                .with_database(&self.database)
-                .query(&format!("SELECT count() FROM {table}"))
-                .fetch_one::<u64>()
-                .await
-                .unwrap_or_else(|e| panic!("counting {table}: {e}"))
-        })
+        block_on(support::count(&self.url, &self.database, table))
     }
 
     fn drop_database(self) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            if let Err(e) = server_client(&self.url).query(&format!("DROP DATABASE IF EXISTS {}", self.database)).execute().await {
-                eprintln!("bench: could not drop {}: {e}", self.database);
-            }
-        });
+        block_on(support::drop_database(&self.url, &self.database));
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Workload: what a task-list app pushes (the shape of `sim::plan`'s Task payloads)
-
-/// A valid `Task` payload from the simulator's own generator (some with nested secrets).
-fn task_payload(rng: &mut ChaCha8Rng) -> Object {
-    let secret = rng.random_bool(SECRET_RATIO);
-    plan::payload(rng, "Task", secret)
-}
-
-/// An edit of a live task, as the simulator makes it.
-fn edit_task(rng: &mut ChaCha8Rng, current: &Object) -> Object {
-    plan::edit(rng, "Task", current)
-}
-
-struct Entity {
-    id: String,
-    payload: Object,
-    version: u64,
-}
-
-/// One device's pushes against one server: 50 mutations each, fresh mutation ids, creates of
-/// new tasks and (from the second push on) edits of tasks earlier pushes created. Every
-/// mutation is valid and newer than the record, so all 50 are applied.
-struct Workload {
-    rng: ChaCha8Rng,
-    client_id: String,
-    pool: VecDeque<Entity>,
-}
-
-impl Workload {
-    fn new(seed: u64) -> Workload {
-        Workload { rng: ChaCha8Rng::seed_from_u64(seed), client_id: ulid::Ulid::new().to_string(), pool: VecDeque::new() }
-    }
-
-    fn next_body(&mut self) -> Vec<u8> {
-        let now = chrono::Utc::now().timestamp_millis();
-        let mut updates = self.pool.len().min(UPDATES_PER_PUSH);
-        let mut touched = Vec::with_capacity(BATCH);
-        let mut mutations = Vec::with_capacity(BATCH);
-        for i in 0..BATCH {
-            // Updates spread through the batch: two of every five positions.
-            let update = updates > 0 && (i % 5 == 1 || i % 5 == 3 || BATCH - i <= updates);
-            let (entity, operation) = if update {
-                updates -= 1;
-                let mut e = self.pool.pop_front().expect("counted");
-                e.payload = edit_task(&mut self.rng, &e.payload);
-                e.version += 1;
-                (e, "update")
-            } else {
-                (Entity { id: ulid::Ulid::new().to_string(), payload: task_payload(&mut self.rng), version: 1 }, "create")
-            };
-            mutations.push(json!({
-                "mutation_id": ulid::Ulid::new().to_string(),
-                "entity_id": entity.id,
-                "model": "Task",
-                "operation": operation,
-                "payload": entity.payload,
-                "version": entity.version,
-                "timestamp": now,
-            }));
-            touched.push(entity);
-        }
-        // Only records of earlier pushes are edited, and never twice in one push.
-        self.pool.extend(touched);
-        while self.pool.len() > 1_000 {
-            self.pool.pop_front();
-        }
-        serde_json::to_vec(&json!({"client_id": self.client_id, "mutations": mutations})).unwrap()
-    }
+/// Runs a ClickHouse call on a fresh current-thread runtime (a client's connection pool
+/// belongs to the runtime it first runs on).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -490,50 +339,16 @@ fn pipeline_throughput(c: &mut Criterion) {
     }
 }
 
-fn captured_body(bytes: Vec<u8>) -> CapturedBody {
-    let len = bytes.len();
-    CapturedBody { chunks: vec![Bytes::from(bytes)], retained: len, total: len as u64, complete: true }
-}
-
 /// One push record as the capture layers would hand it over: the third push of a device
 /// (30 creates, 20 edits of earlier tasks, ~10 % with nested credentials), processed by the
 /// reference server for its real answer and before/after states.
 fn representative_record() -> CaptureRecord {
     let server = SyncServer::in_memory();
     let mut workload = Workload::new(3);
-    let apply = |body: &[u8]| {
-        let req: PushRequest = serde_json::from_slice(body).unwrap();
-        let result = server.push_blocking(&req).unwrap();
-        assert_eq!(result.response.applied.len(), BATCH, "{:?}", result.response);
-        (req, result)
-    };
     for _ in 0..2 {
-        apply(&workload.next_body());
+        support::apply_push(&server, &workload.next_body());
     }
-    let body = workload.next_body();
-    let (req, result) = apply(&body);
-    let states = result
-        .effects
-        .into_iter()
-        .map(|e| MutationState { mutation_id: req.mutations[e.index].mutation_id.clone(), before: e.before.map(StateValue::Json), after: e.after.map(StateValue::Json) })
-        .collect();
-    CaptureRecord {
-        request_id: ulid::Ulid::new().to_string(),
-        kind: RequestKind::Push,
-        started_at: chrono::Utc::now(),
-        duration: Duration::from_millis(3),
-        http_status: 200,
-        client_version: "ios/3.2.1".into(),
-        request_body: captured_body(body),
-        response_body: captured_body(serde_json::to_vec(&result.response).unwrap()),
-        states,
-        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-        span_id: "00f067aa0ba902b7".into(),
-        parent: None,
-        path: "/tether/push".into(),
-        replay_of: String::new(),
-        error: None,
-    }
+    support::push_record(&server, &workload.next_body().into())
 }
 
 fn redact_and_diff(c: &mut Criterion) {

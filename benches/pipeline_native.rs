@@ -26,10 +26,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tether_pro::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind, StateValue};
 use tether_pro::config::CaptureConfig;
 use tether_pro::pipeline::{self, ClickHouseWriter, MutationRow, RequestRow, RowSettings};
-use tether_pro::protocol::{CLIENT_VERSION_HEADER, PUSH_PATH, PushRequest};
+use tether_pro::protocol::{CLIENT_VERSION_HEADER, PUSH_PATH};
 use tether_pro::sync::{self, SyncServer};
 use tower::ServiceExt;
 use tracing_subscriber::layer::SubscriberExt;
@@ -174,7 +173,7 @@ fn native_batches(bodies: &[Bytes], cfg: &CaptureConfig) -> Vec<NativeBatch> {
     let mut batches = Vec::new();
     let (mut batch, mut row_bytes): (NativeBatch, usize) = Default::default();
     for body in bodies {
-        let rows = pipeline::rows::build(&record(&server, body), &settings);
+        let rows = pipeline::rows::build(&support::push_record(&server, body), &settings);
         // The same accounting as the pipeline's `process_loop`.
         row_bytes += rows.request.request_body.len() + rows.request.response_body.len() + 512;
         row_bytes += rows.mutations.iter().map(|m| m.payload.len() + m.state_before.len() + m.state_after.len() + m.diff.len() + 256).sum::<usize>();
@@ -189,38 +188,6 @@ fn native_batches(bodies: &[Bytes], cfg: &CaptureConfig) -> Vec<NativeBatch> {
         batches.push(batch);
     }
     batches
-}
-
-fn record(server: &SyncServer, body: &Bytes) -> CaptureRecord {
-    let req: PushRequest = serde_json::from_slice(body).unwrap();
-    let result = server.push_blocking(&req).unwrap();
-    assert_eq!(result.response.applied.len(), BATCH, "{:?}", result.response);
-    let states = result
-        .effects
-        .into_iter()
-        .map(|e| MutationState { mutation_id: req.mutations[e.index].mutation_id.clone(), before: e.before.map(StateValue::Json), after: e.after.map(StateValue::Json) })
-        .collect();
-    let body_of = |b: Bytes| {
-        let len = b.len();
-        CapturedBody { chunks: vec![b], retained: len, total: len as u64, complete: true }
-    };
-    CaptureRecord {
-        request_id: ulid::Ulid::new().to_string(),
-        kind: RequestKind::Push,
-        started_at: chrono::Utc::now(),
-        duration: Duration::from_millis(3),
-        http_status: 200,
-        client_version: "ios/3.2.1".into(),
-        request_body: body_of(body.clone()),
-        response_body: body_of(Bytes::from(serde_json::to_vec(&result.response).unwrap())),
-        states,
-        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-        span_id: "00f067aa0ba902b7".into(),
-        parent: None,
-        path: PUSH_PATH.into(),
-        replay_of: String::new(),
-        error: None,
-    }
 }
 
 /// ClickHouse's own insert: per batch, mutations then requests (the writer's order), RowBinary

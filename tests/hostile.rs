@@ -10,6 +10,8 @@
 //! percent-encodings, odd methods) reach the server.
 
 mod common;
+#[path = "common/captured_host.rs"]
+mod captured_host;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,16 +20,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use common::{TestClickHouse, clickhouse};
+use captured_host::{CapturedHost, captured_host};
+use common::TestClickHouse;
 use serde_json::{Value, json};
-use tether_pro::config::{CaptureConfig, ServeConfig};
+use tether_pro::config::ServeConfig;
 use tether_pro::dashboard::{self, replay::ReplayState};
-use tether_pro::pipeline::{self, Capture, CaptureGuard, ClickHouseWriter};
+use tether_pro::pipeline::{Capture, CaptureGuard};
 use tether_pro::protocol::{PushRequest, PushResponse};
 use tether_pro::replay::{InProcessTarget, ReplayTarget, Replayer};
-use tether_pro::sync::{self, RecordState, SyncServer};
+use tether_pro::sync::{RecordState, SyncServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing_subscriber::layer::SubscriberExt;
 
 const PREFIX: &str = "/tether/dashboard";
 const CLIENT: &str = "01JCCCCCCCCCCCCCCCCCCCCCC1";
@@ -213,13 +215,7 @@ async fn listen(app: axum::Router) -> String {
 }
 
 async fn world() -> World {
-    let ch = clickhouse().await;
-    ch.migrate().await;
-    let cfg = CaptureConfig { batch_interval_ms: 20, ..CaptureConfig::default() };
-    let (capture, guard) = pipeline::start(&cfg, ClickHouseWriter::new(ch.client())).unwrap();
-    let _sub = tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.layer()));
-    let server = SyncServer::in_memory();
-    let app = sync::router(server.clone()).layer(capture.http_layer());
+    let CapturedHost { ch, server, app, capture, guard, sub: _sub } = captured_host().await;
     let sync = listen(app.clone()).await;
     World { ch, server, app, sync, capture, guard: Some(guard), _sub }
 }
@@ -317,6 +313,26 @@ impl World {
 
     async fn host_state(&self) -> Vec<Option<RecordState>> {
         [T1, T2].iter().map(|t| self.server.state_blocking("Task", t).unwrap()).collect()
+    }
+
+    /// Stops the capture pipeline once it wrote what it holds (nothing more arrives after).
+    fn stop_capture(&mut self) {
+        if let Some(mut g) = self.guard.take() {
+            g.shutdown();
+        }
+    }
+
+    /// `seed`, then the pipeline stopped: every seeded row is in ClickHouse and stays as is.
+    async fn seed_and_stop(&mut self) -> (String, String) {
+        let ids = self.seed().await;
+        self.stop_capture();
+        ids
+    }
+
+    /// What must not change: every table's row count (`snapshot`) and the host's records
+    /// (`host_state`).
+    async fn before(&self) -> (BTreeMap<String, u64>, Vec<Option<RecordState>>) {
+        (self.snapshot().await, self.host_state().await)
     }
 }
 
@@ -430,12 +446,8 @@ enum Expect {
 #[tokio::test(flavor = "current_thread")]
 async fn sql_injection_in_every_parameter_of_every_route_matches_nothing_and_changes_nothing() {
     let mut w = world().await;
-    let (id, other) = w.seed().await;
-    if let Some(mut g) = w.guard.take() {
-        g.shutdown();
-    }
-    let before = w.snapshot().await;
-    let host_before = w.host_state().await;
+    let (id, other) = w.seed_and_stop().await;
+    let (before, host_before) = w.before().await;
     let target = w.counting();
     let d = w.dashboard(&ServeConfig::default(), Some(target.clone())).await;
     let get = |path: String| {
@@ -644,10 +656,7 @@ async fn assert_every_route_refuses(d: &str, w: &World, id: &str, creds: &[(&str
 #[tokio::test(flavor = "current_thread")]
 async fn with_auth_configured_every_route_and_variant_answers_401_without_the_right_credentials() {
     let mut w = world().await;
-    let (id, _) = w.seed().await;
-    if let Some(mut g) = w.guard.take() {
-        g.shutdown();
-    }
+    let (id, _) = w.seed_and_stop().await;
     let before = w.snapshot().await;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let b64np = |s: &str| base64::engine::general_purpose::STANDARD_NO_PAD.encode(s);
@@ -813,12 +822,8 @@ fn gate_variants(id: &str, other: &str) -> Vec<String> {
 #[tokio::test(flavor = "current_thread")]
 async fn with_the_gate_off_every_replay_path_method_and_trick_is_404_and_nothing_is_sent() {
     let mut w = world().await;
-    let (id, other) = w.seed().await;
-    if let Some(mut g) = w.guard.take() {
-        g.shutdown();
-    }
-    let before = w.snapshot().await;
-    let host_before = w.host_state().await;
+    let (id, other) = w.seed_and_stop().await;
+    let (before, host_before) = w.before().await;
     let d = w.dashboard(&ServeConfig::default(), None).await;
     let json_body = json!({"idempotency_key": "k", "csrf_token": "00", "positions": [0]}).to_string();
     let form_body = "csrf_token=00&idempotency_key=k&position=0".to_owned();
@@ -862,14 +867,10 @@ async fn with_the_gate_off_every_replay_path_method_and_trick_is_404_and_nothing
 #[tokio::test(flavor = "current_thread")]
 async fn with_the_gate_on_no_forged_misbound_cross_site_or_wrongly_typed_apply_sends_anything() {
     let mut w = world().await;
-    let (id, other) = w.seed().await;
-    if let Some(mut g) = w.guard.take() {
-        g.shutdown();
-    }
+    let (id, other) = w.seed_and_stop().await;
     let target = w.counting();
     let d = w.dashboard(&ServeConfig::default(), Some(target.clone())).await;
-    let before = w.snapshot().await;
-    let host_before = w.host_state().await;
+    let (before, host_before) = w.before().await;
 
     // Previews (JSON and HTML, both timestamp modes) write nothing and send nothing.
     let mut previews = Vec::new();
@@ -1090,9 +1091,7 @@ async fn oversized_and_deeply_nested_bodies_get_bounded_answers_everywhere() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("pipeline drained in {:?}: {:?}", started.elapsed(), w.capture.stats().totals());
-    if let Some(mut g) = w.guard.take() {
-        g.shutdown();
-    }
+    w.stop_capture();
     assert_eq!(w.ch.count("SELECT count() FROM sync_mutations WHERE position(payload, 'after the flood') > 0").await, 1, "the pipeline still captures");
     assert!(w.ch.count("SELECT count() FROM sync_requests WHERE outcome = 'error'").await > 10, "the hostile pushes were captured as errors");
     let ids = w.ch.rows("SELECT request_id FROM sync_requests ORDER BY started_at DESC LIMIT 40").await;

@@ -1,19 +1,20 @@
 //! Replay against a real ClickHouse and the reference server as host, through both targets.
 
 mod common;
+#[path = "common/captured_host.rs"]
+mod captured_host;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use common::{TestClickHouse, clickhouse};
+use captured_host::{CapturedHost, captured_host};
+use common::TestClickHouse;
 use serde_json::{Value, json};
-use tether_pro::config::CaptureConfig;
-use tether_pro::pipeline::{self, Capture, CaptureGuard, ClickHouseWriter};
+use tether_pro::pipeline::{Capture, CaptureGuard};
 use tether_pro::protocol::{PushRequest, PushResponse};
 use tether_pro::replay::{ApplyOptions, HttpTarget, InProcessTarget, Prediction, ReplayError, ReplayTarget, Replayer};
-use tether_pro::sync::{self, RecordState, SyncServer};
-use tracing_subscriber::layer::SubscriberExt;
+use tether_pro::sync::{RecordState, SyncServer};
 
 const CLIENT: &str = "01JCCCCCCCCCCCCCCCCCCCCCC1";
 const T1: &str = "01JAAAAAAAAAAAAAAAAAAAAAA1";
@@ -35,13 +36,7 @@ struct Host {
 }
 
 async fn host() -> Host {
-    let ch = clickhouse().await;
-    ch.migrate().await;
-    let cfg = CaptureConfig { batch_interval_ms: 20, ..CaptureConfig::default() };
-    let (capture, guard) = pipeline::start(&cfg, ClickHouseWriter::new(ch.client())).unwrap();
-    let _sub = tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.layer()));
-    let server = SyncServer::in_memory();
-    let app = sync::router(server.clone()).layer(capture.http_layer());
+    let CapturedHost { ch, server, app, capture, guard, sub: _sub } = captured_host().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let serve_app = app.clone();

@@ -1,6 +1,7 @@
-//! Shared by the end-to-end benches (`host_overhead`, `pipeline_native`, `outage_memory`):
-//! ClickHouse, the simulator's push workload, the reference server in a child process per
-//! variant, a loopback load generator, and `/proc` readings of the child.
+//! Shared by the benches (`capture`, `host_overhead`, `pipeline_native`, `outage_memory`):
+//! ClickHouse, the simulator's push workload, capture records of pushes, the reference server
+//! in a child process per variant, a loopback load generator, and `/proc` readings of the
+//! child.
 //!
 //! Why child processes: a global `tracing` subscriber (what a real host installs, and what
 //! `tracing-opentelemetry` users do) cannot be swapped per variant inside one process, and
@@ -17,13 +18,16 @@ use std::collections::VecDeque;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
+use tether_pro::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind, StateValue};
 use tether_pro::config::RetentionConfig;
-use tether_pro::protocol::Object;
+use tether_pro::protocol::{Object, PUSH_PATH, PushRequest};
 use tether_pro::sim::plan;
 use tether_pro::store::local::{LocalClickHouse, LocalClickHouseOptions};
+use tether_pro::sync::{PushResult, SyncServer};
 
 /// Mutations per push (the issue's batch size).
 pub const BATCH: usize = 50;
@@ -89,8 +93,11 @@ pub fn start_local(port: u16, data_dir: Option<std::path::PathBuf>) -> LocalClic
             (d, true)
         }
     };
-    LocalClickHouse::start(LocalClickHouseOptions { data_dir: dir, port, ephemeral, startup_timeout: Duration::from_secs(300) })
+    LocalClickHouse::start(LocalClickHouseOptions { data_dir: dir.clone(), port, ephemeral, startup_timeout: Duration::from_secs(300) })
         .unwrap_or_else(|err| {
+            if ephemeral {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             panic!(
                 "\n\nNO CLICKHOUSE FOR THE BENCHMARK: the embedded local ClickHouse did not start: {err:#}\n\
                  Set CLICKHOUSE_URL to a running server, or see `scripts/clickhouse-local --help`.\n"
@@ -205,6 +212,49 @@ impl Workload {
             self.pool.pop_front();
         }
         serde_json::to_vec(&json!({"client_id": self.client_id, "mutations": mutations})).unwrap()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Capture records of pushes, as the capture layers hand them to the pipeline
+
+/// One push body through the reference server; every mutation must be applied.
+pub fn apply_push(server: &SyncServer, body: &[u8]) -> (PushRequest, PushResult) {
+    let req: PushRequest = serde_json::from_slice(body).unwrap();
+    let result = server.push_blocking(&req).unwrap();
+    assert_eq!(result.response.applied.len(), BATCH, "{:?}", result.response);
+    (req, result)
+}
+
+/// The record the capture layers build for one push (body bytes, the server's answer,
+/// before/after states as JSON text), the push processed by `server`.
+pub fn push_record(server: &SyncServer, body: &Bytes) -> CaptureRecord {
+    let (req, result) = apply_push(server, body);
+    let states = result
+        .effects
+        .into_iter()
+        .map(|e| MutationState { mutation_id: req.mutations[e.index].mutation_id.clone(), before: e.before.map(StateValue::Json), after: e.after.map(StateValue::Json) })
+        .collect();
+    let body_of = |b: Bytes| {
+        let len = b.len();
+        CapturedBody { chunks: vec![b], retained: len, total: len as u64, complete: true }
+    };
+    CaptureRecord {
+        request_id: ulid::Ulid::new().to_string(),
+        kind: RequestKind::Push,
+        started_at: chrono::Utc::now(),
+        duration: Duration::from_millis(3),
+        http_status: 200,
+        client_version: "ios/3.2.1".into(),
+        request_body: body_of(body.clone()),
+        response_body: body_of(Bytes::from(serde_json::to_vec(&result.response).unwrap())),
+        states,
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        span_id: "00f067aa0ba902b7".into(),
+        parent: None,
+        path: PUSH_PATH.into(),
+        replay_of: String::new(),
+        error: None,
     }
 }
 
