@@ -56,10 +56,10 @@ impl Compression {
     pub fn resolve(self, url: &str) -> Compression {
         match self {
             Compression::Auto => {
-                let host = url.split("://").nth(1).unwrap_or(url).split(['/', '?']).next().unwrap_or("");
-                let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-                let host = if host.starts_with('[') { host.split(']').next().map(|h| &h[1..]).unwrap_or("") } else { host.split(':').next().unwrap_or("") };
-                let loopback = host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                let url = reqwest::Url::parse(url).ok();
+                let host = url.as_ref().and_then(|u| u.host_str()).unwrap_or("");
+                let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>();
+                let loopback = host.eq_ignore_ascii_case("localhost") || ip.is_ok_and(|ip| ip.is_loopback());
                 if loopback { Compression::None } else { Compression::Lz4 }
             }
             other => other,

@@ -101,12 +101,9 @@ async fn sync_server(config: Config, args: SyncServerArgs) -> anyhow::Result<()>
             Ok(Err(e)) => eprintln!("tether-pro: could not migrate ClickHouse at {url} (capturing anyway): {e:#}"),
             Err(_) => eprintln!("tether-pro: ClickHouse at {url} did not answer within 10 s (capturing anyway)"),
         }
-        let (telemetry, telemetry_guard) = telemetry::init("tether-sync")?;
-        let writer = ClickHouseWriter::new(server_client(&url, &config.clickhouse).with_database(db));
-        let (capture, guard) = pipeline::start_with_telemetry(&config.capture, writer, telemetry.clone())?;
-        init_tracing(Some(&capture), &telemetry);
+        let (capture, _, capture_guards) = start_capture(&config, &url, "tether-sync")?;
         app = app.layer(capture.http_layer());
-        guards = Some((guard, telemetry_guard));
+        guards = Some(capture_guards);
         println!("capturing into {url} database `{db}`");
     } else {
         init_tracing(None, &Telemetry::disabled());
@@ -194,10 +191,7 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     println!("ClickHouse at {ch_url}, database `{db}` (migrations applied now: {:?})", report.applied);
 
     // 2. Capture: the pipeline into ClickHouse, the tracing layer, the tower layer.
-    let (telemetry, mut telemetry_guard) = telemetry::init("tether-sync-demo")?;
-    let writer = ClickHouseWriter::new(server_client(&ch_url, &config.clickhouse).with_database(db));
-    let (capture, mut guard) = pipeline::start_with_telemetry(&config.capture, writer, telemetry.clone())?;
-    init_tracing(Some(&capture), &telemetry);
+    let (capture, telemetry, (mut guard, mut telemetry_guard)) = start_capture(&config, &ch_url, "tether-sync-demo")?;
     match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if telemetry.traces_enabled() || telemetry.metrics_enabled() => println!(
             "OpenTelemetry: exporting {}{}to {endpoint}",
@@ -281,6 +275,16 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     );
     anyhow::ensure!(totals.errors == 0, "{} requests failed", totals.errors);
     Ok(())
+}
+
+/// OpenTelemetry from the `OTEL_*` variables, the pipeline into `url`, and the global
+/// subscriber with the capture and OTel layers: the README's "Instrument your sync server".
+fn start_capture(config: &Config, url: &str, service: &str) -> anyhow::Result<(Capture, Telemetry, (pipeline::CaptureGuard, telemetry::TelemetryGuard))> {
+    let (telemetry, telemetry_guard) = telemetry::init(service)?;
+    let writer = ClickHouseWriter::new(server_client(url, &config.clickhouse).with_database(&config.clickhouse.database));
+    let (capture, guard) = pipeline::start_with_telemetry(&config.capture, writer, telemetry.clone())?;
+    init_tracing(Some(&capture), &telemetry);
+    Ok((capture, telemetry, (guard, telemetry_guard)))
 }
 
 /// A dashboard reachable from other machines with no auth deserves a loud warning.

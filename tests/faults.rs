@@ -420,7 +420,7 @@ fn worker_pid(data_dir: &Path) -> Option<i32> {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         let is_worker = args.iter().any(|a| a.ends_with(b"worker.py"));
-        if is_worker && args.iter().any(|a| *a == want.as_bytes()) {
+        if is_worker && args.contains(&want.as_bytes()) {
             // A zombie has an empty cmdline, so this is a live process.
             return Some(pid);
         }

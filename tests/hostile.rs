@@ -9,6 +9,7 @@
 //! HTTP/1.1 client, so that exactly the bytes written here (double slashes, `..`, bad
 //! percent-encodings, odd methods) reach the server.
 
+#![allow(clippy::type_complexity)] // case tables read best as tuples
 mod common;
 #[path = "common/captured_host.rs"]
 mod captured_host;

@@ -325,7 +325,7 @@ impl Outlet {
         }
         if let Err(e) = self.batches.send(batch).await {
             let b = e.0;
-            spill_or_drop(&self.spool, &self.stats, b.records, b.requests, b.mutations, ulid::Ulid::new().to_string());
+            spill_or_drop(&self.spool, &self.stats, b, ulid::Ulid::new().to_string());
         }
     }
 
@@ -338,7 +338,7 @@ impl Outlet {
             let batch = match e {
                 tokio::sync::mpsc::error::TrySendError::Full(b) | tokio::sync::mpsc::error::TrySendError::Closed(b) => b,
             };
-            spill_or_drop(&self.spool, &self.stats, batch.records, batch.requests, batch.mutations, ulid::Ulid::new().to_string());
+            spill_or_drop(&self.spool, &self.stats, batch, ulid::Ulid::new().to_string());
         }
     }
 }
@@ -346,9 +346,10 @@ impl Outlet {
 /// Puts a batch in the disk spool, or drops and counts it: as `spool_dropped` when the spool
 /// is full or failing, as `buffer_dropped` when there is no spool.
 /// Returns whether the batch was kept.
-fn spill_or_drop(spool: &SharedSpool, stats: &CaptureStats, records: u64, requests: Vec<RequestRow>, mutations: Vec<MutationRow>, token: String) -> bool {
+fn spill_or_drop(spool: &SharedSpool, stats: &CaptureStats, batch: Batch, token: String) -> bool {
+    let records = batch.records;
     if let Some(spool) = spool.borrow_mut().as_mut() {
-        return match spool.push(&SpooledBatch::new(token, records, requests, mutations)) {
+        return match spool.push(&SpooledBatch::new(token, records, batch.requests, batch.mutations)) {
             Ok(_) => true,
             Err(e) => {
                 if stats.spool_dropped.fetch_add(records, Ordering::Relaxed) == 0 {
@@ -413,7 +414,7 @@ async fn write_loop(
             Err(WriteError::GaveUp(e)) if spool.borrow().is_some() => {
                 // Shutdown with ClickHouse away: the disk keeps the batch for the next start.
                 let records = batch.records;
-                if spill_or_drop(&spool, &stats, records, batch.requests, batch.mutations, token) {
+                if spill_or_drop(&spool, &stats, batch, token) {
                     eprintln!("tether-pro: ClickHouse unavailable at shutdown ({e}); {records} captured requests kept in the disk spool");
                 }
             }
@@ -443,10 +444,10 @@ async fn write_spooled(
         Some(Err(e)) => {
             eprintln!("tether-pro: spooled batch {} unreadable, set aside as .corrupt: {e}", entry.id);
             stats.spool_corrupt.fetch_add(entry.records, Ordering::Relaxed);
-            if let Some(s) = spool.borrow_mut().as_mut() {
-                if let Err(e) = s.set_aside(&entry) {
-                    eprintln!("tether-pro: setting aside spooled batch {}: {e}", entry.id);
-                }
+            if let Some(s) = spool.borrow_mut().as_mut()
+                && let Err(e) = s.set_aside(&entry)
+            {
+                eprintln!("tether-pro: setting aside spooled batch {}: {e}", entry.id);
             }
             return;
         }
