@@ -19,6 +19,10 @@ fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("TETHER_PRO_CACHE").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
+    // The same cache as the launcher and scripts: $XDG_CACHE_HOME, else ~/.cache.
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("tether-pro");
+    }
     let home = std::env::var_os("HOME").expect("HOME or TETHER_PRO_CACHE must be set to locate the compose venv");
     PathBuf::from(home).join(".cache").join("tether-pro")
 }
