@@ -263,7 +263,7 @@ impl Redactor {
                     out.push_str(&text[emitted..=j]);
                     let vstart = skip_inline_space(b, j + 1);
                     out.push_str(&text[j + 1..vstart]);
-                    let (vend, structured) = value_end(b, vstart, mode);
+                    let (vend, structured) = value_extent(b, vstart, mode);
                     out.push_str(if structured || mode == Mode::Json { REDACTED_JSON } else { REDACTED });
                     emitted = vend;
                     i = vend;
@@ -285,7 +285,7 @@ impl Redactor {
                     out.push_str(&text[emitted..=after]);
                     let vstart = skip_ws(b, after + 1);
                     out.push_str(&text[after + 1..vstart]);
-                    let (vend, structured) = value_end(b, vstart, mode);
+                    let (vend, structured) = value_extent(b, vstart, mode);
                     out.push_str(if structured || mode == Mode::Json { REDACTED_JSON } else { REDACTED });
                     emitted = vend;
                     i = vend;
@@ -384,6 +384,24 @@ fn scan_quoted(b: &[u8], start: usize, q: u8) -> (usize, usize, bool) {
         }
     }
     (b.len(), b.len(), false)
+}
+
+/// `value_end`, erring towards redacting more: an unquoted value that ends in `:` or `=`
+/// swallowed the key of a following pair (`password=x__token:"v"`), so that pair's value is
+/// part of what is redacted too (found by the `redact_text` fuzz target).
+fn value_extent(b: &[u8], start: usize, mode: Mode) -> (usize, bool) {
+    let (mut end, structured) = value_end(b, start, mode);
+    if structured {
+        return (end, true);
+    }
+    while end > start && end < b.len() && matches!(b[end - 1], b':' | b'=') {
+        let (next_end, _) = value_end(b, skip_inline_space(b, end), mode);
+        if next_end <= end {
+            break;
+        }
+        end = next_end;
+    }
+    (end, false)
 }
 
 /// End of the value starting at `start`, and whether it was quoted or bracketed.
@@ -524,6 +542,18 @@ fn hex_val(c: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_that_swallowed_the_next_key_takes_its_value_along() {
+        // Found by the redact_text fuzz target: the form value of `password` ran up to the
+        // quote and took `__TOKEN.:` with it, leaving that pair's value in the clear.
+        let r = Redactor::default();
+        for input in ["user[password=\u{1}\u{1}__TOKEN.:\"s3cr3t0038\"", "password=abc: 's3cr3t0038' tail", "password=x= s3cr3t0038&next=1"] {
+            let out = r.redact_text(input);
+            assert!(!out.contains("s3cr3t0038"), "{input:?} -> {out:?}");
+        }
+        assert_eq!(r.redact_text("password=x&title=kept"), "password=[REDACTED]&title=kept");
+    }
 
     #[test]
     fn the_ascii_fast_path_agrees_with_the_general_rule() {
