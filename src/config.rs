@@ -107,9 +107,13 @@ impl Default for RetentionConfig {
 pub struct CaptureConfig {
     /// Capture on/off. Off: `CaptureLayer` passes requests through untouched, no span, no copy.
     pub enabled: bool,
-    /// Keys whose values are replaced by `[REDACTED]` at any depth of any JSON (case-insensitive;
-    /// a key also matches when it ends with one of these, e.g. `user_password`).
+    /// Keys redacted in addition to the defaults (`pipeline::redact::DEFAULT_KEYS`): their
+    /// values are replaced by `[REDACTED]` at any depth of any JSON, matched on normalized
+    /// word parts (README "Redaction").
     pub redact_keys: Vec<String>,
+    /// Default keys not to redact, each spelled exactly as in the default list (an unknown
+    /// name is a configuration error, so a typo cannot silently keep a secret).
+    pub redact_keys_disabled: Vec<String>,
     /// Largest stored text of one request or response body; longer bodies are cut with a
     /// marker naming the true size.
     pub body_cap_bytes: usize,
@@ -159,6 +163,13 @@ impl Default for SpoolConfig {
 }
 
 impl CaptureConfig {
+    /// The redactor these settings describe: the default keys, plus `redact_keys`, less
+    /// `redact_keys_disabled`. Falls back to the defaults alone when the lists are invalid
+    /// (`validate` refuses such a configuration first).
+    pub fn redactor(&self) -> crate::pipeline::redact::Redactor {
+        crate::pipeline::redact::Redactor::with_defaults(&self.redact_keys, &self.redact_keys_disabled).unwrap_or_default()
+    }
+
     pub const DEFAULT_BODY_CAP_BYTES: usize = 64 * 1024;
     pub const DEFAULT_RETAIN_BYTES: usize = 16 * 1024 * 1024;
     pub const DEFAULT_QUEUE_RECORDS: usize = 10_000;
@@ -177,6 +188,7 @@ impl CaptureConfig {
         anyhow::ensure!((0..=19).contains(&self.pipeline_nice), "capture.pipeline_nice must be 0..=19");
         anyhow::ensure!(self.body_cap_bytes >= 64, "capture.body_cap_bytes must be at least 64");
         anyhow::ensure!(self.redact_keys.iter().all(|k| !k.trim().is_empty()), "capture.redact_keys has an empty key");
+        crate::pipeline::redact::Redactor::with_defaults(&self.redact_keys, &self.redact_keys_disabled)?;
         anyhow::ensure!(
             !self.spool.enabled || self.spool.max_bytes >= 1024 * 1024,
             "capture.spool.max_bytes must be at least 1 MiB"
@@ -190,7 +202,8 @@ impl Default for CaptureConfig {
     fn default() -> Self {
         CaptureConfig {
             enabled: true,
-            redact_keys: crate::pipeline::redact::DEFAULT_KEYS.iter().map(|k| k.to_string()).collect(),
+            redact_keys: Vec::new(),
+            redact_keys_disabled: Vec::new(),
             body_cap_bytes: Self::DEFAULT_BODY_CAP_BYTES,
             retain_bytes: Self::DEFAULT_RETAIN_BYTES,
             queue_records: Self::DEFAULT_QUEUE_RECORDS,

@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
                     anyhow::bail!("replay.live_enabled needs replay.push_url and replay.state_url_template (the host's push URL and state lookup)");
                 };
                 let target = tether_pro::replay::HttpTarget { http: reqwest::Client::new(), push_url, state_url_template };
-                Some(dashboard::replay::ReplayState::new(tether_pro::replay::Replayer::new(client.clone(), std::sync::Arc::new(target))))
+                Some(dashboard::replay::ReplayState::new(tether_pro::replay::Replayer::new(client.clone(), std::sync::Arc::new(target)).with_redactor(config.capture.redactor())))
             } else {
                 None
             };
@@ -242,7 +242,7 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     // Replay goes through the same instrumented router the simulated clients use.
     let replay = config.replay.live_enabled.then(|| {
         let target = tether_pro::replay::InProcessTarget { app: sync_app.clone(), server: sync_server.clone() };
-        dashboard::replay::ReplayState::new(tether_pro::replay::Replayer::new(dash_client.clone(), std::sync::Arc::new(target)))
+        dashboard::replay::ReplayState::new(tether_pro::replay::Replayer::new(dash_client.clone(), std::sync::Arc::new(target)).with_redactor(config.capture.redactor()))
     });
     let dash_app = dashboard::app_with_replay(&config.serve, dash_client, replay);
     let dash_task = tokio::spawn({

@@ -13,7 +13,7 @@ use common::TestClickHouse;
 use serde_json::{Value, json};
 use tether_pro::pipeline::{Capture, CaptureGuard};
 use tether_pro::protocol::{PushRequest, PushResponse};
-use tether_pro::replay::{ApplyOptions, HttpTarget, InProcessTarget, Prediction, ReplayError, ReplayTarget, Replayer};
+use tether_pro::replay::{ApplyOptions, HttpTarget, InProcessTarget, Prediction, ReplayError, ReplayTarget, Replayer, SentInstead, Substitution};
 use tether_pro::sync::{RecordState, SyncServer};
 
 const CLIENT: &str = "01JCCCCCCCCCCCCCCCCCCCCCC1";
@@ -113,7 +113,7 @@ async fn preview_predicts_against_changed_state_and_writes_nothing() {
     let predictions: Vec<&Prediction> = entries.iter().map(|e| &e.prediction).collect();
     assert_eq!(predictions, vec![&Prediction::WouldApply, &Prediction::Conflict, &Prediction::WouldCreate, &Prediction::NotFound]);
     // The redacted secret is never resent: the field takes the current value (none here).
-    assert_eq!(entries[0].redacted_fields, vec!["api_key".to_owned()]);
+    assert_eq!(entries[0].not_resendable, vec![Substitution { path: "/api_key".into(), sent_instead: SentInstead::LeftOut }]);
     assert!(!serde_json::to_string(&entries).unwrap().contains("[REDACTED]\"}"), "no marker in a payload to send");
     // Restamped, the conflict would apply.
     let (_, restamped) = replayer.preview(&id, true).await.unwrap();
@@ -190,7 +190,7 @@ async fn the_http_target_replays_through_the_hosts_url() {
     };
     let replayer = Replayer::new(h.ch.client(), Arc::new(target));
     let (_, entries) = replayer.preview(&id, false).await.unwrap();
-    assert_eq!(entries[2].prediction, Prediction::WouldApply, "T3 exists now");
+    assert_eq!(entries[2].prediction, Prediction::WouldOverwrite, "T3 exists now: the create would overwrite it");
     assert_eq!(entries[3].prediction, Prediction::NotFound);
     let r = replayer.apply(&id, &ApplyOptions { idempotency_key: "k".into(), actor: "a".into(), restamp: true, positions: None }).await.unwrap();
     let statuses: Vec<&str> = r.links.iter().map(|l| l.status.as_str()).collect();
@@ -302,5 +302,51 @@ async fn enabled_apply_needs_the_csrf_token_and_replays_once_per_key() {
     // Malformed JSON is a 400.
     let pull_free = http.post(format!("{base}/replay/{id}/apply.json")).body("not json").header("content-type", "application/json").send().await.unwrap();
     assert_eq!(pull_free.status(), 400);
+    drop(h.guard);
+}
+
+/// Issue 12, inputs 4 and 5: the preview shows nothing secret from the host's live state,
+/// resends every captured value that was not redacted (the original "red", although the record
+/// is "blue" now), names the one value it cannot resend and what it sends instead, predicts a
+/// create over an existing record as such, and applying it never moves the version back.
+#[tokio::test(flavor = "current_thread")]
+async fn the_preview_shows_nothing_secret_and_resends_exactly_what_was_not_redacted() {
+    const X: &str = "01JAAAAAAAAAAAAAAAAAAAAAX1";
+    let h = host().await;
+    h.push(json!({"client_id": CLIENT, "mutations": [
+        mutation("01JM00000000000000000000X1", X, "create", json!({"title": "t", "metadata": {"token": "FAKE-C", "color": "red"}}), 1_000),
+    ]}))
+    .await;
+    let mut update = mutation("01JM00000000000000000000X2", X, "update", json!({"title": "t", "metadata": {"token": "FAKE-C", "color": "blue"}}), 2_000);
+    update["version"] = json!(2);
+    h.push(json!({"client_id": CLIENT, "mutations": [update]})).await;
+    h.settle(2).await;
+    let id = h.request_ids().await[0].clone();
+    let stored = h.ch.rows(&format!("SELECT payload, redacted_paths, redacted_paths_recorded FROM sync_mutations WHERE request_id = '{id}'")).await;
+    assert_eq!(stored, vec![json!({"payload": r#"{"metadata":{"color":"red","token":"[REDACTED]"},"title":"t"}"#, "redacted_paths": ["/metadata/token"], "redacted_paths_recorded": true})]);
+
+    let base = dashboard(&h, true).await;
+    let http = reqwest::Client::new();
+    let preview_text = http.get(format!("{base}/replay/{id}/preview.json")).send().await.unwrap().text().await.unwrap();
+    assert!(!preview_text.contains("FAKE-C"), "{preview_text}");
+    let preview: Value = serde_json::from_str(&preview_text).unwrap();
+    let entry = &preview["entries"][0];
+    assert_eq!(entry["prediction"], json!({"outcome": "would_overwrite"}));
+    assert_eq!(entry["not_resendable"], json!([{"path": "/metadata/token", "sent_instead": "current_value"}]));
+    assert_eq!(entry["paths_inferred"], false);
+    assert_eq!(entry["payload"]["metadata"], json!({"token": "[REDACTED]", "color": "red"}));
+    assert_eq!(entry["diff"], json!([{"path": ["metadata", "color"], "change": "changed", "old": "blue", "new": "red"}]), "the captured red is resent");
+    let page = http.get(format!("{base}/replay/{id}")).send().await.unwrap().text().await.unwrap();
+    assert!(!page.contains("FAKE-C") && page.contains("/metadata/token") && page.contains("would_overwrite"), "{page}");
+
+    let key = preview["idempotency_key"].as_str().unwrap();
+    let token = preview["csrf_token"].as_str().unwrap();
+    let applied = http.post(format!("{base}/replay/{id}/apply.json")).json(&json!({"idempotency_key": key, "csrf_token": token, "restamp": true})).send().await.unwrap().text().await.unwrap();
+    assert!(!applied.contains("FAKE-C"), "{applied}");
+    let now = h.server.state_blocking("Task", X).unwrap().unwrap();
+    assert_eq!(now.state["metadata"], json!({"token": "FAKE-C", "color": "red"}), "the live secret was kept, the captured colour resent");
+    assert_eq!(now.version, 2, "a replayed create (version 1) never moves the record's version back");
+    let links = http.get(format!("{base}/replay/{id}/links.json")).send().await.unwrap().text().await.unwrap();
+    assert!(!links.contains("FAKE-C"));
     drop(h.guard);
 }

@@ -115,7 +115,8 @@ where
             return CaptureFuture { inner: fut, span: None, otel_cx: None, retain: 0 };
         };
         let request_id = ulid::Ulid::new().to_string();
-        let version = req.headers().get(CLIENT_VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let version = super::cap_identifier(req.headers().get(CLIENT_VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or(""));
+        let version = version.as_ref();
         let span = match kind {
             RequestKind::Push => tracing::info_span!(
                 target: CAPTURE_TARGET, SPAN_PUSH,
@@ -130,7 +131,7 @@ where
                 http.request.method = "POST", url.path = PULL_PATH, http.response.status_code = Empty,
             ),
         };
-        let replay_of = req.headers().get(REPLAY_OF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let replay_of = super::cap_identifier(req.headers().get(REPLAY_OF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("")).into_owned();
         // The server span's ids, minted now (continuing an incoming traceparent): the host's
         // own spans parent to it, and the pipeline exports it later with these ids.
         let parent = incoming_parent(req.headers());

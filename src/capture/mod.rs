@@ -9,6 +9,7 @@ pub mod layer;
 pub mod queue;
 pub mod record;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 pub use self::http::{CaptureLayer, CaptureLimits, CaptureService, TeeBody};
@@ -36,6 +37,24 @@ pub const FIELD_STATUS: &str = "http.response.status_code";
 pub const FIELD_MUTATION_ID: &str = "tether.mutation_id";
 /// Request header naming the original request of a replayed push.
 pub const REPLAY_OF_HEADER: &str = "x-tether-replay-of";
+
+/// Longest identifier-like value kept, in bytes: client id, client version, model, operation,
+/// entity and mutation ids, reasons, the replay-of header. A client can send a megabyte where
+/// an id belongs; without a cap it would be copied into every row, aggregate and span.
+pub const MAX_IDENTIFIER_BYTES: usize = 256;
+
+/// `s` cut to [`MAX_IDENTIFIER_BYTES`] on a character boundary, with a marker naming its true
+/// length (`…[truncated: 1000000 bytes in all]`); borrowed when it fits.
+pub fn cap_identifier(s: &str) -> Cow<'_, str> {
+    if s.len() <= MAX_IDENTIFIER_BYTES {
+        return Cow::Borrowed(s);
+    }
+    let mut end = MAX_IDENTIFIER_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…[truncated: {} bytes in all]", &s[..end], s.len()))
+}
 
 /// The request id tether-pro minted, in the request's extensions for the host's handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +87,10 @@ pub fn record_mutation_states_json(states: impl IntoIterator<Item = (String, Opt
     layer::with_request_data(&span, &mut |d| {
         if let Some(items) = batch.take() {
             d.states.extend(items.map(|(mutation_id, before, after)| MutationState {
-                mutation_id,
+                mutation_id: match cap_identifier(&mutation_id) {
+                    Cow::Borrowed(_) => mutation_id,
+                    Cow::Owned(capped) => capped,
+                },
                 before: before.map(StateValue::Json),
                 after: after.map(StateValue::Json),
             }));
@@ -78,7 +100,7 @@ pub fn record_mutation_states_json(states: impl IntoIterator<Item = (String, Opt
 
 fn attach_state(mutation_id: &str, before: Option<StateValue>, after: Option<StateValue>) {
     let span = tracing::Span::current();
-    let mut state = Some(MutationState { mutation_id: mutation_id.to_owned(), before, after });
+    let mut state = Some(MutationState { mutation_id: cap_identifier(mutation_id).into_owned(), before, after });
     layer::with_request_data(&span, &mut |d| {
         if let Some(s) = state.take() {
             d.states.push(s);

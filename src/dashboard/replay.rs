@@ -231,6 +231,16 @@ struct EntryView {
     diff: DiffView,
 }
 
+impl EntryView {
+    fn sent_instead(&self, s: &crate::replay::Substitution) -> &'static str {
+        match s.sent_instead {
+            crate::replay::SentInstead::CurrentValue => "current value",
+            crate::replay::SentInstead::LeftOut => "left out",
+            crate::replay::SentInstead::Null => "null",
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "replay.html")]
 struct ReplayPage {

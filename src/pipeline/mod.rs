@@ -111,7 +111,7 @@ pub fn start_with_telemetry(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let settings = RowSettings {
-        redactor: redact::Redactor::new(&config.redact_keys),
+        redactor: config.redactor(),
         body_cap_bytes: config.body_cap_bytes,
     };
     let cfg = config.clone();

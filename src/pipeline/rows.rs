@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use super::diff::{self, Change};
 use super::redact::Redactor;
-use crate::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind, StateValue};
+use super::redact::{PathRef, json_pointer};
+use crate::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind, StateValue, cap_identifier};
 use crate::protocol::{Object, SYNC_KEY};
 
 /// A `sync_requests` row (columns in table order).
@@ -70,6 +71,13 @@ pub struct MutationRow {
     pub diff: String,
     pub trace_id: String,
     pub span_id: String,
+    /// JSON Pointers (RFC 6901) into `payload` of every value redaction changed: replaced whole
+    /// (a sensitive key) or a string whose credentials were cut out. Replay restores exactly
+    /// these and nothing else.
+    pub redacted_paths: Vec<String>,
+    /// True for rows whose `redacted_paths` were recorded (rows stored before migration 4
+    /// have false: their paths are unknown).
+    pub redacted_paths_recorded: bool,
 }
 
 /// The rows of one record.
@@ -161,16 +169,24 @@ fn capped(text: String, s: &RowSettings) -> String {
     cap_text(text, s.body_cap_bytes, len).0
 }
 
-/// A field as column text; a field of the wrong type is stored as its redacted JSON text
-/// (`"model": {"password": ...}` must not reach a column unredacted).
+/// An identifier-like field (client id, ids, model, operation, reason) as column text: capped
+/// at [`MAX_IDENTIFIER_BYTES`](crate::capture::MAX_IDENTIFIER_BYTES) before it is copied
+/// anywhere, and redacted (a string can carry a credential; a field of the wrong type, e.g.
+/// `"model": {"password": ...}`, is stored as its redacted JSON text).
 fn str_field(v: &Value, key: &str, r: &Redactor) -> String {
     match v.get(key) {
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => {
+            let capped = cap_identifier(s);
+            match r.redact_str(&capped) {
+                Some(redacted) => redacted,
+                None => capped.into_owned(),
+            }
+        }
         Some(Value::Null) | None => String::new(),
         Some(other) => {
             let mut other = other.clone();
             r.redact_value(&mut other);
-            json_text(&other)
+            cap_identifier(&json_text(&other)).into_owned()
         }
     }
 }
@@ -275,7 +291,7 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
         request_id: rec.request_id.clone(),
         kind: rec.kind.as_str().to_owned(),
         client_id: client_id.clone(),
-        client_version: rec.client_version.clone(),
+        client_version: s.redactor.redact_string(cap_identifier(&rec.client_version).into_owned()),
         started_at: rec.started_at,
         duration_us: rec.duration.as_micros().min(u64::MAX as u128) as u64,
         http_status: rec.http_status,
@@ -375,6 +391,8 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
                 diff: capped(serde_json::to_string(&changes).unwrap_or_else(|_| "[]".into()), s),
                 trace_id: rec.trace_id.clone(),
                 span_id: rec.span_id.clone(),
+                redacted_paths: Vec::new(),
+                redacted_paths_recorded: true,
             });
         }
         request.mutation_count = list.len() as u32;
@@ -387,7 +405,20 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
     }
 
     if let Some(v) = req.as_mut() {
-        s.redactor.redact_value(v);
+        // One pass over the whole request; the paths inside each mutation's payload go to
+        // that mutation's row.
+        let mut on_redacted = |path: &[PathRef<'_>]| {
+            if let [PathRef::Key("mutations"), PathRef::Index(i), PathRef::Key("payload"), rest @ ..] = path
+                && !rest.is_empty()
+                && let Some(row) = mutations.get_mut(*i)
+            {
+                row.redacted_paths.push(json_pointer(rest));
+            }
+        };
+        s.redactor.redact_value_recording(v, &mut on_redacted);
+        for row in &mut mutations {
+            row.redacted_paths.sort_unstable();
+        }
         if let Some(list) = v.get("mutations").and_then(Value::as_array) {
             for (row, m) in mutations.iter_mut().zip(list) {
                 let payload = m.get("payload").filter(|p| p.is_object());

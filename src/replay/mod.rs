@@ -12,9 +12,10 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 pub use links::LinkRow;
-pub use plan::{CapturedMutation, Prediction, PreviewEntry};
+pub use plan::{CapturedMutation, Prediction, PreviewEntry, SentInstead, Substitution};
 pub use target::{HttpTarget, InProcessTarget, ReplayTarget};
 
+use crate::pipeline::redact::Redactor;
 use crate::protocol::{PushRequest, RejectionReason};
 
 /// Why a replay was refused or failed.
@@ -71,6 +72,8 @@ pub struct Replayer {
     target: Arc<dyn ReplayTarget>,
     /// Applies run one at a time, so one idempotency key can never send twice.
     apply_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Everything a preview or an answer shows from the live host passes through it.
+    redactor: Redactor,
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -91,12 +94,22 @@ struct MutationRow {
     client_ms: i64,
     version: u64,
     outcome: String,
+    redacted_paths: Vec<String>,
+    redacted_paths_recorded: bool,
 }
 
 impl Replayer {
     /// `client` must be bound to tether-pro's database.
+    /// With the default redaction keys; see [`Replayer::with_redactor`].
     pub fn new(client: clickhouse::Client, target: Arc<dyn ReplayTarget>) -> Self {
-        Replayer { client, target, apply_lock: Arc::new(tokio::sync::Mutex::new(())) }
+        Replayer { client, target, apply_lock: Arc::new(tokio::sync::Mutex::new(())), redactor: Redactor::default() }
+    }
+
+    /// Redacts previews and host answers with `redactor` (the capture's, so the dashboard
+    /// hides exactly what storage hides).
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     /// Reads a captured push back from ClickHouse.
@@ -115,7 +128,8 @@ impl Replayer {
             .client
             .query_raw(
                 "SELECT position, mutation_id, entity_id, model, operation, payload,
-                        toUnixTimestamp64Milli(client_timestamp) AS client_ms, version, outcome
+                        toUnixTimestamp64Milli(client_timestamp) AS client_ms, version, outcome,
+                        redacted_paths, redacted_paths_recorded
                  FROM sync_mutations WHERE request_id = {id:String} ORDER BY position",
             )
             .param("id", request_id)
@@ -133,18 +147,26 @@ impl Replayer {
                 client_timestamp_ms: r.client_ms,
                 version: r.version,
                 original_outcome: r.outcome,
+                redacted_paths: r.redacted_paths_recorded.then_some(r.redacted_paths),
             })
             .collect();
         Ok(Captured { request_id: request_id.to_owned(), client_id: head.client_id, client_version: head.client_version, mutations })
     }
 
-    /// What each mutation would do now. Writes nothing, anywhere.
+    /// What each mutation would do now, redacted for display (the host's current state, the
+    /// values the clone would restore from it, and the diff). Writes nothing, anywhere.
     pub async fn preview(&self, request_id: &str, restamp: bool) -> Result<(Captured, Vec<PreviewEntry>), ReplayError> {
+        let (captured, entries) = self.preview_unredacted(request_id, restamp).await?;
+        Ok((captured, entries.into_iter().map(|e| plan::redacted_for_display(e, &self.redactor)).collect()))
+    }
+
+    /// The preview with the live values a clone sends: for building clones only, never shown.
+    async fn preview_unredacted(&self, request_id: &str, restamp: bool) -> Result<(Captured, Vec<PreviewEntry>), ReplayError> {
         let captured = self.load(request_id).await?;
         let restamp_ms = restamp.then(|| Utc::now().timestamp_millis());
         let mut entries = Vec::with_capacity(captured.mutations.len());
         for m in &captured.mutations {
-            let current = self.target.state(&m.model, &m.entity_id).await.map_err(|e| ReplayError::Host(e.to_string()))?;
+            let current = self.target.state(&m.model, &m.entity_id).await.map_err(|e| ReplayError::Host(self.redactor.redact_text(&e.to_string())))?;
             entries.push(plan::preview(m, current, restamp_ms));
         }
         Ok((captured, entries))
@@ -168,7 +190,7 @@ impl Replayer {
                 links: earlier,
             });
         }
-        let (captured, entries) = self.preview(request_id, opts.restamp).await?;
+        let (captured, entries) = self.preview_unredacted(request_id, opts.restamp).await?;
         let selected = entries.iter().filter(|e| opts.positions.as_ref().is_none_or(|p| p.contains(&e.position)));
         let versions: std::collections::HashMap<u32, u64> = captured.mutations.iter().map(|m| (m.position, m.version)).collect();
         let clones: Vec<(PreviewEntry, crate::protocol::Mutation)> = selected
@@ -204,13 +226,15 @@ impl Replayer {
         let (status, answer) = match sent {
             Ok(ok) => ok,
             Err(e) => {
+                // Transport errors can quote the target URL, userinfo included.
+                let reason = self.redactor.redact_text(&e.to_string());
                 for r in &mut rows {
                     r.status = "failed".into();
-                    r.host_reason = e.to_string();
+                    r.host_reason = reason.clone();
                     r.updated_at = answered;
                 }
                 let _ = links::write(&self.client, &rows).await;
-                return Err(ReplayError::Host(e.to_string()));
+                return Err(ReplayError::Host(reason));
             }
         };
         for r in &mut rows {

@@ -135,7 +135,7 @@ pub fn upsert(
         "INSERT INTO records (model, entity_id, data, version, updated_at_us, deleted_at_us, changed_us)
          VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)
          ON CONFLICT (model, entity_id) DO UPDATE SET
-           data = excluded.data, version = excluded.version, updated_at_us = excluded.updated_at_us,
+           data = excluded.data, version = max(records.version, excluded.version), updated_at_us = excluded.updated_at_us,
            deleted_at_us = NULL, changed_us = excluded.changed_us",
     )?
     .execute(params![model, entity_id, json, version as i64, updated_at_us, changed_us])?;
@@ -151,7 +151,7 @@ pub fn soft_delete(
     changed_us: i64,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "UPDATE records SET deleted_at_us = ?3, updated_at_us = max(updated_at_us, ?3), version = ?4, changed_us = ?5
+        "UPDATE records SET deleted_at_us = ?3, updated_at_us = max(updated_at_us, ?3), version = max(version, ?4), changed_us = ?5
          WHERE model = ?1 AND entity_id = ?2",
     )?
     .execute(params![model, entity_id, deleted_at_us, version as i64, changed_us])?;

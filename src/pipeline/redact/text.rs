@@ -1,0 +1,485 @@
+//! The value rules: credentials inside strings, and the textual scrub of bodies that did not
+//! parse as JSON (truncated by the capture size limit, malformed, form-encoded, header-like).
+//!
+//! One single-pass scanner serves both: [`Redactor::redact_str`] runs it on each string of a
+//! parsed tree, [`Redactor::redact_text`] on a whole body. It never panics, runs in linear
+//! time (times the nesting of JSON-in-JSON-strings, which is logarithmic in the input length),
+//! and when unsure redacts more rather than less. What it recognises:
+//!
+//! * `"<key>"` (sensitive, escapes decoded) then `:` or `=`: the value that follows (a quoted
+//!   string, an object or array up to its matching close, or a bare token) becomes
+//!   `"[REDACTED]"`; unterminated means up to the end.
+//! * `key=value` (forms, query strings, cookies): the value up to `&`, `;`, whitespace, `"`,
+//!   `'`, `<`, `>` or the end. Field names are percent-decoded; `user[password]` matches.
+//! * `key: value` with an unquoted key (header lines, YAML, free text): a quoted or bracketed
+//!   value as above, otherwise the rest of the line.
+//! * `Bearer <credential>`, `Basic <credential>`, `Token <credential>` anywhere, when the word
+//!   after the scheme looks like a credential (6+ token characters with a digit, a symbol
+//!   `-._~+/=`, or an upper-case letter after the first): `bearer bonds` stays.
+//! * URL userinfo passwords: `scheme://user:<password>@host` keeps the user and host.
+//! * JSON Web Tokens (`eyJ...` in three base64url segments) and PEM private key blocks.
+//! * Strings inside the text are unescaped and scanned again, so JSON or query strings
+//!   encoded inside strings are caught; such a string is re-escaped only if it changed.
+
+use std::borrow::Cow;
+
+use super::{REDACTED, Redactor};
+
+/// `REDACTED` as a JSON string literal.
+const REDACTED_JSON: &str = "\"[REDACTED]\"";
+
+/// Nesting limit for the descent into JSON embedded in JSON strings. Each level needs roughly
+/// twice the backslashes of the previous one, so real data never gets close; a string at
+/// this level is replaced whole.
+const MAX_TEXT_NESTING: usize = 16;
+
+/// Authorization schemes whose next word is a credential.
+const SCHEMES: &[&str] = &["bearer", "basic", "token"];
+
+impl Redactor {
+    /// Conservative textual scrub for bodies that are not valid JSON (module docs list what it
+    /// recognises). Text with nothing to redact comes back unchanged.
+    pub fn redact_text(&self, text: &str) -> String {
+        self.scrub(text, 0).unwrap_or_else(|| text.to_owned())
+    }
+
+    /// `is_sensitive` for an unquoted word (form field name), percent-decoding it first.
+    fn word_matches(&self, word: &str) -> bool {
+        if self.is_sensitive(word) {
+            return true;
+        }
+        if word.contains(['%', '+']) {
+            let decoded = percent_decode(word);
+            return self.is_sensitive(&decoded);
+        }
+        false
+    }
+
+    /// The scrubbed text, or `None` when nothing in it had to change.
+    pub(super) fn scrub(&self, text: &str, nesting: usize) -> Option<String> {
+        let pem = redact_pem(text);
+        let source: &str = pem.as_deref().unwrap_or(text);
+        let mut out = String::new();
+        if self.scrub_into(source, nesting, &mut out) {
+            Some(out)
+        } else {
+            pem
+        }
+    }
+
+    /// Writes the scrubbed `text` to `out` and returns true, or returns false (writing
+    /// nothing) when nothing had to change.
+    fn scrub_into(&self, text: &str, nesting: usize, out: &mut String) -> bool {
+        let b = text.as_bytes();
+        let n = b.len();
+        // Invariant: text[..emitted] has been written to `out` (possibly rewritten); nothing
+        // was rewritten while `emitted` is 0. Every index used to slice `text` points at an
+        // ASCII byte or at `n`.
+        let mut emitted = 0;
+        let mut i = 0;
+        let mut word_start: Option<usize> = None;
+        while i < n {
+            let c = b[i];
+            if is_word_byte(c) {
+                if word_start.is_none() {
+                    word_start = Some(i);
+                }
+                i += 1;
+                continue;
+            }
+            if let Some(ws) = word_start.take() {
+                let word = &text[ws..i];
+                // `Bearer <credential>`.
+                if c == b' ' && SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(word)) {
+                    let cs = skip_inline_space(b, i);
+                    let ce = credential_end(b, cs);
+                    if looks_like_credential(&b[cs..ce]) {
+                        out.push_str(&text[emitted..cs]);
+                        out.push_str(REDACTED);
+                        emitted = ce;
+                        i = ce;
+                        continue;
+                    }
+                }
+                if is_jwt(word.as_bytes()) {
+                    out.push_str(&text[emitted..ws]);
+                    out.push_str(REDACTED);
+                    emitted = i;
+                }
+                // An unquoted word ends at `i`: `word=`, `word:`, `word":` or `word':`.
+                let mut j = i;
+                let mut quoted = false;
+                if b[j] == b'"' || b[j] == b'\'' {
+                    j += 1;
+                    quoted = true;
+                }
+                j = skip_inline_space(b, j);
+                if j < n && (b[j] == b'=' || b[j] == b':') && emitted <= ws && self.word_matches(word) {
+                    let mode = match (b[j], quoted) {
+                        (b'=', _) => Mode::Form,
+                        (_, true) => Mode::Json,
+                        (_, false) => Mode::Line,
+                    };
+                    out.push_str(&text[emitted..=j]);
+                    let vstart = skip_inline_space(b, j + 1);
+                    out.push_str(&text[j + 1..vstart]);
+                    let (vend, structured) = value_extent(b, vstart, mode);
+                    out.push_str(if structured || mode == Mode::Json { REDACTED_JSON } else { REDACTED });
+                    emitted = vend;
+                    i = vend;
+                    continue;
+                }
+            }
+            // `scheme://user:password@host`.
+            if c == b':' && b[i + 1..].starts_with(b"//") {
+                if let Some((ps, pe)) = userinfo_password(b, i + 3) {
+                    out.push_str(&text[emitted..ps]);
+                    out.push_str(REDACTED);
+                    emitted = pe;
+                    i = pe;
+                } else {
+                    i += 3;
+                }
+                continue;
+            }
+            if c != b'"' {
+                i += 1;
+                continue;
+            }
+            // A JSON string token.
+            let (content_end, str_end, terminated) = scan_quoted(b, i, b'"');
+            let raw = &text[i + 1..content_end];
+            let after = skip_ws(b, str_end);
+            if terminated && after < n && (b[after] == b':' || b[after] == b'=') {
+                let key = unescape(raw);
+                if self.is_sensitive(&key) {
+                    let mode = if b[after] == b':' { Mode::Json } else { Mode::Form };
+                    out.push_str(&text[emitted..=after]);
+                    let vstart = skip_ws(b, after + 1);
+                    out.push_str(&text[after + 1..vstart]);
+                    let (vend, structured) = value_extent(b, vstart, mode);
+                    out.push_str(if structured || mode == Mode::Json { REDACTED_JSON } else { REDACTED });
+                    emitted = vend;
+                    i = vend;
+                    continue;
+                }
+            }
+            // Not a sensitive key: look inside the string for embedded secrets.
+            if !raw.is_empty() {
+                if nesting >= MAX_TEXT_NESTING {
+                    out.push_str(&text[emitted..i]);
+                    out.push_str(REDACTED_JSON);
+                    emitted = str_end;
+                } else {
+                    let content = unescape(raw);
+                    if let Some(scrubbed) = self.scrub(&content, nesting + 1) {
+                        out.push_str(&text[emitted..i]);
+                        let escaped = serde_json::to_string(&scrubbed).unwrap_or_else(|_| REDACTED_JSON.to_owned());
+                        if terminated {
+                            out.push_str(&escaped);
+                        } else {
+                            out.push_str(&escaped[..escaped.len() - 1]);
+                        }
+                        emitted = str_end;
+                    }
+                }
+            }
+            i = str_end;
+        }
+        if let Some(ws) = word_start
+            && is_jwt(&b[ws..])
+        {
+            out.push_str(&text[emitted..ws]);
+            out.push_str(REDACTED);
+            emitted = n;
+        }
+        if emitted == 0 {
+            return false;
+        }
+        out.push_str(&text[emitted..]);
+        true
+    }
+}
+
+/// Bytes of an HTTP credential (RFC 9110 token68, plus `=` padding).
+fn is_credential_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+}
+
+fn credential_end(b: &[u8], start: usize) -> usize {
+    let mut k = start;
+    while k < b.len() && is_credential_byte(b[k]) {
+        k += 1;
+    }
+    k
+}
+
+/// Whether the word after `Bearer`/`Basic`/`Token` is a credential rather than prose: at
+/// least 6 characters with a digit, a symbol, or an upper-case letter after the first.
+fn looks_like_credential(w: &[u8]) -> bool {
+    w.len() >= 6
+        && (w.iter().any(|c| c.is_ascii_digit() || !c.is_ascii_alphanumeric()) || w[1..].iter().any(u8::is_ascii_uppercase))
+}
+
+/// A JSON Web Token: `eyJ` (base64url of `{"`), three base64url segments, the first two
+/// non-empty (the signature is empty for `alg: none`).
+fn is_jwt(w: &[u8]) -> bool {
+    if w.len() < 16 || !w.starts_with(b"eyJ") {
+        return false;
+    }
+    let mut segments = w.split(|c| *c == b'.');
+    let (Some(h), Some(p), Some(s), None) = (segments.next(), segments.next(), segments.next(), segments.next()) else { return false };
+    let b64url = |seg: &[u8]| seg.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'));
+    !h.is_empty() && !p.is_empty() && b64url(h) && b64url(p) && b64url(s)
+}
+
+/// The password of a URL's userinfo (`user:password@`), for an authority starting at `start`
+/// (just after `://`): its byte range, when there is one.
+fn userinfo_password(b: &[u8], start: usize) -> Option<(usize, usize)> {
+    let mut end = start;
+    while end < b.len() && !matches!(b[end], b'/' | b'?' | b'#' | b'"' | b'\'' | b'<' | b'>' | b'\\') && !b[end].is_ascii_whitespace() {
+        end += 1;
+    }
+    let at = start + b[start..end].iter().rposition(|c| *c == b'@')?;
+    let colon = start + b[start..at].iter().position(|c| *c == b':')?;
+    (colon + 1 < at).then_some((colon + 1, at))
+}
+
+/// PEM private key blocks with their base64 body replaced; `None` when there are none.
+fn redact_pem(text: &str) -> Option<String> {
+    const BEGIN: &str = "-----BEGIN ";
+    if !text.contains("PRIVATE KEY-----") {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut changed = false;
+    while let Some(b) = rest.find(BEGIN) {
+        let Some(label_end) = rest[b + BEGIN.len()..].find("-----").map(|e| b + BEGIN.len() + e + 5) else { break };
+        let label = &rest[b + BEGIN.len()..label_end - 5];
+        out.push_str(&rest[..label_end]);
+        rest = &rest[label_end..];
+        if !label.ends_with("PRIVATE KEY") {
+            continue;
+        }
+        // The body runs to the END line, or to the end of the text when it was cut off.
+        let body_end = rest.find("-----END").unwrap_or(rest.len());
+        out.push_str(REDACTED);
+        rest = &rest[body_end..];
+        changed = true;
+    }
+    out.push_str(rest);
+    changed.then_some(out)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// After `"key":` — bare values end at `,` `}` `]` or whitespace.
+    Json,
+    /// After `key=` — bare values end at `&` `;` whitespace `"` `'` `<` `>`.
+    Form,
+    /// After unquoted `key:` — bare values run to the end of the line.
+    Line,
+}
+
+/// Bytes that can be part of an unquoted key: ASCII alphanumerics, `_ - . [ ] % +`, and any
+/// non-ASCII byte (so words always start on a character boundary after an ASCII byte).
+fn is_word_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'[' | b']' | b'%' | b'+') || c >= 0x80
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && b[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    i
+}
+
+fn skip_inline_space(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+        i += 1;
+    }
+    i
+}
+
+/// Scans a string quoted with `q` starting at `b[start] == q`, honouring backslash escapes.
+/// Returns (end of content, index after the token, terminated?). Unterminated strings run to
+/// the end of the input. Both returned indices are at an ASCII quote or at `b.len()`.
+fn scan_quoted(b: &[u8], start: usize, q: u8) -> (usize, usize, bool) {
+    let mut k = start + 1;
+    while k < b.len() {
+        match b[k] {
+            b'\\' => k += 2,
+            c if c == q => return (k, k + 1, true),
+            _ => k += 1,
+        }
+    }
+    (b.len(), b.len(), false)
+}
+
+/// `value_end`, erring towards redacting more: an unquoted value that ends in `:` or `=`
+/// swallowed the key of a following pair (`password=x__token:"v"`), so that pair's value is
+/// part of what is redacted too (found by the `redact_text` fuzz target).
+fn value_extent(b: &[u8], start: usize, mode: Mode) -> (usize, bool) {
+    let (mut end, structured) = value_end(b, start, mode);
+    if structured {
+        return (end, true);
+    }
+    while end > start && end < b.len() && matches!(b[end - 1], b':' | b'=') {
+        let (next_end, _) = value_end(b, skip_inline_space(b, end), mode);
+        if next_end <= end {
+            break;
+        }
+        end = next_end;
+    }
+    (end, false)
+}
+
+/// End of the value starting at `start`, and whether it was quoted or bracketed.
+fn value_end(b: &[u8], start: usize, mode: Mode) -> (usize, bool) {
+    let n = b.len();
+    if start >= n {
+        return (n, false);
+    }
+    match b[start] {
+        q @ (b'"' | b'\'') => (scan_quoted(b, start, q).1, true),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut k = start;
+            while k < n {
+                match b[k] {
+                    b'"' => {
+                        k = scan_quoted(b, k, b'"').1;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return (k + 1, true);
+                        }
+                    }
+                    _ => {}
+                }
+                k += 1;
+            }
+            (n, true)
+        }
+        _ => {
+            let stop: fn(u8) -> bool = match mode {
+                Mode::Json => |c| matches!(c, b',' | b'}' | b']') || c.is_ascii_whitespace(),
+                Mode::Form => |c| matches!(c, b'&' | b';' | b'"' | b'\'' | b'<' | b'>') || c.is_ascii_whitespace(),
+                Mode::Line => |c| matches!(c, b'\n' | b'\r'),
+            };
+            let mut k = start;
+            while k < n && !stop(b[k]) {
+                k += 1;
+            }
+            (k, false)
+        }
+    }
+}
+
+/// Decodes JSON string escapes. Lenient: unknown escapes keep the escaped character, bad or
+/// lone surrogates become U+FFFD, a trailing lone backslash is dropped.
+fn unescape(raw: &str) -> Cow<'_, str> {
+    if !raw.contains('\\') {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            None => {}
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('u') => {
+                let Some(hi) = read_hex4(&mut chars) else {
+                    out.push('\u{FFFD}');
+                    continue;
+                };
+                if (0xD800..0xDC00).contains(&hi) {
+                    // Expect a low surrogate as `\uXXXX`.
+                    let rest = chars.as_str();
+                    if let Some(tail) = rest.strip_prefix("\\u") {
+                        let mut t = tail.chars();
+                        if let Some(lo) = read_hex4(&mut t)
+                            && (0xDC00..0xE000).contains(&lo)
+                        {
+                            let cp = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                            out.push(char::from_u32(cp).unwrap_or('\u{FFFD}'));
+                            chars = t;
+                            continue;
+                        }
+                    }
+                    out.push('\u{FFFD}');
+                } else {
+                    out.push(char::from_u32(hi).unwrap_or('\u{FFFD}'));
+                }
+            }
+            Some(other) => out.push(other),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn read_hex4(chars: &mut std::str::Chars<'_>) -> Option<u32> {
+    let s = chars.as_str();
+    let hex = s.get(..4)?;
+    if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let v = u32::from_str_radix(hex, 16).ok()?;
+    *chars = s[4..].chars();
+    Some(v)
+}
+
+/// Percent-decodes a form field name (`+` is a space); invalid UTF-8 is replaced.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match (hex_val(b[i + 1]), hex_val(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push(h * 16 + l);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescape_and_percent_decode() {
+        assert_eq!(unescape(r#"a\"b\\c\/\n\u0041\ud83d\ude00\ud800x\u12\"#), "a\"b\\c/\nA😀\u{FFFD}x\u{FFFD}12");
+        assert_eq!(percent_decode("a%5Bb%5d+c%zz%4"), "a[b] c%zz%4");
+        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(percent_decode("%41"), "A");
+    }
+
+}
