@@ -276,10 +276,10 @@ impl tether_pro::replay::ReplayTarget for HostileTarget {
 }
 
 /// Every tag our templates emit (and the ones the HTML parser adds).
-const ALLOWED_TAGS: [&str; 44] = [
+const ALLOWED_TAGS: [&str; 45] = [
     "html", "head", "body", "meta", "title", "link", "header", "nav", "a", "form", "label", "input", "button", "main", "footer",
     "h1", "h2", "h3", "h4", "h5", "p", "section", "article", "div", "span", "strong", "code", "pre", "dl", "dt", "dd", "ul",
-    "ol", "li", "table", "thead", "tbody", "tr", "td", "th", "details", "summary", "select", "option",
+    "ol", "li", "table", "thead", "tbody", "tr", "td", "th", "details", "summary", "select", "option", "bdi",
 ];
 const ALLOWED_SVG: [&str; 6] = ["svg", "rect", "polyline", "figure", "figcaption", "title"];
 
@@ -546,7 +546,7 @@ async fn hostile_strings_in_every_rendered_field_stay_inert_in_chromium_with_and
     }
     // Diff paths of hostile keys (applied: before -> after; conflict: server -> client).
     for key in ["after key", "before key", "payload key 5", "server key"] {
-        assert!(all_dom.contains(&format!("<td class=\"path\"><code>[\"{key}:\\\"&gt;&lt;script&gt;")), "no diff row for the hostile {key}");
+        assert!(all_dom.contains(&format!("<td class=\"path\"><code><bdi>[\"{key}:\\\"&gt;&lt;script&gt;")), "no diff row for the hostile {key}");
     }
     eprintln!("{} Chromium visits, {} fields planted", urls.len(), 32);
 }

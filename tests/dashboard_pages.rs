@@ -220,7 +220,7 @@ async fn every_page_shows_known_traffic() {
     assert!(o.contains("<div class=\"label\">Mutations</div><div class=\"value\">7</div>"));
     assert_eq!(o.matches("<polyline ").count(), 2);
     assert!(o.contains(&format!("href=\"{PREFIX}/clients/{CLIENT}\"")), "top clients link to the timeline");
-    assert!(o.contains(">Task</a>"), "top models");
+    assert!(o.contains("><bdi>Task</bdi></a>"), "top models, isolated");
     assert!(o.contains("validation_failed") && o.contains("not_found"), "latest failures");
     assert!(o.contains(&format!("href=\"{PREFIX}/requests/{mixed}#m-3\"")), "latest conflict links to its request");
     assert!(o.contains("14.29%"), "1 conflict in 7 mutations");
@@ -234,10 +234,10 @@ async fn every_page_shows_known_traffic() {
     // Detail: counts, reasons, bodies, validation messages, diffs by class.
     let detail = d.ok(&format!("/requests/{mixed}")).await;
     assert!(detail.contains("The title field is required."), "validation message");
-    assert!(detail.contains("<tr class=\"changed\"><td class=\"path\"><code>title</code></td><td>changed</td><td class=\"old\"><code>&#34;Buy milk&#34;</code></td><td class=\"new\"><code>&#34;Buy oat milk&#34;</code>"));
-    assert!(detail.contains("<tr class=\"changed\"><td class=\"path\"><code>metadata.checklist[0].done</code></td><td>changed</td><td class=\"old\"><code>false</code></td><td class=\"new\"><code>true</code>"));
-    assert!(detail.contains("<tr class=\"added\"><td class=\"path\"><code>metadata.tags[1]</code>"));
-    assert!(detail.contains("<code>validation_failed</code>: 1") && detail.contains("<code>not_found</code>: 1") && detail.contains("<code>duplicate</code>: 1"));
+    assert!(detail.contains("<tr class=\"changed\"><td class=\"path\"><code><bdi>title</bdi></code></td><td>changed</td><td class=\"old\"><code><bdi>&#34;Buy milk&#34;</bdi></code></td><td class=\"new\"><code><bdi>&#34;Buy oat milk&#34;</bdi></code>"));
+    assert!(detail.contains("<tr class=\"changed\"><td class=\"path\"><code><bdi>metadata.checklist[0].done</bdi></code></td><td>changed</td><td class=\"old\"><code><bdi>false</bdi></code></td><td class=\"new\"><code><bdi>true</bdi></code>"));
+    assert!(detail.contains("<tr class=\"added\"><td class=\"path\"><code><bdi>metadata.tags[1]</bdi></code>"));
+    assert!(detail.contains("<code><bdi>validation_failed</bdi></code>: 1") && detail.contains("<code><bdi>not_found</bdi></code>: 1") && detail.contains("<code><bdi>duplicate</bdi></code>: 1"));
     assert!(detail.contains("<details>") && detail.contains("Request body") && detail.contains("Response body"));
     assert!(detail.contains("&#34;Buy oat milk&#34;"), "pretty request JSON");
     assert!(detail.contains("page 1 of 1"));
@@ -251,9 +251,9 @@ async fn every_page_shows_known_traffic() {
     let c = d.ok("/conflicts").await;
     assert!(c.contains("Server title") && c.contains("Client title"));
     assert!(c.contains("<pre class=\"json client\">") && c.contains("<pre class=\"json server\">"));
-    assert!(c.contains("<tr class=\"changed\"><td class=\"path\"><code>title</code>"));
+    assert!(c.contains("<tr class=\"changed\"><td class=\"path\"><code><bdi>title</bdi></code>"));
     assert!(c.contains(&format!("href=\"{PREFIX}/requests/{mixed}#m-3\"")));
-    assert!(c.contains(">Task</a></td><td class=\"num\">1</td>"), "per-model count");
+    assert!(c.contains("><bdi>Task</bdi></a></td><td class=\"num\">1</td>"), "per-model count");
     assert!(c.contains(&format!("<code>{CLIENT}</code></a></td><td class=\"num\">1</td>")), "per-client count");
 
     // Failures: grouped by reason x model x client, with example and drill-down.
@@ -629,4 +629,24 @@ async fn every_response_carries_the_security_headers() {
         assert!(body.contains(&format!(">{nav}</a>")));
     }
     assert!(body.contains(&format!("action=\"{PREFIX}/search\"")));
+}
+
+/// Issue 12, input 7: a client id holding U+202E (right-to-left override) and a zero-width
+/// space cannot flip or hide text on the request list, the request page or the client page:
+/// the id is isolated in `<bdi>` and the invisible characters are shown as `⟨U+XXXX⟩`.
+#[tokio::test(flavor = "current_thread")]
+async fn bidi_and_invisible_characters_in_user_text_are_isolated_and_shown() {
+    let mut e = env().await;
+    let client = "phone\u{202E}1v\u{200B}";
+    e.push(client, vec![mutation(&ulid(), &ulid(), "Task\u{202E}", "create", json!({"title": "t\u{202E}x"}), 1_000)]).await;
+    let d = e.dashboard().await;
+    let id = e.request_ids().await[0].clone();
+    let shown = "phone<span class=\"invisible\" title=\"invisible character\">⟨U+202E⟩</span>1v<span class=\"invisible\" title=\"invisible character\">⟨U+200B⟩</span>";
+    for path in ["/requests".to_owned(), format!("/requests/{id}"), format!("/clients/{}", enc(client))] {
+        let page = d.ok(&path).await;
+        assert!(!page.contains('\u{202E}') && !page.contains('\u{200B}'), "{path}: a raw override or zero-width space reached the page");
+        assert!(page.contains(&format!("<bdi>{shown}</bdi>")), "{path}: the client id is isolated and its invisible characters shown");
+    }
+    let detail = d.ok(&format!("/requests/{id}")).await;
+    assert!(detail.contains("<bdi>Task<span class=\"invisible\" title=\"invisible character\">⟨U+202E⟩</span></bdi>"), "the model too");
 }

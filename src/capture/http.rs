@@ -115,19 +115,20 @@ where
             return CaptureFuture { inner: fut, span: None, otel_cx: None, retain: 0 };
         };
         let request_id = ulid::Ulid::new().to_string();
-        let version = super::cap_identifier(req.headers().get(CLIENT_VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or(""));
-        let version = version.as_ref();
+        // Kept out of the span's fields: a log formatter or another layer would print the
+        // header unredacted. The pipeline redacts it with everything else.
+        let version = super::cap_identifier(req.headers().get(CLIENT_VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("")).into_owned();
         let span = match kind {
             RequestKind::Push => tracing::info_span!(
                 target: CAPTURE_TARGET, SPAN_PUSH,
                 otel.kind = "server", otel.name = SPAN_PUSH,
-                tether.request_id = request_id.as_str(), tether.client_version = version,
+                tether.request_id = request_id.as_str(),
                 http.request.method = "POST", url.path = PUSH_PATH, http.response.status_code = Empty,
             ),
             RequestKind::Pull => tracing::info_span!(
                 target: CAPTURE_TARGET, SPAN_PULL,
                 otel.kind = "server", otel.name = SPAN_PULL,
-                tether.request_id = request_id.as_str(), tether.client_version = version,
+                tether.request_id = request_id.as_str(),
                 http.request.method = "POST", url.path = PULL_PATH, http.response.status_code = Empty,
             ),
         };
@@ -142,6 +143,7 @@ where
         let otel_cx = OtelContext::new().with_remote_span_context(SpanContext::new(trace_id, span_id, flags, false, state));
         let path = req.uri().path().to_owned();
         with_request_data(&span, &mut |d| {
+            d.client_version.clone_from(&version);
             d.replay_of.clone_from(&replay_of);
             d.trace_id = trace_id.to_string();
             d.span_id = span_id.to_string();

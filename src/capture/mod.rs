@@ -44,9 +44,19 @@ pub const REPLAY_OF_HEADER: &str = "x-tether-replay-of";
 pub const MAX_IDENTIFIER_BYTES: usize = 256;
 
 /// `s` cut to [`MAX_IDENTIFIER_BYTES`] on a character boundary, with a marker naming its true
-/// length (`…[truncated: 1000000 bytes in all]`); borrowed when it fits.
+/// length (`…[truncated: 1000000 bytes in all]`); borrowed when it fits. Idempotent: an id
+/// capped on the request thread and capped again in the pipeline stays the same, so the two
+/// still match.
 pub fn cap_identifier(s: &str) -> Cow<'_, str> {
+    const MARKER: &str = "…[truncated: ";
     if s.len() <= MAX_IDENTIFIER_BYTES {
+        return Cow::Borrowed(s);
+    }
+    if let Some(at) = s.find(MARKER)
+        && at <= MAX_IDENTIFIER_BYTES
+        && s.len() - at <= MARKER.len() + 40
+        && s.ends_with(" bytes in all]")
+    {
         return Cow::Borrowed(s);
     }
     let mut end = MAX_IDENTIFIER_BYTES;

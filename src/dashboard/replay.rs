@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::DashboardState;
+// Template filters (`|user`, `|user_block`) are looked up here by the generated code.
+use super::pages::text::filters;
 use super::pages::views::{DiffView, Nav, diff_view};
 use crate::replay::{ApplyOptions, LinkRow, PreviewEntry, ReplayError, Replayer};
 

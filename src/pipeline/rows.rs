@@ -175,19 +175,24 @@ fn capped(text: String, s: &RowSettings) -> String {
 /// `"model": {"password": ...}`, is stored as its redacted JSON text).
 fn str_field(v: &Value, key: &str, r: &Redactor) -> String {
     match v.get(key) {
-        Some(Value::String(s)) => {
-            let capped = cap_identifier(s);
-            match r.redact_str(&capped) {
-                Some(redacted) => redacted,
-                None => capped.into_owned(),
-            }
-        }
+        Some(Value::String(s)) => identifier(s, r),
         Some(Value::Null) | None => String::new(),
         Some(other) => {
             let mut other = other.clone();
             r.redact_value(&mut other);
             cap_identifier(&json_text(&other)).into_owned()
         }
+    }
+}
+
+/// An identifier as column text: capped, then redacted. Every id that is matched against
+/// another (mutation ids in the request, the response and the reported states) goes through
+/// this, so capped ids still match.
+fn identifier(s: &str, r: &Redactor) -> String {
+    let capped = cap_identifier(s);
+    match r.redact_str(&capped) {
+        Some(redacted) => redacted,
+        None => capped.into_owned(),
     }
 }
 
@@ -207,7 +212,7 @@ fn verdicts(resp: &Value, redactor: &Redactor) -> HashMap<String, VecDeque<Verdi
     let mut map: HashMap<String, VecDeque<Verdict>> = HashMap::new();
     if let Some(applied) = resp.get("applied").and_then(Value::as_array) {
         for id in applied.iter().filter_map(Value::as_str) {
-            map.entry(id.to_owned()).or_default().push_back(Verdict {
+            map.entry(identifier(id, redactor)).or_default().push_back(Verdict {
                 outcome: mutation_outcome::APPLIED,
                 reason: String::new(),
                 data: None,
@@ -327,9 +332,9 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
             (Some(v), true) => verdicts(v, &s.redactor),
             _ => HashMap::new(),
         };
-        let mut states: HashMap<&str, VecDeque<&MutationState>> = HashMap::new();
+        let mut states: HashMap<String, VecDeque<&MutationState>> = HashMap::new();
         for st in &rec.states {
-            states.entry(st.mutation_id.as_str()).or_default().push_back(st);
+            states.entry(identifier(&st.mutation_id, &s.redactor)).or_default().push_back(st);
         }
         let empty = Vec::new();
         let list = req.as_ref().and_then(|v| v.get("mutations")).and_then(Value::as_array).unwrap_or(&empty);
@@ -355,7 +360,7 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
                 *reasons.entry(verdict.reason.clone()).or_default() += 1;
             }
             let payload = m.get("payload").and_then(Value::as_object);
-            let state = states.get_mut(mutation_id.as_str()).and_then(VecDeque::pop_front);
+            let state = states.get_mut(&mutation_id).and_then(VecDeque::pop_front);
             let has_state = state.is_some();
             let mut before = state.and_then(|st| st.before.clone()).and_then(|v| state_object(v, &entity_id));
             let after = state.and_then(|st| st.after.clone()).and_then(|v| state_object(v, &entity_id));
@@ -477,5 +482,74 @@ mod tests {
         for secret in ["tk_client_0123", "123_cvv_0123", "pw_model_0123", "op_secret_0123", "ak_reason_0123"] {
             assert!(!all.contains(secret), "{secret} stored: {all}");
         }
+    }
+
+    fn push_record(req: &str, resp: &str, states: Vec<MutationState>) -> CaptureRecord {
+        CaptureRecord {
+            request_id: "r".into(),
+            kind: RequestKind::Push,
+            started_at: Default::default(),
+            duration: std::time::Duration::ZERO,
+            http_status: 200,
+            client_version: "v".repeat(5000),
+            request_body: body(req),
+            response_body: body(resp),
+            states,
+            trace_id: String::new(),
+            span_id: String::new(),
+            parent: None,
+            path: "/tether/push".into(),
+            replay_of: String::new(),
+            error: None,
+        }
+    }
+
+    /// Issue 12, input 6: a megabyte where an id belongs is cut to 256 bytes with its true
+    /// length before it is copied into any row, and capped ids still match their verdicts
+    /// and reported states.
+    #[test]
+    fn oversized_identifiers_are_capped_and_still_match() {
+        let client = "c".repeat(1_000_000);
+        let mid = format!("m{}", "é".repeat(400));
+        let model = "M".repeat(300);
+        let req = serde_json::json!({"client_id": client, "mutations": [
+            {"mutation_id": mid, "entity_id": "e".repeat(999), "model": model, "operation": "o".repeat(257), "payload": {"a": 1}, "version": 1, "timestamp": 1}
+        ]})
+        .to_string();
+        let resp = serde_json::json!({"applied": [mid]}).to_string();
+        let state = MutationState { mutation_id: crate::capture::cap_identifier(&mid).into_owned(), before: None, after: Some(StateValue::Json("{\"a\":1}".into())) };
+        let rows = build(&push_record(&req, &resp, vec![state]), &RowSettings { redactor: Redactor::default(), body_cap_bytes: 65536 });
+        let m = &rows.mutations[0];
+        let capped = |s: &str, len: usize| {
+            let (head, tail) = s.split_once('…').unwrap_or((s, ""));
+            assert!(head.len() <= crate::capture::MAX_IDENTIFIER_BYTES, "{} bytes kept", head.len());
+            assert_eq!(tail, format!("[truncated: {len} bytes in all]"));
+        };
+        capped(&rows.request.client_id, 1_000_000);
+        capped(&m.client_id, 1_000_000);
+        capped(&rows.request.client_version, 5000);
+        capped(&m.mutation_id, mid.len());
+        capped(&m.entity_id, 999);
+        capped(&m.model, 300);
+        capped(&m.operation, 257);
+        assert_eq!(m.outcome, mutation_outcome::APPLIED, "the capped id still finds its verdict");
+        assert!(m.has_state, "and its reported state");
+        assert!(m.mutation_id.starts_with('m') && m.mutation_id.is_char_boundary(m.mutation_id.find('…').unwrap()));
+    }
+
+    #[test]
+    fn credentials_in_identifiers_and_paths_inside_payloads() {
+        let req = r#"{"client_id":"dev Bearer abc123def456","mutations":[{"mutation_id":"m1","entity_id":"e","model":"Task","operation":"create",
+            "payload":{"title":"t","notes":"Authorization: Bearer FAKE-A","metadata":{"callback":"https://example.test/cb?access_token=FAKE-B&x=1","token":"FAKE-T"}},"version":1,"timestamp":1}]}"#;
+        let rows = build(&push_record(req, r#"{"applied":["m1"]}"#, Vec::new()), &RowSettings { redactor: Redactor::default(), body_cap_bytes: 65536 });
+        let m = &rows.mutations[0];
+        assert_eq!(rows.request.client_id, "dev Bearer [REDACTED]");
+        assert_eq!(m.redacted_paths, ["/metadata/callback", "/metadata/token", "/notes"]);
+        assert!(m.redacted_paths_recorded);
+        let all = format!("{rows:?}");
+        for secret in ["abc123def456", "FAKE-A", "FAKE-B", "FAKE-T"] {
+            assert!(!all.contains(secret), "{secret} stored: {all}");
+        }
+        assert!(m.payload.contains("x=1") && m.payload.contains("example.test"), "{}", m.payload);
     }
 }

@@ -49,6 +49,25 @@ pub struct Telemetry {
     pub(crate) instruments: Option<Arc<Instruments>>,
     meter_provider: Option<SdkMeterProvider>,
     stats: Arc<TelemetryStats>,
+    /// Longest string attribute value exported, in characters (see
+    /// [`attribute_value_length_limit`]); `None` until a provider is set.
+    pub(crate) attribute_value_length_limit: Option<usize>,
+}
+
+/// Longest string attribute value exported when the environment sets none, in characters. The
+/// OpenTelemetry specification's default is no limit, and the Rust SDK (0.33) applies no limit
+/// at all; a client id of a megabyte must not become a megabyte span attribute.
+pub const DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT: usize = 4096;
+
+/// The attribute value length limit from the SDK environment variables of the
+/// specification: `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`, else
+/// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`, else [`DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT`]. A value
+/// that is not a non-negative integer is ignored (with the default used), as the spec asks.
+pub fn attribute_value_length_limit() -> usize {
+    ["OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"]
+        .iter()
+        .find_map(|name| env(name).and_then(|v| v.trim().parse::<usize>().ok()))
+        .unwrap_or(DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT)
 }
 
 impl Telemetry {
@@ -65,6 +84,7 @@ impl Telemetry {
             instruments: meter.map(|m| Arc::new(Instruments::new(m))),
             meter_provider: meter.cloned(),
             stats: Arc::new(TelemetryStats::default()),
+            attribute_value_length_limit: Some(attribute_value_length_limit()),
         }
     }
 

@@ -17,6 +17,18 @@ pub const MAX_MUTATION_EVENTS: usize = 128;
 /// Reasons reported as themselves; anything else a host invents is `other`.
 const KNOWN_REASONS: &[&str] = &["validation_failed", "error", "not_found", "duplicate", "conflict", ""];
 
+/// `kv` with a string value cut to `limit` characters (the OpenTelemetry attribute limit rule:
+/// strings are truncated, other types kept).
+fn limited(kv: KeyValue, limit: usize) -> KeyValue {
+    match &kv.value {
+        opentelemetry::Value::String(s) if s.as_str().len() > limit => match s.as_str().char_indices().nth(limit) {
+            Some((cut, _)) => KeyValue::new(kv.key, s.as_str()[..cut].to_owned()),
+            None => kv,
+        },
+        _ => kv,
+    }
+}
+
 fn bounded_reason(reason: &str) -> &str {
     if KNOWN_REASONS.contains(&reason) { reason } else { "other" }
 }
@@ -105,7 +117,7 @@ impl Telemetry {
             KeyValue::new("tether.request_id", rec.request_id.clone()),
             KeyValue::new("tether.kind", rec.kind.as_str()),
             KeyValue::new("tether.client_id", r.client_id.clone()),
-            KeyValue::new("tether.client_version", rec.client_version.clone()),
+            KeyValue::new("tether.client_version", r.client_version.clone()),
             KeyValue::new("tether.outcome", r.outcome.clone()),
         ];
         if push {
@@ -127,6 +139,8 @@ impl Telemetry {
             let kind = if rec.http_status == 0 || rec.error.is_some() { "transport".to_owned() } else { rec.http_status.to_string() };
             attrs.push(KeyValue::new("error.type", kind));
         }
+        let limit = self.attribute_value_length_limit.unwrap_or(super::DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT);
+        let attrs: Vec<KeyValue> = attrs.into_iter().map(|kv| limited(kv, limit)).collect();
         let start: SystemTime = rec.started_at.into();
         let parent = match &rec.parent {
             Some(sc) => Context::new().with_remote_span_context(sc.clone()),
@@ -141,18 +155,34 @@ impl Telemetry {
             span.add_event_with_timestamp(
                 "tether.mutation",
                 start,
-                vec![
+                [
                     KeyValue::new("tether.mutation_id", m.mutation_id.clone()),
                     KeyValue::new("tether.model", m.model.clone()),
                     KeyValue::new("tether.operation", m.operation.clone()),
                     KeyValue::new("tether.outcome", m.outcome.clone()),
                     KeyValue::new("tether.reason", m.reason.clone()),
-                ],
+                ]
+                .into_iter()
+                .map(|kv| limited(kv, limit))
+                .collect(),
             );
         }
         if failed {
             span.set_status(Status::error(format!("HTTP {}", rec.http_status)));
         }
         span.end_with_timestamp(start + rec.duration);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_attributes_are_cut_to_the_limit_in_characters() {
+        let kv = limited(KeyValue::new("k", "é".repeat(10)), 4);
+        assert_eq!(kv.value.as_str(), "éééé");
+        assert_eq!(limited(KeyValue::new("k", "short"), 4096).value.as_str(), "short");
+        assert_eq!(limited(KeyValue::new("k", 12345_i64), 2).value, opentelemetry::Value::I64(12345));
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod queries;
 mod svg;
+pub mod text;
 pub mod views;
 
 use askama::Template;

@@ -1,6 +1,8 @@
 //! What the templates show: askama templates (auto-escaped HTML) over plain view data, and
 //! the formatting that turns rows into it. Nothing here queries.
 
+// Template filters (`|user`, `|user_block`) are looked up here by the generated code.
+use super::text::filters;
 use askama::Template;
 use chrono::{DateTime, Utc};
 use serde_json::Value;

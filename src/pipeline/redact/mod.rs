@@ -77,6 +77,9 @@ pub fn json_pointer(path: &[PathRef<'_>]) -> String {
     out
 }
 
+/// Called with the path of each value redaction changed.
+pub type OnRedacted<'f> = dyn FnMut(&[PathRef<'_>]) + 'f;
+
 /// Decides what is sensitive and removes it. Cheap to clone (configured keys only).
 #[derive(Debug, Clone)]
 pub struct Redactor {
@@ -126,7 +129,7 @@ impl Redactor {
 
     /// [`Self::redact_value`], calling `on_redacted` with the path of every value that changed
     /// (replaced whole, or a string whose credentials were cut out).
-    pub fn redact_value_recording(&self, v: &mut Value, on_redacted: &mut dyn FnMut(&[PathRef<'_>])) -> usize {
+    pub fn redact_value_recording(&self, v: &mut Value, on_redacted: &mut OnRedacted<'_>) -> usize {
         self.walk(v, Some(on_redacted))
     }
 
@@ -140,14 +143,14 @@ impl Redactor {
         self.scrub(&s, 0).unwrap_or(s)
     }
 
-    fn walk(&self, root: &mut Value, mut on: Option<&mut dyn FnMut(&[PathRef<'_>])>) -> usize {
+    fn walk(&self, root: &mut Value, mut on: Option<&mut OnRedacted<'_>>) -> usize {
         /// A container or string on the way down: its parent node and its step from there.
         struct Node<'a> {
             parent: usize,
             step: PathRef<'a>,
         }
         const ROOT: usize = usize::MAX;
-        fn report<'a>(nodes: &[Node<'a>], mut node: usize, last: Option<PathRef<'a>>, on: &mut dyn FnMut(&[PathRef<'_>])) {
+        fn report<'a>(nodes: &[Node<'a>], mut node: usize, last: Option<PathRef<'a>>, on: &mut OnRedacted<'_>) {
             let mut path: Vec<PathRef<'a>> = last.into_iter().collect();
             while node != ROOT {
                 path.push(nodes[node].step);
