@@ -392,6 +392,25 @@ mod tests {
         });
     }
 
+    /// Issue 12, input 3: one extra key used to replace the whole default list.
+    #[test]
+    fn configured_redact_keys_extend_the_defaults_and_removal_is_explicit() {
+        Jail::expect_with(|jail| {
+            jail.create_file("t.toml", "[capture]\nredact_keys = [\"pin\"]\n")?;
+            let c = Config::load(Some(Path::new("t.toml"))).map_err(|e| e.to_string())?;
+            let r = c.capture.redactor();
+            assert!(r.is_sensitive("pin") && r.is_sensitive("password") && r.is_sensitive("api_key"));
+            jail.create_file("u.toml", "[capture]\nredact_keys_disabled = [\"session\"]\n")?;
+            let c = Config::load(Some(Path::new("u.toml"))).map_err(|e| e.to_string())?;
+            assert!(!c.capture.redactor().is_sensitive("session") && c.capture.redactor().is_sensitive("password"));
+            jail.create_file("v.toml", "[capture]\nredact_keys_disabled = [\"pasword\"]\n")?;
+            let c = Config::load(Some(Path::new("v.toml"))).map_err(|e| e.to_string())?;
+            let err = c.capture.validate().expect_err("a typo in a removal is refused at start").to_string();
+            assert!(err.contains("pasword") && err.contains("not a default key"), "{err}");
+            Ok(())
+        });
+    }
+
     #[test]
     fn unknown_keys_are_rejected() {
         Jail::expect_with(|jail| {
