@@ -404,8 +404,7 @@ mod tests {
             let c = Config::load(Some(Path::new("u.toml"))).map_err(|e| e.to_string())?;
             assert!(!c.capture.redactor().is_sensitive("session") && c.capture.redactor().is_sensitive("password"));
             jail.create_file("v.toml", "[capture]\nredact_keys_disabled = [\"pasword\"]\n")?;
-            let c = Config::load(Some(Path::new("v.toml"))).map_err(|e| e.to_string())?;
-            let err = c.capture.validate().expect_err("a typo in a removal is refused at start").to_string();
+            let err = Config::load(Some(Path::new("v.toml"))).map(|_| ()).expect_err("a typo in a removal is refused at start").to_string();
             assert!(err.contains("pasword") && err.contains("not a default key"), "{err}");
             Ok(())
         });
