@@ -254,7 +254,7 @@ async fn every_page_shows_known_traffic() {
     assert!(c.contains("<tr class=\"changed\"><td class=\"path\"><code><bdi>title</bdi></code>"));
     assert!(c.contains(&format!("href=\"{PREFIX}/requests/{mixed}#m-3\"")));
     assert!(c.contains("><bdi>Task</bdi></a></td><td class=\"num\">1</td>"), "per-model count");
-    assert!(c.contains(&format!("<code>{CLIENT}</code></a></td><td class=\"num\">1</td>")), "per-client count");
+    assert!(c.contains(&format!("<code><bdi>{CLIENT}</bdi></code></a></td><td class=\"num\">1</td>")), "per-client count");
 
     // Failures: grouped by reason x model x client, with example and drill-down.
     let f = d.ok("/failures").await;

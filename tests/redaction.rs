@@ -6,15 +6,16 @@
 //! surface, while the ordinary text around them stays readable.
 
 mod common;
+#[path = "common/child_server.rs"]
+mod child_server;
 #[path = "common/otlp_receiver.rs"]
 mod otlp_receiver;
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use child_server::{ChildServer, closed_port_url};
 use otlp_receiver::{OtlpReceiver, Protocol};
 use serde_json::{Value, json};
 use tether_pro::dashboard::{DashboardState, mount, replay::ReplayState};
@@ -40,75 +41,19 @@ fn payloads() -> Vec<Value> {
     ]
 }
 
-struct Server {
-    child: Child,
-    base: String,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Server {
-    fn start(clickhouse_url: &str, database: &str, spool: &Path, env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether-pro"));
-        cmd.args(["sync-server", "--listen", "127.0.0.1:0", "--db", ":memory:", "--capture"])
-            .env("CLICKHOUSE_URL", clickhouse_url)
-            .env("TETHER_PRO_CLICKHOUSE__DATABASE", database)
-            .env("TETHER_PRO_CAPTURE__REDACT_KEYS", format!("[{EXTRA_KEY}]"))
-            .env("TETHER_PRO_CAPTURE__BATCH_INTERVAL_MS", "20")
-            .env("TETHER_PRO_CAPTURE__FLUSH_TIMEOUT_MS", "1500")
-            .env("TETHER_PRO_CAPTURE__SPOOL__ENABLED", "true")
-            .env("TETHER_PRO_CAPTURE__SPOOL__DIR", spool)
-            .env("RUST_LOG", "trace")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("OTEL_") {
-                cmd.env_remove(k);
-            }
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start tether-pro sync-server");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (sink, mut err) = (stderr.clone(), child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("reference Tether sync server on ") {
-                    let _ = tx.send(url.to_owned());
-                }
-            }
-        });
-        let base = rx.recv_timeout(Duration::from_secs(60)).expect("the sync server printed its address");
-        Server { child, base, stderr }
-    }
-
-    /// SIGTERM, then what it wrote on stderr.
-    fn terminate(mut self) -> String {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "graceful shutdown failed: {status}");
-        std::thread::sleep(Duration::from_millis(200));
-        self.stderr.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The server with capture, the extra key, the spool on and a trace-level log on stderr.
+fn start_server(clickhouse_url: &str, database: &str, spool: &Path, env: &[(&str, &str)]) -> ChildServer {
+    let keys = format!("[{EXTRA_KEY}]");
+    let mut all = vec![
+        ("TETHER_PRO_CAPTURE__REDACT_KEYS", keys.as_str()),
+        ("TETHER_PRO_CAPTURE__BATCH_INTERVAL_MS", "20"),
+        ("TETHER_PRO_CAPTURE__FLUSH_TIMEOUT_MS", "1500"),
+        ("TETHER_PRO_CAPTURE__SPOOL__ENABLED", "true"),
+        ("TETHER_PRO_CAPTURE__SPOOL__DIR", spool.to_str().unwrap()),
+        ("RUST_LOG", "trace"),
+    ];
+    all.extend_from_slice(env);
+    ChildServer::start(clickhouse_url, database, &all, true)
 }
 
 /// Sends the planted pushes: creates, a conflicting update (the host answers with its stored
@@ -194,7 +139,7 @@ async fn no_planted_secret_reaches_clickhouse_otlp_stderr_pages_or_json_routes()
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "64"),
     ];
-    let server = Server::start(&ch.url, &ch.database, spool.path(), &otel);
+    let server = start_server(&ch.url, &ch.database, spool.path(), &otel);
     let sent = push_everything(&server.base).await;
     wait_for(&ch, sent as u64).await;
 
@@ -297,11 +242,7 @@ async fn no_planted_secret_reaches_the_spool() {
     ch.migrate().await;
     let spool = tempfile::tempdir().unwrap();
     // ClickHouse away: a graceful stop moves everything to the spool.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", l.local_addr().unwrap())
-    };
-    let server = Server::start(&closed, &ch.database, spool.path(), &[]);
+    let server = start_server(&closed_port_url(), &ch.database, spool.path(), &[]);
     push_everything(&server.base).await;
     let stderr = server.terminate();
     let mut files = 0;

@@ -4,88 +4,35 @@
 //! ClickHouse away keeps everything on disk; the spool's size and age reach the OTLP metrics.
 
 mod common;
+#[path = "common/child_server.rs"]
+mod child_server;
 #[path = "common/otlp_receiver.rs"]
 mod otlp_receiver;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use child_server::{ChildServer, closed_port_url};
 use otlp_receiver::{OtlpReceiver, Protocol};
 use serde_json::{Value, json};
 use tether_pro::pipeline::SpooledBatch;
 
 const MUTATIONS_PER_PUSH: usize = 3;
 
-/// The instrumented reference server in a child process.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(clickhouse_url: &str, database: &str, spool: &Path, env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether-pro"));
-        cmd.args(["sync-server", "--listen", "127.0.0.1:0", "--db", ":memory:", "--capture"])
-            .env("CLICKHOUSE_URL", clickhouse_url)
-            .env("TETHER_PRO_CLICKHOUSE__DATABASE", database)
-            .env("TETHER_PRO_CAPTURE__SPOOL__ENABLED", "true")
-            .env("TETHER_PRO_CAPTURE__SPOOL__DIR", spool)
-            // Small batches and a quick cycle, so a few dozen pushes overflow the memory buffer.
-            .env("TETHER_PRO_CAPTURE__BATCH_ROWS", "12")
-            .env("TETHER_PRO_CAPTURE__BATCH_INTERVAL_MS", "20")
-            .env("TETHER_PRO_CAPTURE__FLUSH_TIMEOUT_MS", "1500")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("OTEL_") {
-                cmd.env_remove(k);
-            }
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start tether-pro sync-server");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("reference Tether sync server on ") {
-                    let _ = tx.send(url.to_owned());
-                }
-            }
-        });
-        let base = rx.recv_timeout(Duration::from_secs(60)).expect("the sync server printed its address");
-        Server { child, base }
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-
-    fn terminate(mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "graceful shutdown failed: {status}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn closed_port_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    drop(l);
-    format!("http://127.0.0.1:{port}")
+/// The server with the spool on, small batches and a quick cycle, so a few dozen pushes
+/// overflow the memory buffer.
+fn start_server(clickhouse_url: &str, database: &str, spool: &Path, env: &[(&str, &str)]) -> ChildServer {
+    let dir = spool.to_str().unwrap();
+    let mut all = vec![
+        ("TETHER_PRO_CAPTURE__SPOOL__ENABLED", "true"),
+        ("TETHER_PRO_CAPTURE__SPOOL__DIR", dir),
+        ("TETHER_PRO_CAPTURE__BATCH_ROWS", "12"),
+        ("TETHER_PRO_CAPTURE__BATCH_INTERVAL_MS", "20"),
+        ("TETHER_PRO_CAPTURE__FLUSH_TIMEOUT_MS", "1500"),
+    ];
+    all.extend_from_slice(env);
+    ChildServer::start(clickhouse_url, database, &all, false)
 }
 
 /// Sends `n` pushes of fresh creates and checks every answer applied all of them.
@@ -237,7 +184,7 @@ async fn spooled_batches_survive_kill_9_and_arrive_exactly_once_after_restart() 
     let otel = metrics_to(&receiver);
 
     // 1. ClickHouse away: 60 pushes (4 rows each; 3 records a batch; 6 batches fit in memory).
-    let down = Server::start(&closed_port_url(), &ch.database, spool.path(), &otel);
+    let down = start_server(&closed_port_url(), &ch.database, spool.path(), &otel);
     push_all(&down.base, "killed", 60).await;
     let spooled = settled(spool.path()).await;
     assert!(spooled.len() >= 60 - 5 * 3 - 3, "only {} of 60 records reached the disk", spooled.len());
@@ -260,7 +207,7 @@ async fn spooled_batches_survive_kill_9_and_arrive_exactly_once_after_restart() 
     assert_eq!(spooled_request_ids(spool.path()), spooled, "the spool changed across kill -9");
 
     // 3. Restart with ClickHouse there: every spooled record arrives, exactly once.
-    let up = Server::start(&ch.url, &ch.database, spool.path(), &[]);
+    let up = start_server(&ch.url, &ch.database, spool.path(), &[]);
     drained(spool.path()).await;
     let arrived = request_ids_in_clickhouse(&ch).await;
     assert_eq!(arrived.len(), spooled.len(), "duplicates or extras");
@@ -277,13 +224,13 @@ async fn a_graceful_stop_with_clickhouse_away_keeps_every_record_on_disk() {
     ch.migrate().await;
     let spool = tempfile::tempdir().unwrap();
 
-    let down = Server::start(&closed_port_url(), &ch.database, spool.path(), &[]);
+    let down = start_server(&closed_port_url(), &ch.database, spool.path(), &[]);
     push_all(&down.base, "stopped", 40).await;
     // SIGTERM: the pipeline gives up on ClickHouse at the flush deadline and spools the rest.
     down.terminate();
     assert_eq!(spooled_request_ids(spool.path()).len(), 40, "a graceful stop lost records");
 
-    let up = Server::start(&ch.url, &ch.database, spool.path(), &[]);
+    let up = start_server(&ch.url, &ch.database, spool.path(), &[]);
     drained(spool.path()).await;
     let arrived = request_ids_in_clickhouse(&ch).await;
     assert_eq!(arrived.len(), 40);
@@ -303,7 +250,7 @@ async fn beyond_the_disk_cap_the_drop_count_is_exact() {
     let mut env = metrics_to(&receiver);
     // 1 MiB of disk: about forty of these 24 KB records.
     env.push(("TETHER_PRO_CAPTURE__SPOOL__MAX_BYTES", "1048576"));
-    let down = Server::start(&closed_port_url(), &ch.database, spool.path(), &env);
+    let down = start_server(&closed_port_url(), &ch.database, spool.path(), &env);
     let pushes = 120;
     push_sized(&down.base, "capped", pushes, 4000).await;
     // A graceful stop accounts for every record: on disk, or counted as dropped at the spool.

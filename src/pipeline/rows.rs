@@ -456,23 +456,8 @@ mod tests {
         let req = r#"{"client_id":{"token":"tk_client_0123"},"mutations":[{"mutation_id":"m1","entity_id":["e",{"cvv":"123_cvv_0123"}],
             "model":{"password":"pw_model_0123"},"operation":{"secret":"op_secret_0123"},"payload":{},"version":1,"timestamp":1}]}"#;
         let resp = r#"{"rejected":[{"mutation_id":"m1","reason":{"api_key":"ak_reason_0123"}}]}"#;
-        let rec = CaptureRecord {
-            request_id: "r".into(),
-            kind: RequestKind::Push,
-            started_at: Default::default(),
-            duration: std::time::Duration::ZERO,
-            http_status: 200,
-            client_version: String::new(),
-            request_body: body(req),
-            response_body: body(resp),
-            states: Vec::new(),
-            trace_id: String::new(),
-            span_id: String::new(),
-            parent: None,
-            path: "/tether/push".into(),
-            replay_of: String::new(),
-            error: None,
-        };
+        let mut rec = push_record(req, resp, Vec::new());
+        rec.client_version = String::new();
         let rows = build(&rec, &RowSettings { redactor: Redactor::default(), body_cap_bytes: 65536 });
         let m = &rows.mutations[0];
         assert_eq!(m.model, r#"{"password":"[REDACTED]"}"#);

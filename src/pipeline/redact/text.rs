@@ -57,6 +57,9 @@ impl Redactor {
 
     /// The scrubbed text, or `None` when nothing in it had to change.
     pub(super) fn scrub(&self, text: &str, nesting: usize) -> Option<String> {
+        if !may_hold_credential(text.as_bytes()) {
+            return None;
+        }
         let pem = redact_pem(text);
         let source: &str = pem.as_deref().unwrap_or(text);
         let mut out = String::new();
@@ -199,6 +202,25 @@ impl Redactor {
         out.push_str(&text[emitted..]);
         true
     }
+}
+
+/// Whether any rule could match: every rule needs `:`, `=`, a quote or an escape, except
+/// `Bearer|Basic|Token <credential>` (a scheme word before a space), JWTs (`eyJ`) and PEM
+/// blocks (`PRIVATE KEY`). Most strings (titles, names, ids, blobs) have none of these, and
+/// this check runs at memory speed (memchr), so they cost next to nothing.
+fn may_hold_credential(b: &[u8]) -> bool {
+    if memchr::memchr3(b':', b'=', b'"', b).is_some() || memchr::memchr(b'\\', b).is_some() {
+        return true;
+    }
+    if memchr::memmem::find(b, b"eyJ").is_some() || memchr::memmem::find(b, b"PRIVATE KEY").is_some() {
+        return true;
+    }
+    memchr::memchr_iter(b' ', b).any(|space| {
+        SCHEMES.iter().any(|s| {
+            let n = s.len();
+            space >= n && s.as_bytes().eq_ignore_ascii_case(&b[space - n..space]) && (space == n || !is_word_byte(b[space - n - 1]))
+        })
+    })
 }
 
 /// Bytes of an HTTP credential (RFC 9110 token68, plus `=` padding).
