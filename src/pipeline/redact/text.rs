@@ -104,10 +104,12 @@ impl Redactor {
                         continue;
                     }
                 }
-                if is_jwt(word.as_bytes()) {
+                // A token that ends a sentence keeps its full stop.
+                let token = word.trim_end_matches('.');
+                if is_jwt(token.as_bytes()) {
                     out.push_str(&text[emitted..ws]);
                     out.push_str(REDACTED);
-                    emitted = i;
+                    emitted = ws + token.len();
                 }
                 // An unquoted word ends at `i`: `word=`, `word:`, `word":` or `word':`.
                 let mut j = i;
@@ -189,12 +191,13 @@ impl Redactor {
             }
             i = str_end;
         }
-        if let Some(ws) = word_start
-            && is_jwt(&b[ws..])
-        {
-            out.push_str(&text[emitted..ws]);
-            out.push_str(REDACTED);
-            emitted = n;
+        if let Some(ws) = word_start {
+            let token = text[ws..].trim_end_matches('.');
+            if is_jwt(token.as_bytes()) {
+                out.push_str(&text[emitted..ws]);
+                out.push_str(REDACTED);
+                emitted = ws + token.len();
+            }
         }
         if emitted == 0 {
             return false;
@@ -277,8 +280,16 @@ fn redact_pem(text: &str) -> Option<String> {
     let mut rest = text;
     let mut changed = false;
     while let Some(b) = rest.find(BEGIN) {
-        let Some(label_end) = rest[b + BEGIN.len()..].find("-----").map(|e| b + BEGIN.len() + e + 5) else { break };
-        let label = &rest[b + BEGIN.len()..label_end - 5];
+        let after = b + BEGIN.len();
+        let label_end = rest[after..].find("-----").map(|e| after + e + 5);
+        let label = label_end.map(|e| &rest[after..e - 5]);
+        // A BEGIN line that is not closed on its own line (cut, or garbled) is skipped, so
+        // it cannot swallow the BEGIN line of the block after it (found by fuzzing).
+        let (Some(label_end), Some(label)) = (label_end, label.filter(|l| !l.contains(['\n', '\r']) && !l.contains("BEGIN"))) else {
+            out.push_str(&rest[..after]);
+            rest = &rest[after..];
+            continue;
+        };
         out.push_str(&rest[..label_end]);
         rest = &rest[label_end..];
         if !label.ends_with("PRIVATE KEY") {
@@ -346,6 +357,15 @@ fn value_extent(b: &[u8], start: usize, mode: Mode) -> (usize, bool) {
     let (mut end, structured) = value_end(b, start, mode);
     if structured {
         return (end, true);
+    }
+    // `authorization=Bearer <credential>`: the bare value is the scheme word, and the
+    // credential after the space belongs to it (found by the redact_values fuzz target).
+    if end < b.len() && b[end] == b' ' && SCHEMES.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(&b[start..end])) {
+        let cs = skip_inline_space(b, end);
+        let ce = credential_end(b, cs);
+        if ce > cs {
+            end = ce;
+        }
     }
     while end > start && end < b.len() && matches!(b[end - 1], b':' | b'=') {
         let (next_end, _) = value_end(b, skip_inline_space(b, end), mode);
@@ -495,6 +515,21 @@ fn hex_val(c: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the redact_values fuzz target: a scheme word as a pair's bare value, a JWT at
+    /// the end of a sentence, and a PEM block after an unclosed BEGIN line kept the secret.
+    #[test]
+    fn gaps_found_by_fuzzing() {
+        let r = Redactor::default();
+        for (input, expected) in [
+            ("authorization=Bearer sEcr3t-9 rest", "authorization=[REDACTED] rest"),
+            ("{\"password\":Bearer sEcr3t-9, \"x\": 1}", "{\"password\":\"[REDACTED]\", \"x\": 1}"),
+            ("see eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnX3NFY3IzdA.", "see [REDACTED]."),
+            ("-----BEGIN junk\n-----BEGIN PRIVATE KEY-----\nsEcr3t\n-----END PRIVATE KEY-----", "-----BEGIN junk\n-----BEGIN PRIVATE KEY-----[REDACTED]-----END PRIVATE KEY-----"),
+        ] {
+            assert_eq!(r.redact_text(input), expected, "{input:?}");
+        }
+    }
 
     #[test]
     fn unescape_and_percent_decode() {
