@@ -32,6 +32,9 @@ async fn main() -> anyhow::Result<()> {
                 "database {}: applied {:?}, already applied {:?}",
                 config.clickhouse.database, report.applied, report.already_applied
             );
+            // The drift itself is on stderr (migrate reports each column); the exit status
+            // tells scripts and `docker compose` that the schema needs fixing.
+            anyhow::ensure!(report.drift.is_empty(), "schema drift in database {}: {}", config.clickhouse.database, report.drift.join("; "));
             Ok(())
         }
         Command::Serve(args) => {

@@ -49,12 +49,30 @@ pub struct ClickHouseWriter {
     client: clickhouse::Client,
     min_backoff: Duration,
     max_backoff: Duration,
+    insert_timeout: Duration,
 }
 
 impl ClickHouseWriter {
     /// `client` must be bound to the database holding the tables (`with_database`).
     pub fn new(client: clickhouse::Client) -> Self {
-        ClickHouseWriter { client, min_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5) }
+        ClickHouseWriter {
+            client,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            insert_timeout: Duration::from_millis(crate::config::CaptureConfig::DEFAULT_INSERT_TIMEOUT_MS),
+        }
+    }
+
+    /// The deadline of one insert attempt (both tables). A ClickHouse that accepts the
+    /// connection and never answers (a stuck node, a half-open connection) then costs one
+    /// timed-out attempt, retried like any transient failure with the same token.
+    pub fn with_insert_timeout(mut self, timeout: Duration) -> Self {
+        self.insert_timeout = timeout;
+        self
+    }
+
+    pub fn insert_timeout(&self) -> Duration {
+        self.insert_timeout
     }
 
     pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
@@ -72,7 +90,15 @@ impl ClickHouseWriter {
         }
         // The token makes a retried insert of the same batch a no-op if the first attempt
         // landed but its answer was lost (tables set non_replicated_deduplication_window).
-        let mut insert = self.client.insert::<T>(table).await?.with_setting("insert_deduplication_token", token);
+        // deduplicate_blocks_in_dependent_materialized_views: the token also guards the
+        // five-minute aggregates (their tables set the window too, migration 0005); it is the
+        // default on ClickHouse 26.9 and set here so older servers behave the same.
+        let mut insert = self
+            .client
+            .insert::<T>(table)
+            .await?
+            .with_setting("insert_deduplication_token", token)
+            .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
         for row in rows {
             insert.write(row).await?;
         }
@@ -105,7 +131,13 @@ impl ClickHouseWriter {
                 }
                 self.insert_once("sync_requests", requests, &format!("{token}-r")).await
             };
-            match attempt.await {
+            // Bounded by the insert timeout and by the shutdown deadline, whichever comes
+            // first: dropping the attempt aborts the HTTP request, so nothing half-sent lands.
+            let bounded = tokio::select! {
+                r = tokio::time::timeout(self.insert_timeout, attempt) => r.unwrap_or(Err(clickhouse::error::Error::TimedOut)),
+                () = passed(deadline) => Err(clickhouse::error::Error::TimedOut),
+            };
+            match bounded {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     on_failure(&e);
@@ -119,6 +151,16 @@ impl ClickHouseWriter {
                     tokio::time::sleep(delay).await;
                 }
             }
+        }
+    }
+}
+
+/// Resolves once `deadline()` is set and has passed (it is set when shutdown begins).
+async fn passed(deadline: &dyn Fn() -> Option<Instant>) {
+    loop {
+        match deadline() {
+            Some(d) => return tokio::time::sleep_until(d.into()).await,
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
 }
