@@ -124,6 +124,10 @@ impl ClickHouseWriter {
         // Mutations first: a request row is the index of its mutations, so it lands last.
         let mut done_mutations = false;
         loop {
+            // Past the shutdown deadline an attempt could only delay the spool or the count.
+            if deadline().is_some_and(|d| Instant::now() >= d) {
+                return Err(WriteError::GaveUp("the shutdown deadline passed".into()));
+            }
             let attempt = async {
                 if !done_mutations {
                     self.insert_once("sync_mutations", mutations, &format!("{token}-m")).await?;
@@ -148,10 +152,23 @@ impl ClickHouseWriter {
                     if deadline().is_some_and(|d| Instant::now() + delay > d) {
                         return Err(WriteError::GaveUp(e.to_string()));
                     }
-                    tokio::time::sleep(delay).await;
+                    // A backoff (up to max_backoff) must not outlast the flush: when shutdown
+                    // begins, one more attempt at once, then the spool or the count.
+                    let stopping = deadline().is_some();
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown_began(deadline), if !stopping => {}
+                    }
                 }
             }
         }
+    }
+}
+
+/// Resolves once `deadline()` is set (shutdown began).
+async fn shutdown_began(deadline: &dyn Fn() -> Option<Instant>) {
+    while deadline().is_none() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
