@@ -1017,21 +1017,22 @@ async fn assert_numbers_agree(ch: &TestClickHouse, what: &str, written: u64) {
 }
 
 /// Traffic while ClickHouse is faulty, then healthy again; every insert attempt is bounded by
-/// `insert_timeout_ms`, so a hung or trickling attempt is retried with its token.
+/// `insert_timeout_ms`, so a hung or trickling attempt is retried with its token, like a
+/// refused one or one whose answer was lost.
 async fn fault_then_recover(mode: Mode, seed: u64) {
     let cfg = CaptureConfig { batch_interval_ms: 500, flush_timeout_ms: 30_000, insert_timeout_ms: 400, ..CaptureConfig::default() };
     let mut p = proxied(cfg).await;
     p.proxy.set_mode(mode);
     let load = burst(&p.h, 3, seed, 8).await;
     let n = load.sent().len() as u64;
-    wait_until("a few attempts timed out", Duration::from_secs(60), || p.h.totals().insert_failures >= 3).await;
+    wait_until("a few attempts failed", Duration::from_secs(60), || p.h.totals().insert_failures >= 3).await;
     p.proxy.set_mode(Mode::Pass);
     p.h.flush();
     let faulty = p.proxy.inserts_in(mode);
     let passed: BTreeSet<_> = p.proxy.inserts_in(Mode::Pass).into_iter().filter_map(|s| s.token).collect();
     let faulty_tokens: BTreeSet<_> = faulty.iter().filter_map(|s| s.token.clone()).collect();
     assert!(!faulty.is_empty());
-    assert!(faulty_tokens.is_subset(&passed), "every timed-out attempt was retried with its own token");
+    assert!(faulty_tokens.is_subset(&passed), "every failed attempt was retried with its own token");
     let (written, spooled, dropped) = assert_accounted(&p, &format!("{mode:?}"), n).await;
     assert_eq!((written, spooled, dropped), (n, 0, 0), "nothing lost to a ClickHouse that came back");
     let sent = load.sent();
@@ -1051,16 +1052,25 @@ async fn matrix_trickling_clickhouse_times_out_and_the_retry_does_not_double_any
     fault_then_recover(Mode::Trickle(Duration::from_millis(100)), 102).await;
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn matrix_never_answering_at_shutdown_counts_the_exact_loss_without_a_spool() {
-    let cfg = CaptureConfig { batch_interval_ms: 100, flush_timeout_ms: 1_000, insert_timeout_ms: 60_000, ..CaptureConfig::default() };
+/// A ClickHouse that never answers when the host stops: the insert timeout is a minute, so
+/// the shutdown deadline must cut the hung attempt short. Returns the host after the flush.
+async fn hang_at_shutdown(spool: Option<&Path>, seed: u64) -> (Proxied, u64) {
+    let mut cfg = CaptureConfig { batch_interval_ms: 100, flush_timeout_ms: 1_000, insert_timeout_ms: 60_000, ..CaptureConfig::default() };
+    if let Some(dir) = spool {
+        cfg.spool = tether_pro::config::SpoolConfig { enabled: true, dir: dir.to_path_buf(), ..Default::default() };
+    }
     let mut p = proxied(cfg).await;
     p.proxy.set_mode(Mode::Hang);
-    let load = burst(&p.h, 2, 103, 5).await;
+    let load = burst(&p.h, 2, seed, 5).await;
     let n = load.sent().len() as u64;
     wait_until("an insert hanging", Duration::from_secs(30), || !p.proxy.inserts_in(Mode::Hang).is_empty()).await;
-    // The insert timeout is a minute: the shutdown deadline cuts the hung attempt short.
     p.h.flush();
+    (p, n)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn matrix_never_answering_at_shutdown_counts_the_exact_loss_without_a_spool() {
+    let (p, n) = hang_at_shutdown(None, 103).await;
     let t = p.h.totals();
     assert_eq!(t.shutdown_dropped, n, "every unwritten record counted under reason=shutdown: {t:?}");
     assert_accounted(&p, "hang at shutdown, no spool", n).await;
@@ -1069,42 +1079,20 @@ async fn matrix_never_answering_at_shutdown_counts_the_exact_loss_without_a_spoo
 #[tokio::test(flavor = "current_thread")]
 async fn matrix_never_answering_at_shutdown_spools_everything() {
     let spool = tempfile::tempdir().unwrap();
-    let mut cfg = CaptureConfig { batch_interval_ms: 100, flush_timeout_ms: 1_000, insert_timeout_ms: 60_000, ..CaptureConfig::default() };
-    cfg.spool = tether_pro::config::SpoolConfig { enabled: true, dir: spool.path().to_path_buf(), ..Default::default() };
-    let mut p = proxied(cfg).await;
-    p.proxy.set_mode(Mode::Hang);
-    let load = burst(&p.h, 2, 104, 5).await;
-    let n = load.sent().len() as u64;
-    wait_until("an insert hanging", Duration::from_secs(30), || !p.proxy.inserts_in(Mode::Hang).is_empty()).await;
-    p.h.flush();
+    let (p, n) = hang_at_shutdown(Some(spool.path()), 104).await;
     let (_, spooled, _) = assert_accounted(&p, "hang at shutdown, with spool", n).await;
     assert_eq!(spooled, n, "a graceful stop keeps everything on disk");
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn matrix_refusing_clickhouse_is_retried_until_it_answers() {
-    let cfg = CaptureConfig { batch_interval_ms: 500, flush_timeout_ms: 30_000, ..CaptureConfig::default() };
-    let mut p = proxied(cfg).await;
-    p.proxy.set_mode(Mode::Unavailable);
-    let load = burst(&p.h, 3, 105, 6).await;
-    let n = load.sent().len() as u64;
-    wait_until("refused attempts", Duration::from_secs(60), || p.proxy.inserts_in(Mode::Unavailable).len() >= 3).await;
-    p.proxy.set_mode(Mode::Pass);
-    p.h.flush();
-    assert_eq!(assert_accounted(&p, "refusing (503)", n).await, (n, 0, 0));
+    fault_then_recover(Mode::Unavailable, 105).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn matrix_lost_replies_are_retried_and_counted_once_everywhere() {
-    let cfg = CaptureConfig { batch_interval_ms: 500, flush_timeout_ms: 30_000, ..CaptureConfig::default() };
-    let mut p = proxied(cfg).await;
-    p.proxy.set_mode(Mode::LoseAnswer);
-    let load = burst(&p.h, 3, 106, 6).await;
-    let n = load.sent().len() as u64;
-    wait_until("inserts landed with their answers lost", Duration::from_secs(60), || p.proxy.inserts_in(Mode::LoseAnswer).len() >= 3).await;
-    p.proxy.set_mode(Mode::Pass);
-    p.h.flush();
-    assert_eq!(assert_accounted(&p, "lost replies", n).await, (n, 0, 0));
+    // Inserts land, their answers are lost: the retries must count once everywhere.
+    fault_then_recover(Mode::LoseAnswer, 106).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
