@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tether_pro::capture::CaptureRecord;
 use tether_pro::config::CaptureConfig;
-use tether_pro::pipeline::redact::Redactor;
 use tether_pro::pipeline::{self, Capture, CaptureGuard, ClickHouseWriter, RowSettings};
 use tether_pro::protocol::{CLIENT_VERSION_HEADER, PUSH_PATH, PushResponse};
 use tether_pro::sync::{self, SyncServer};

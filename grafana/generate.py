@@ -55,7 +55,16 @@ def dashboard(uid, title, tags, panels, vars_, time="now-6h", refresh="1m"):
 
 # ---------------------------------------------------------------- Sync overview
 _id[0] = 0
-REQ5 = "FROM sync_requests_5m WHERE $__timeFilter(bucket)"
+# Five-minute tables. A window counts every bucket it touches, whole (its partial first and
+# last buckets included), as the metrics API and the overview page do: from rounded down to a
+# bucket, to exclusive.
+WIN5 = "bucket >= toStartOfFiveMinutes($__fromTime) AND bucket < $__toTime"
+REQ5 = f"FROM sync_requests_5m WHERE {WIN5}"
+# A time series over five-minute buckets steps by whole buckets: Grafana's interval rounded up
+# to a multiple of 300 s (at least one bucket), so no step is empty or holds part of a bucket,
+# and a rate is the step's sum divided by the step's length, at any interval (2 s, 60 s, 3600 s).
+STEP5 = "(intDiv(greatest($__interval_s, 300) + 299, 300) * 300)"
+TIME5 = f"toDateTime(intDiv(toUInt32(bucket), {STEP5}) * {STEP5}, 'UTC')"
 overview = [
     panel("stat", "Requests", 0, 0, 4, 4, [target(f"SELECT sum(requests) AS requests {REQ5}")], unit="short"),
     panel("stat", "Mutations", 4, 0, 4, 4, [target(f"SELECT sum(mutations) AS mutations {REQ5}")], unit="short"),
@@ -63,18 +72,18 @@ overview = [
     panel("stat", "Failure rate", 12, 0, 4, 4, [target(f"SELECT if(sum(requests) = 0, 0, sumIf(requests, outcome = 'error') / sum(requests)) AS failure_rate {REQ5}")], unit="percentunit"),
     panel("stat", "p95 push latency", 16, 0, 4, 4, [target(f"SELECT quantilesTDigestMerge(0.5, 0.95, 0.99)(duration_quantiles)[2] / 1000 AS p95_ms {REQ5} AND kind = 'push'")], unit="ms"),
     panel("stat", "Records dropped (capture)", 20, 0, 4, 4, [target(
-        "SELECT sum(Value) AS dropped FROM (SELECT max(Value) - min(Value) AS Value FROM otel_metrics_sum "
+        "SELECT sum(Value) AS dropped FROM (SELECT max(Value) - if(min(StartTimeUnix) >= $__fromTime, 0, min(Value)) AS Value FROM otel_metrics_sum "
         "WHERE MetricName = 'tether.capture.records.dropped' AND $__timeFilter(TimeUnix) "
         "GROUP BY ServiceName, ResourceAttributes, Attributes)")], unit="short"),
     panel("timeseries", "Throughput by kind and outcome (requests/s)", 0, 4, 12, 8, [target(
-        "SELECT $__timeInterval(bucket) AS time, concat(kind, ' ', outcome) AS series, sum(requests) / $__interval_s AS rps "
+        f"SELECT {TIME5} AS time, concat(kind, ' ', outcome) AS series, sum(requests) / {STEP5} AS rps "
         f"{REQ5} GROUP BY time, series ORDER BY time", "timeseries")], unit="reqps"),
     panel("timeseries", "Latency p50 / p95 / p99", 12, 4, 12, 8, [target(
-        "SELECT $__timeInterval(bucket) AS time, kind, quantilesTDigestMerge(0.5, 0.95, 0.99)(duration_quantiles) AS q, "
+        f"SELECT {TIME5} AS time, kind, quantilesTDigestMerge(0.5, 0.95, 0.99)(duration_quantiles) AS q, "
         f"q[1] / 1000 AS p50_ms, q[2] / 1000 AS p95_ms, q[3] / 1000 AS p99_ms {REQ5} GROUP BY time, kind ORDER BY time", "timeseries")], unit="ms",
         transformations=[{"id": "organize", "options": {"excludeByName": {"q": True}}}]),
     panel("timeseries", "Conflict rate and failure rate", 0, 12, 12, 8, [target(
-        "SELECT $__timeInterval(bucket) AS time, if(sum(mutations) = 0, 0, sum(conflicts) / sum(mutations)) AS conflict_rate, "
+        f"SELECT {TIME5} AS time, if(sum(mutations) = 0, 0, sum(conflicts) / sum(mutations)) AS conflict_rate, "
         f"if(sum(requests) = 0, 0, sumIf(requests, outcome = 'error') / sum(requests)) AS failure_rate {REQ5} GROUP BY time ORDER BY time", "timeseries")],
         unit="percentunit"),
     panel("state-timeline", "Health, five-minute buckets (24 hours)", 12, 12, 12, 8, [target(
@@ -87,13 +96,13 @@ overview = [
         extra={"timeFrom": "24h"}),
     panel("table", "Top models", 0, 20, 8, 8, [target(
         "SELECT model, sumIf(mutations, outcome = 'conflict') AS conflicts, sumIf(mutations, outcome = 'rejected') AS rejected, sum(mutations) AS total_mutations "
-        "FROM sync_mutations_5m WHERE $__timeFilter(bucket) GROUP BY model ORDER BY total_mutations DESC LIMIT 10")]),
+        f"FROM sync_mutations_5m WHERE {WIN5} GROUP BY model ORDER BY total_mutations DESC LIMIT 10")]),
     panel("table", "Top clients", 8, 20, 8, 8, [target(
         "SELECT client_id, sumIf(mutations, outcome = 'conflict') AS conflicts, sumIf(mutations, outcome = 'rejected') AS rejected, sum(mutations) AS total_mutations "
-        "FROM sync_mutations_5m WHERE $__timeFilter(bucket) GROUP BY client_id ORDER BY total_mutations DESC LIMIT 10")],
+        f"FROM sync_mutations_5m WHERE {WIN5} GROUP BY client_id ORDER BY total_mutations DESC LIMIT 10")],
         overrides=[link_override("client_id", "Client timeline", "${dashboard_url}/clients/${__data.fields.client_id}")]),
     panel("timeseries", "Capture pipeline (OpenTelemetry metrics)", 16, 20, 8, 8, [target(
-        "SELECT $__timeInterval(TimeUnix) AS time, concat(MetricName, if(Attributes['stage'] != '', concat(' ', Attributes['stage']), '')) AS series, max(Value) AS value "
+        "SELECT $__timeInterval(TimeUnix) AS time, concat(MetricName, if(Attributes['reason'] != '', concat(' ', Attributes['reason']), if(Attributes['stage'] != '', concat(' ', Attributes['stage']), ''))) AS series, max(Value) AS value "
         "FROM otel_metrics_sum WHERE MetricName IN ('tether.capture.records.dropped', 'tether.capture.rows.written', 'tether.capture.insert.failures') "
         "AND $__timeFilter(TimeUnix) GROUP BY time, series ORDER BY time", "timeseries")], unit="short",
         extra={"description": "Cumulative counters written by the OpenTelemetry Collector's ClickHouse exporter (otel-collector/config.yaml). Empty unless the collector is deployed."}),
@@ -101,15 +110,15 @@ overview = [
 
 # ---------------------------------------------------------------- Conflicts and failures
 _id[0] = 0
-MUT5 = "FROM sync_mutations_5m WHERE $__timeFilter(bucket) AND outcome IN ('rejected', 'conflict')"
+MUT5 = f"FROM sync_mutations_5m WHERE {WIN5} AND outcome IN ('rejected', 'conflict')"
 conflicts = [
     panel("timeseries", "Conflicts and rejections by model", 0, 0, 8, 8, [target(
-        f"SELECT $__timeInterval(bucket) AS time, concat(model, ' ', outcome) AS series, sum(mutations) AS n {MUT5} GROUP BY time, series ORDER BY time", "timeseries")]),
+        f"SELECT {TIME5} AS time, concat(model, ' ', outcome) AS series, sum(mutations) AS n {MUT5} GROUP BY time, series ORDER BY time", "timeseries")]),
     panel("timeseries", "By reason", 8, 0, 8, 8, [target(
-        f"SELECT $__timeInterval(bucket) AS time, reason, sum(mutations) AS n {MUT5} GROUP BY time, reason ORDER BY time", "timeseries")]),
+        f"SELECT {TIME5} AS time, reason, sum(mutations) AS n {MUT5} GROUP BY time, reason ORDER BY time", "timeseries")]),
     panel("timeseries", "Top clients", 16, 0, 8, 8, [target(
-        f"SELECT $__timeInterval(bucket) AS time, client_id, sum(mutations) AS n {MUT5} AND client_id IN "
-        "(SELECT client_id FROM sync_mutations_5m WHERE $__timeFilter(bucket) AND outcome IN ('rejected', 'conflict') GROUP BY client_id ORDER BY sum(mutations) DESC LIMIT 10) "
+        f"SELECT {TIME5} AS time, client_id, sum(mutations) AS n {MUT5} AND client_id IN "
+        f"(SELECT client_id FROM sync_mutations_5m WHERE {WIN5} AND outcome IN ('rejected', 'conflict') GROUP BY client_id ORDER BY sum(mutations) DESC LIMIT 10) "
         "GROUP BY time, client_id ORDER BY time", "timeseries")]),
     panel("table", "Failures by reason x model x client", 0, 8, 24, 8, [target(
         f"SELECT reason, model, client_id, sum(mutations) AS failures, min(bucket) AS first_seen, max(bucket) AS last_seen {MUT5} "
@@ -131,14 +140,24 @@ conflicts = [
 
 # ---------------------------------------------------------------- Request explorer
 _id[0] = 0
-FILT = ("('${client}' = '' OR client_id = '${client}') AND ('${kind}' = '__all' OR kind = '${kind}') "
-        "AND ('${outcome}' = '__all' OR outcome = '${outcome}') "
-        "AND ('${model}' = '__all' OR request_id IN (SELECT request_id FROM sync_mutations WHERE $__timeFilter(started_at) AND model = '${model}'))")
+
+
+def sv(name):
+    """A template variable as a SQL string. Grafana's `percentencode` leaves only [A-Za-z0-9-_.~%]
+    (quotes and backslashes percent-encoded), so nothing a user types can end the literal;
+    ClickHouse decodes it back. (`sqlstring` doubles quotes but leaves backslashes, which
+    ClickHouse string literals treat as escapes: `\' OR 1=1 --` would still break out.)"""
+    return f"decodeURLComponent('${{{name}:percentencode}}')"
+
+
+FILT = (f"({sv('client')} = '' OR client_id = {sv('client')}) AND ({sv('kind')} = '__all' OR kind = {sv('kind')}) "
+        f"AND ({sv('outcome')} = '__all' OR outcome = {sv('outcome')}) "
+        f"AND ({sv('model')} = '__all' OR request_id IN (SELECT request_id FROM sync_mutations WHERE $__timeFilter(started_at) AND model = {sv('model')}))")
 explorer_vars = variables([
     textbox("client", "Client id"),
-    query_var("model", "SELECT DISTINCT model FROM sync_mutations_5m WHERE $__timeFilter(bucket) ORDER BY model"),
-    query_var("outcome", "SELECT DISTINCT outcome FROM sync_requests_5m WHERE $__timeFilter(bucket) ORDER BY outcome"),
-    query_var("kind", "SELECT DISTINCT kind FROM sync_requests_5m WHERE $__timeFilter(bucket) ORDER BY kind"),
+    query_var("model", f"SELECT DISTINCT model FROM sync_mutations_5m WHERE {WIN5} ORDER BY model"),
+    query_var("outcome", f"SELECT DISTINCT outcome FROM sync_requests_5m WHERE {WIN5} ORDER BY outcome"),
+    query_var("kind", f"SELECT DISTINCT kind FROM sync_requests_5m WHERE {WIN5} ORDER BY kind"),
 ])
 explorer = [
     panel("timeseries", "Matching requests", 0, 0, 24, 6, [target(
@@ -161,12 +180,12 @@ traces = [
         "toUnixTimestamp64Milli(Timestamp) AS startTime, Duration / 1000000 AS duration, "
         "arrayMap(key -> map('key', key, 'value', SpanAttributes[key]), mapKeys(SpanAttributes)) AS tags, "
         "arrayMap(key -> map('key', key, 'value', ResourceAttributes[key]), mapKeys(ResourceAttributes)) AS serviceTags "
-        "FROM otel_traces WHERE TraceId = '${trace_id}' ORDER BY Timestamp LIMIT 1000", "traces")]),
+        f"FROM otel_traces WHERE TraceId = {sv('trace_id')} ORDER BY Timestamp LIMIT 1000", "traces")]),
     panel("table", "Recent Tether spans", 0, 14, 24, 10, [target(
         "SELECT Timestamp AS time, TraceId AS trace_id, SpanName, ServiceName, Duration / 1000000 AS duration_ms, "
         "SpanAttributes['tether.request_id'] AS request_id, SpanAttributes['tether.outcome'] AS outcome "
         "FROM otel_traces WHERE $__timeFilter(Timestamp) AND SpanName IN ('tether.push', 'tether.pull') "
-        "AND ('${trace_id}' = '' OR TraceId = '${trace_id}') ORDER BY Timestamp DESC LIMIT 200")],
+        f"AND ({sv('trace_id')} = '' OR TraceId = {sv('trace_id')}) ORDER BY Timestamp DESC LIMIT 200")],
         overrides=[link_override("trace_id", "Open trace", "/d/tether-traces/tether-traces?var-trace_id=${__data.fields.trace_id}&${__url_time_range}"),
                    link_override("request_id", "Inspect request", INSPECT),
                    {"matcher": {"id": "byName", "options": "duration_ms"}, "properties": [{"id": "unit", "value": "ms"}]}]),

@@ -132,11 +132,39 @@ pub struct CaptureConfig {
     pub batch_interval_ms: u64,
     /// How long shutdown waits for the last records to be written, in milliseconds.
     pub flush_timeout_ms: u64,
+    /// Deadline of one ClickHouse insert attempt, in milliseconds; a timed-out attempt is
+    /// retried (same deduplication token) like any transient failure.
+    pub insert_timeout_ms: u64,
     /// Nice value of the pipeline thread (Linux): it yields the CPU to the host's request
     /// threads when both want it. 0 keeps the default priority.
     pub pipeline_nice: i32,
     /// The disk spool for batches the write buffer cannot hold (off by default).
     pub spool: SpoolConfig,
+    /// Where batches ClickHouse refuses as bad data are kept (on by default).
+    pub dead_letter: DeadLetterConfig,
+}
+
+/// The dead-letter directory (`[capture.dead_letter]`): a batch ClickHouse refuses as bad
+/// data (a parse error, a dropped or retyped column) is never retried; its rows, already
+/// redacted, are kept here as one JSON file with ClickHouse's error, for inspection and
+/// re-insertion once the schema is fixed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterConfig {
+    pub enabled: bool,
+    pub dir: PathBuf,
+    /// Bytes on disk at most; a refused batch beyond it is counted but not kept.
+    pub max_bytes: u64,
+}
+
+impl DeadLetterConfig {
+    pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig { enabled: true, dir: PathBuf::from(".tether-pro/dead-letter"), max_bytes: Self::DEFAULT_MAX_BYTES }
+    }
 }
 
 /// The disk spool (`[capture.spool]`): when ClickHouse is away longer than the memory
@@ -178,6 +206,7 @@ impl CaptureConfig {
     pub const DEFAULT_BATCH_BYTES: usize = 16 * 1024 * 1024;
     pub const DEFAULT_BATCH_INTERVAL_MS: u64 = 1_000;
     pub const DEFAULT_FLUSH_TIMEOUT_MS: u64 = 5_000;
+    pub const DEFAULT_INSERT_TIMEOUT_MS: u64 = 10_000;
     pub const DEFAULT_PIPELINE_NICE: i32 = 19;
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -185,6 +214,11 @@ impl CaptureConfig {
         anyhow::ensure!(self.queue_bytes >= 1024, "capture.queue_bytes must be at least 1024");
         anyhow::ensure!(self.batch_rows >= 1, "capture.batch_rows must be at least 1");
         anyhow::ensure!(self.batch_interval_ms >= 1, "capture.batch_interval_ms must be at least 1");
+        anyhow::ensure!(self.insert_timeout_ms >= 1, "capture.insert_timeout_ms must be at least 1");
+        anyhow::ensure!(
+            !self.dead_letter.enabled || !self.dead_letter.dir.as_os_str().is_empty(),
+            "capture.dead_letter.dir is empty"
+        );
         anyhow::ensure!((0..=19).contains(&self.pipeline_nice), "capture.pipeline_nice must be 0..=19");
         anyhow::ensure!(self.body_cap_bytes >= 64, "capture.body_cap_bytes must be at least 64");
         anyhow::ensure!(self.redact_keys.iter().all(|k| !k.trim().is_empty()), "capture.redact_keys has an empty key");
@@ -212,8 +246,10 @@ impl Default for CaptureConfig {
             batch_bytes: Self::DEFAULT_BATCH_BYTES,
             batch_interval_ms: Self::DEFAULT_BATCH_INTERVAL_MS,
             flush_timeout_ms: Self::DEFAULT_FLUSH_TIMEOUT_MS,
+            insert_timeout_ms: Self::DEFAULT_INSERT_TIMEOUT_MS,
             pipeline_nice: Self::DEFAULT_PIPELINE_NICE,
             spool: SpoolConfig::default(),
+            dead_letter: DeadLetterConfig::default(),
         }
     }
 }

@@ -32,6 +32,9 @@ async fn main() -> anyhow::Result<()> {
                 "database {}: applied {:?}, already applied {:?}",
                 config.clickhouse.database, report.applied, report.already_applied
             );
+            // The drift itself is on stderr (migrate reports each column); the exit status
+            // tells scripts and `docker compose` that the schema needs fixing.
+            anyhow::ensure!(report.drift.is_empty(), "schema drift in database {}: {}", config.clickhouse.database, report.drift.join("; "));
             Ok(())
         }
         Command::Serve(args) => {
@@ -244,7 +247,7 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         let target = tether_pro::replay::InProcessTarget { app: sync_app.clone(), server: sync_server.clone() };
         dashboard::replay::ReplayState::new(tether_pro::replay::Replayer::new(dash_client.clone(), std::sync::Arc::new(target)).with_redactor(config.capture.redactor()))
     });
-    let dash_app = dashboard::app_with_replay(&config.serve, dash_client, replay);
+    let dash_app = dashboard::app_in_process(&config.serve, dash_client, replay, Some(capture.stats().clone()));
     let dash_task = tokio::spawn({
         let stop = stop_server.clone();
         async move { axum::serve(dash_listener, dash_app).with_graceful_shutdown(stop.cancelled_owned()).await }

@@ -272,3 +272,37 @@ fn a_broken_depends_on_is_rejected() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no-such-service"), "unexpected error: {stderr}");
 }
+
+/// Grafana reads ClickHouse as a read-only user limited to the tether database (issue 13),
+/// defined in the users file the clickhouse service mounts; the ClickHouse image is the
+/// version the embedded one (and so every test) runs.
+#[test]
+fn grafana_reads_as_a_read_only_user_of_the_tether_database() {
+    let config = config_json();
+    let env = |s: &str, k: &str| services(&config)[s]["environment"][k].as_str().map(str::to_owned);
+    assert_eq!(env("grafana", "CLICKHOUSE_USER").as_deref(), Some("grafana"));
+    assert_ne!(env("grafana", "CLICKHOUSE_PASSWORD"), env("migrate", "TETHER_PRO_CLICKHOUSE__PASSWORD"), "Grafana has its own password");
+    let repo = repo().canonicalize().unwrap();
+    let users = repo.join("clickhouse/users.d/grafana-readonly.xml");
+    let target = binds(&services(&config)["clickhouse"])
+        .into_iter()
+        .find(|(s, _)| Path::new(s).canonicalize().ok().as_deref() == Some(users.as_path()))
+        .map(|(_, t)| t)
+        .expect("the clickhouse service mounts clickhouse/users.d/grafana-readonly.xml");
+    assert!(target.starts_with("/etc/clickhouse-server/users.d/"), "{target}");
+    let xml = std::fs::read_to_string(&users).unwrap();
+    let between = |open: &str, close: &str| -> Vec<String> {
+        xml.split(open).skip(1).filter_map(|rest| rest.split(close).next()).map(|s| s.trim().to_owned()).collect()
+    };
+    assert!(xml.contains("<grafana>"), "the user is named grafana");
+    assert_eq!(between("<readonly>", "</readonly>"), vec!["2".to_owned()], "read-only (settings allowed for the plugin)");
+    assert_eq!(between("<query>", "</query>"), vec!["GRANT SELECT ON tether.*".to_owned()], "SELECT on tether only");
+    assert!(xml.contains(r#"<password from_env="GRAFANA_CLICKHOUSE_PASSWORD"/>"#));
+    assert!(env("clickhouse", "GRAFANA_CLICKHOUSE_PASSWORD").is_some());
+    // The compose ClickHouse is the version the tests verify (scripts/clickhouse-local's pin).
+    let launcher = std::fs::read_to_string(repo.join("scripts/clickhouse-local")).unwrap();
+    let pin = launcher.lines().find_map(|l| l.strip_prefix("CHDB_VERSION = \"")).unwrap().trim_end_matches('"');
+    let major_minor: String = pin.split('.').take(2).collect::<Vec<_>>().join(".");
+    let image = services(&config)["clickhouse"]["image"].as_str().unwrap();
+    assert_eq!(image, format!("clickhouse/clickhouse-server:{major_minor}"));
+}

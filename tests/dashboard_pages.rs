@@ -31,6 +31,7 @@ async fn serve(app: axum::Router) -> String {
 /// A captured reference server writing into a fresh, migrated database.
 struct Env {
     ch: TestClickHouse,
+    capture: pipeline::Capture,
     sync: String,
     guard: Option<CaptureGuard>,
     _subscriber: tracing::subscriber::DefaultGuard,
@@ -48,7 +49,7 @@ async fn env() -> Env {
     let server = SyncServer::builder().limits(Limits { max_batch: 10_000, ..Limits::default() }).build().unwrap();
     let sync = serve(sync::router(server).layer(capture.http_layer())).await;
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    Env { ch, sync, guard: Some(guard), _subscriber, http }
+    Env { ch, capture, sync, guard: Some(guard), _subscriber, http }
 }
 
 impl Env {
@@ -649,4 +650,43 @@ async fn bidi_and_invisible_characters_in_user_text_are_isolated_and_shown() {
     }
     let detail = d.ok(&format!("/requests/{id}")).await;
     assert!(detail.contains("<bdi>Task<span class=\"invisible\" title=\"invisible character\">⟨U+202E⟩</span></bdi>"), "the model too");
+}
+
+/// Issue 13: the overview page shows the capture pipeline's own health when the dashboard runs
+/// in the capturing process (written, spooled, dropped by reason, last successful insert),
+/// and the figures are the pipeline's counters, which match ClickHouse.
+#[tokio::test(flavor = "current_thread")]
+async fn the_overview_page_shows_the_capture_pipelines_health() {
+    let mut e = env().await;
+    e.push(CLIENT, vec![mutation(&ulid(), T1, "Task", "create", json!({"title": "a"}), 1_700_000_000_000)]).await;
+    e.pull(CLIENT).await;
+    e.push(CLIENT, vec![mutation(&ulid(), T2, "Task", "create", json!({"title": "b"}), 1_700_000_000_001)]).await;
+    e.guard.take().unwrap().shutdown();
+    let written = e.ch.count("SELECT count() FROM sync_requests").await;
+    assert_eq!(written, 3);
+    let stats = e.capture.stats().clone();
+    let t = stats.totals();
+    let last = chrono::DateTime::from_timestamp_millis(t.last_insert_unix_ms as i64).unwrap().to_rfc3339_opts(SecondsFormat::Secs, true);
+    let with = serve(dashboard::mount(DashboardState::new(e.ch.client()).with_capture(stats))).await;
+    let html = e.http.get(format!("{with}{PREFIX}")).send().await.unwrap().text().await.unwrap();
+    let row = |label: &str, value: &str| format!("<td>{label}</td><td class=\"num\">{value}</td>");
+    assert_eq!((t.captured(), t.accounted()), (3, (3, 0, 0)), "{t:?}");
+    for (label, value) in [
+        ("captured", "3"),
+        ("written to ClickHouse", "3"),
+        ("in the disk spool", "0"),
+        ("dropped", "0"),
+        ("&nbsp;&nbsp;bad_data", "0"),
+        ("&nbsp;&nbsp;queue_full", "0"),
+        ("&nbsp;&nbsp;shutdown", "0"),
+        ("in memory (queue and batches)", "0"),
+        ("last successful insert", last.as_str()),
+    ] {
+        assert!(html.contains(&row(label, value)), "overview lacks {label} = {value}:\n{html}");
+    }
+    // The same totals as the metrics API's requests (the page reads the same window).
+    assert!(html.contains("<div class=\"value\">3</div>"), "{html}");
+    let without = serve(dashboard::mount(DashboardState::new(e.ch.client()))).await;
+    let html = e.http.get(format!("{without}{PREFIX}")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("does not run in the capturing process"), "{html}");
 }

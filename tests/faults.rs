@@ -482,6 +482,11 @@ async fn kill_mid_load(cfg: CaptureConfig, seed: u64) -> (BTreeMap<String, u64>,
     for o in ["applied/", "conflict/conflict", "duplicate/duplicate", "rejected/validation_failed", "rejected/not_found"] {
         assert!(outcomes.contains(o), "no {o} among the captured mutations: {outcomes:?}");
     }
+    // Restart mid-batch (issue 13's matrix): every record accounted for, and the batches
+    // retried across the restart counted once in the raw rows, the aggregates and the API.
+    let (written, spooled, dropped) = t.accounted();
+    assert_eq!((t.captured(), written + spooled + dropped), (sent.len() as u64, sent.len() as u64), "{t:?}");
+    assert_numbers_agree(&ch, "restart mid-batch", written).await;
     (sent, t, tags, ch, own)
 }
 
@@ -539,14 +544,62 @@ struct Proxied {
     ch: TestClickHouse,
     proxy: FaultProxy,
     h: Host,
+    /// The OpenTelemetry metrics the host exported (in memory, read by [`exported`]).
+    metrics: Exported,
+    /// The dead-letter directory of this host.
+    dead_letter: tempfile::TempDir,
 }
 
+/// A host writing through a fault proxy, exporting its metrics in memory, with a dead-letter
+/// directory of its own.
 async fn proxied(cfg: CaptureConfig) -> Proxied {
     let ch = clickhouse().await;
     ch.migrate().await;
+    proxied_to(ch, cfg).await
+}
+
+async fn proxied_to(ch: TestClickHouse, mut cfg: CaptureConfig) -> Proxied {
     let proxy = FaultProxy::start(&ch.url);
-    let h = host(&cfg, writer(&proxy.url, &ch.database), Telemetry::disabled()).await;
-    Proxied { ch, proxy, h }
+    let dead_letter = tempfile::tempdir().unwrap();
+    cfg.dead_letter.dir = dead_letter.path().to_path_buf();
+    let metrics = Exported::new();
+    let telemetry = Telemetry::from_providers(None, Some(&metrics.provider));
+    let h = host(&cfg, writer(&proxy.url, &ch.database), telemetry).await;
+    Proxied { ch, proxy, h, metrics, dead_letter }
+}
+
+/// An in-memory OpenTelemetry metrics pipeline.
+struct Exported {
+    exporter: opentelemetry_sdk::metrics::InMemoryMetricExporter,
+    provider: opentelemetry_sdk::metrics::SdkMeterProvider,
+}
+
+impl Exported {
+    fn new() -> Exported {
+        let exporter = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
+        let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(exporter.clone()).build();
+        let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().with_reader(reader).build();
+        Exported { exporter, provider }
+    }
+
+    /// The latest exported value of the cumulative counter `name` whose attribute `key` is
+    /// `value` (0 when never exported).
+    fn counter(&self, name: &str, key: &str, value: &str) -> u64 {
+        use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+        self.provider.force_flush().expect("metrics flushed");
+        let mut latest = 0;
+        for rm in self.exporter.get_finished_metrics().unwrap() {
+            for m in rm.scope_metrics().flat_map(|s| s.metrics()).filter(|m| m.name() == name) {
+                let AggregatedMetrics::U64(MetricData::Sum(sum)) = m.data() else { continue };
+                for p in sum.data_points() {
+                    if p.attributes().any(|kv| kv.key.as_str() == key && kv.value.as_str() == value) {
+                        latest = p.value();
+                    }
+                }
+            }
+        }
+        latest
+    }
 }
 
 /// Sends `n` requests per device from `devices` devices (seeded) and waits for the answers.
@@ -914,6 +967,194 @@ async fn an_insert_whose_answer_is_lost_is_retried_and_deduplicated() {
     let tags = assert_unique_and_known(&p.ch, &sent).await;
     assert_eq!(tags.len() as u64, n);
     assert_mutations_of(&p.ch, &sent, &tags).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 4b. The fault matrix (issue 13): every fault ends with every record accounted for
+//     (captured = written + spooled + dropped by reason, in the counters, the exported
+//     metrics and ClickHouse) and every number agreeing (raw rows = aggregates = metrics API).
+
+/// Checks the identities once the host has flushed; `captured` is what the load sent.
+/// Returns `(written, spooled, dropped)`.
+async fn assert_accounted(p: &Proxied, what: &str, captured: u64) -> (u64, u64, u64) {
+    let t = p.h.totals();
+    let (written, spooled, dropped) = t.accounted();
+    eprintln!(
+        "{what}: captured {captured} = written {written} + spooled {spooled} + dropped {dropped} {:?}",
+        t.dropped_by_reason().iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>()
+    );
+    assert_eq!(t.captured(), captured, "{what}: every request sent was captured: {t:?}");
+    assert_eq!(written + spooled + dropped, captured, "{what}: a record is unaccounted for: {t:?}");
+    // The exported metrics say the same.
+    let m = &p.metrics;
+    assert_eq!(m.counter("tether.capture.rows.written", "table", "sync_requests"), written, "{what}: exported rows written");
+    for (reason, n) in t.dropped_by_reason() {
+        assert_eq!(m.counter("tether.capture.records.dropped", "reason", reason), n, "{what}: exported drops, reason {reason}");
+    }
+    assert_numbers_agree(&p.ch, what, written).await;
+    (written, spooled, dropped)
+}
+
+/// ClickHouse holds exactly `written` request rows, once each, and the aggregates and the
+/// metrics API say the same as the raw rows.
+async fn assert_numbers_agree(ch: &TestClickHouse, what: &str, written: u64) {
+    assert_eq!(ch.count("SELECT count() FROM sync_requests").await, written, "{what}: request rows");
+    assert_eq!(ch.count("SELECT uniqExact(request_id) FROM sync_requests").await, written, "{what}: request rows doubled");
+    let raw_mutations = ch.count("SELECT count() FROM sync_mutations").await;
+    assert_eq!(ch.count("SELECT sum(mutation_count) FROM sync_requests").await, raw_mutations, "{what}: mutation rows of the requests");
+    // Aggregates = raw rows (a retried insert must not count twice).
+    assert_eq!(ch.count("SELECT sum(requests) FROM sync_requests_5m").await, written, "{what}: sync_requests_5m.requests");
+    assert_eq!(ch.count("SELECT sum(mutations) FROM sync_requests_5m").await, raw_mutations, "{what}: sync_requests_5m.mutations");
+    assert_eq!(ch.count("SELECT sum(mutations) FROM sync_mutations_5m").await, raw_mutations, "{what}: sync_mutations_5m.mutations");
+    // The metrics API (24 h window) = raw rows.
+    let state = tether_pro::dashboard::DashboardState::new(ch.client());
+    let q = tether_pro::dashboard::metrics::MetricsQuery { window: Some("24h".into()), ..Default::default() };
+    let api = tether_pro::dashboard::metrics::compute(&state, q.window(chrono::Utc::now()).unwrap()).await.unwrap();
+    assert_eq!(api.totals.requests, written, "{what}: metrics API requests");
+    assert_eq!(api.totals.mutations, raw_mutations, "{what}: metrics API mutations");
+    assert_eq!(api.top_models.iter().map(|e| e.mutations).sum::<u64>(), raw_mutations, "{what}: metrics API top models");
+    eprintln!("{what}: raw rows {written} requests / {raw_mutations} mutations = aggregates = metrics API");
+}
+
+/// Traffic while ClickHouse is faulty, then healthy again; every insert attempt is bounded by
+/// `insert_timeout_ms`, so a hung or trickling attempt is retried with its token, like a
+/// refused one or one whose answer was lost.
+async fn fault_then_recover(mode: Mode, seed: u64) {
+    let cfg = CaptureConfig { batch_interval_ms: 500, flush_timeout_ms: 30_000, insert_timeout_ms: 400, ..CaptureConfig::default() };
+    let mut p = proxied(cfg).await;
+    p.proxy.set_mode(mode);
+    let load = burst(&p.h, 3, seed, 8).await;
+    let n = load.sent().len() as u64;
+    wait_until("a few attempts failed", Duration::from_secs(60), || p.h.totals().insert_failures >= 3).await;
+    p.proxy.set_mode(Mode::Pass);
+    p.h.flush();
+    let faulty = p.proxy.inserts_in(mode);
+    let passed: BTreeSet<_> = p.proxy.inserts_in(Mode::Pass).into_iter().filter_map(|s| s.token).collect();
+    let faulty_tokens: BTreeSet<_> = faulty.iter().filter_map(|s| s.token.clone()).collect();
+    assert!(!faulty.is_empty());
+    assert!(faulty_tokens.is_subset(&passed), "every failed attempt was retried with its own token");
+    let (written, spooled, dropped) = assert_accounted(&p, &format!("{mode:?}"), n).await;
+    assert_eq!((written, spooled, dropped), (n, 0, 0), "nothing lost to a ClickHouse that came back");
+    let sent = load.sent();
+    let tags = assert_unique_and_known(&p.ch, &sent).await;
+    assert_mutations_of(&p.ch, &sent, &tags).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn matrix_never_answering_clickhouse_times_out_and_retries_with_the_same_token() {
+    fault_then_recover(Mode::Hang, 101).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn matrix_trickling_clickhouse_times_out_and_the_retry_does_not_double_anything() {
+    // Inserts land, their answers never finish: the retries must be deduplicated in the raw
+    // tables and in the aggregates.
+    fault_then_recover(Mode::Trickle(Duration::from_millis(100)), 102).await;
+}
+
+/// A ClickHouse that never answers when the host stops: the insert timeout is a minute, so
+/// the shutdown deadline must cut the hung attempt short. Returns the host after the flush.
+async fn hang_at_shutdown(spool: Option<&Path>, seed: u64) -> (Proxied, u64) {
+    let mut cfg = CaptureConfig { batch_interval_ms: 100, flush_timeout_ms: 1_000, insert_timeout_ms: 60_000, ..CaptureConfig::default() };
+    if let Some(dir) = spool {
+        cfg.spool = tether_pro::config::SpoolConfig { enabled: true, dir: dir.to_path_buf(), ..Default::default() };
+    }
+    let mut p = proxied(cfg).await;
+    p.proxy.set_mode(Mode::Hang);
+    let load = burst(&p.h, 2, seed, 5).await;
+    let n = load.sent().len() as u64;
+    wait_until("an insert hanging", Duration::from_secs(30), || !p.proxy.inserts_in(Mode::Hang).is_empty()).await;
+    p.h.flush();
+    (p, n)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn matrix_never_answering_at_shutdown_counts_the_exact_loss_without_a_spool() {
+    let (p, n) = hang_at_shutdown(None, 103).await;
+    let t = p.h.totals();
+    assert_eq!(t.shutdown_dropped, n, "every unwritten record counted under reason=shutdown: {t:?}");
+    assert_accounted(&p, "hang at shutdown, no spool", n).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn matrix_never_answering_at_shutdown_spools_everything() {
+    let spool = tempfile::tempdir().unwrap();
+    let (p, n) = hang_at_shutdown(Some(spool.path()), 104).await;
+    let (_, spooled, _) = assert_accounted(&p, "hang at shutdown, with spool", n).await;
+    assert_eq!(spooled, n, "a graceful stop keeps everything on disk");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn matrix_refusing_clickhouse_is_retried_until_it_answers() {
+    fault_then_recover(Mode::Unavailable, 105).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn matrix_lost_replies_are_retried_and_counted_once_everywhere() {
+    // Inserts land, their answers are lost: the retries must count once everywhere.
+    fault_then_recover(Mode::LoseAnswer, 106).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn matrix_bad_data_is_dead_lettered_and_counted_as_bad_data() {
+    let cfg = CaptureConfig { batch_interval_ms: 500, flush_timeout_ms: 30_000, ..CaptureConfig::default() };
+    let mut p = proxied(cfg).await;
+    p.proxy.set_mode(Mode::BadData);
+    let load = burst(&p.h, 2, 107, 5).await;
+    let n = load.sent().len() as u64;
+    wait_until("the batches refused", Duration::from_secs(60), || p.h.totals().bad_data == n).await;
+    p.h.flush();
+    let (written, _, dropped) = assert_accounted(&p, "bad data (Code 117)", n).await;
+    assert_eq!((written, dropped), (0, n));
+    assert_dead_lettered(&p, n, &load.sent());
+}
+
+/// The dead-letter directory holds exactly the refused records, redacted, with the error.
+fn assert_dead_lettered(p: &Proxied, n: u64, sent: &BTreeMap<String, u64>) {
+    let kept = tether_pro::pipeline::dead_letter::read_all(p.dead_letter.path()).unwrap();
+    assert_eq!(kept.iter().map(|d| d.batch.records).sum::<u64>(), n, "every refused record kept");
+    assert_eq!(p.h.totals().dead_lettered, n);
+    let tags: BTreeSet<_> = kept.iter().flat_map(|d| d.batch.requests.iter().map(|r| r.client_version.clone())).collect();
+    assert_eq!(tags, sent.keys().cloned().collect::<BTreeSet<_>>(), "the kept rows are the refused requests");
+    let mutations: u64 = kept.iter().map(|d| d.batch.mutations.len() as u64).sum();
+    assert_eq!(mutations, sent.values().sum::<u64>(), "with their mutation rows");
+    assert!(kept.iter().all(|d| !d.error.is_empty()), "the error is kept with each batch");
+    let text: String = std::fs::read_dir(p.dead_letter.path())
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect();
+    // The load marks a few payloads secret (plan::payload): only their redacted form is on disk.
+    assert!(!text.contains("sk_live_"), "a secret reached the dead-letter directory");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn matrix_schema_drift_is_reported_dead_lettered_and_counted() {
+    // Issue 13, input 2: a column the pipeline writes is dropped while the host runs.
+    let cfg = CaptureConfig { batch_interval_ms: 200, flush_timeout_ms: 30_000, ..CaptureConfig::default() };
+    let mut p = proxied(cfg).await;
+    let a = burst(&p.h, 2, 108, 3).await;
+    let a_n = a.sent().len() as u64;
+    wait_until("batch A written", Duration::from_secs(60), || p.h.totals().requests_written == a_n).await;
+    p.ch.rows("ALTER TABLE sync_mutations DROP COLUMN reason_data").await;
+    let b = burst(&p.h, 2, 109, 5).await;
+    let b_n = b.sent().len() as u64;
+    // A batch of pulls only has no mutation rows and is written; every other is refused.
+    let settled = || {
+        let t = p.h.totals();
+        t.bad_data + t.requests_written == a_n + b_n
+    };
+    wait_until("batch B refused", Duration::from_secs(60), settled).await;
+    p.h.flush();
+    let (written, _, dropped) = assert_accounted(&p, "schema drift", a_n + b_n).await;
+    assert!(dropped > 0 && dropped == p.h.totals().bad_data, "B's request rows refused with their batch, and counted");
+    assert_eq!(written + dropped, a_n + b_n);
+    let in_clickhouse = rows_by_tag(&p.ch).await;
+    let refused: BTreeMap<String, u64> = b.sent().into_iter().filter(|(tag, _)| !in_clickhouse.contains_key(tag)).collect();
+    assert_dead_lettered(&p, dropped, &refused);
+    // The startup check names the drift.
+    let server = clickhouse::Client::default().with_url(&p.ch.url);
+    let report = tether_pro::store::migrate::migrate(&server, &p.ch.database, &Default::default()).await.unwrap();
+    assert_eq!(report.drift, vec!["sync_mutations.reason_data is missing (expected String)".to_owned()]);
 }
 
 // ---------------------------------------------------------------------------------------

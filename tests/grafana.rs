@@ -18,8 +18,9 @@ use tether_pro::sync::{self, SyncServer};
 use tracing_subscriber::layer::SubscriberExt;
 use yaml_rust2::{Yaml, YamlLoader};
 
-/// The five-minute bucket: `$__interval_s` and `$__timeInterval(...)`'s N.
-const INTERVAL_S: i64 = 300;
+/// Grafana's automatic interval (`$__interval_s`, `$__timeInterval(...)`'s N) depends on the
+/// time range and the panel's width: every query runs with each of these.
+const INTERVALS_S: [i64; 4] = [2, 60, 300, 3600];
 const PROVISIONED_UID: &str = "tether-clickhouse";
 
 fn root() -> PathBuf {
@@ -48,8 +49,8 @@ fn yaml(path: &str) -> Yaml {
 }
 
 /// Expands the plugin's macros as grafana-clickhouse-datasource does (for a time range of
-/// unix seconds `from..to` and an interval of `INTERVAL_S`).
-fn expand_macros(sql: &str, from: i64, to: i64) -> String {
+/// unix seconds `from..to` and an interval of `interval` seconds).
+fn expand_macros(sql: &str, from: i64, to: i64, interval: i64) -> String {
     fn with_arg(sql: &str, name: &str, f: impl Fn(&str) -> String) -> String {
         let mut out = String::new();
         let mut rest = sql;
@@ -65,11 +66,11 @@ fn expand_macros(sql: &str, from: i64, to: i64) -> String {
         out
     }
     let s = with_arg(sql, "$__timeFilter", |c| format!("{c} >= toDateTime({from}) AND {c} <= toDateTime({to})"));
-    let s = with_arg(&s, "$__timeInterval", |c| format!("toStartOfInterval(toDateTime({c}), INTERVAL {INTERVAL_S} second)"));
+    let s = with_arg(&s, "$__timeInterval", |c| format!("toStartOfInterval(toDateTime({c}), INTERVAL {interval} second)"));
     let s = s
         .replace("$__fromTime", &format!("toDateTime({from})"))
         .replace("$__toTime", &format!("toDateTime({to})"))
-        .replace("$__interval_s", &INTERVAL_S.to_string());
+        .replace("$__interval_s", &interval.to_string());
     assert!(!s.contains("$__"), "a macro the test does not expand: {s}");
     s
 }
@@ -93,10 +94,20 @@ fn variable_values(dash: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Interpolates template variables as Grafana does, with the formats the dashboards use
+/// (`${name:percentencode}` is JavaScript's encodeURIComponent plus `!'()*`).
 fn expand_vars(sql: &str, vars: &[(String, String)]) -> String {
+    let percentencode = |v: &str| {
+        v.bytes()
+            .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect::<String>()
+    };
     let mut s = sql.to_owned();
     for (name, value) in vars {
-        s = s.replace(&format!("${{{name}}}"), value).replace(&format!("${name}"), value);
+        s = s
+            .replace(&format!("${{{name}:percentencode}}"), &percentencode(value))
+            .replace(&format!("${{{name}}}"), value)
+            .replace(&format!("${name}"), value);
     }
     s
 }
@@ -283,8 +294,8 @@ async fn every_panel_variable_and_alert_query_runs_and_links_resolve() {
             let targets = p["targets"].as_array().unwrap_or_else(|| panic!("{name}: {} has no targets", p["title"]));
             assert!(!targets.is_empty(), "{name}: {} has no targets", p["title"]);
             let mut got = BTreeSet::new();
-            for t in targets {
-                let sql = expand_macros(&expand_vars(t["rawSql"].as_str().unwrap(), &vars), from, to);
+            for (t, interval) in targets.iter().flat_map(|t| INTERVALS_S.map(|i| (t, i))) {
+                let sql = expand_macros(&expand_vars(t["rawSql"].as_str().unwrap(), &vars), from, to, interval);
                 let (cols, _) = columns(&ch, &sql).await;
                 queries += 1;
                 if t["queryType"] == "timeseries" {
@@ -324,7 +335,7 @@ async fn every_panel_variable_and_alert_query_runs_and_links_resolve() {
         }
         for v in dash["templating"]["list"].as_array().unwrap() {
             if v["type"] == "query" {
-                let sql = expand_macros(&expand_vars(v["query"].as_str().unwrap(), &vars), from, to);
+                let sql = expand_macros(&expand_vars(v["query"].as_str().unwrap(), &vars), from, to, 300);
                 let (cols, rows) = columns(&ch, &sql).await;
                 assert_eq!(cols.len(), 1, "{name}: variable {} query {sql}", v["name"]);
                 assert!(rows > 0, "{name}: variable {} has values with traffic", v["name"]);
@@ -340,7 +351,7 @@ async fn every_panel_variable_and_alert_query_runs_and_links_resolve() {
     let mut vars = variable_values(traces);
     vars.retain(|(n, _)| n != "trace_id");
     vars.push(("trace_id".into(), TRACE_ID.into()));
-    let sql = expand_macros(&expand_vars(trace_target["rawSql"].as_str().unwrap(), &vars), from, to);
+    let sql = expand_macros(&expand_vars(trace_target["rawSql"].as_str().unwrap(), &vars), from, to, 300);
     assert_eq!(columns(&ch, &sql).await.1, 2, "both spans of the trace");
 
     // The request explorer with concrete filter values finds the request.
@@ -350,8 +361,14 @@ async fn every_panel_variable_and_alert_query_runs_and_links_resolve() {
         .into_iter()
         .map(|(a, b)| (a.to_owned(), b.to_owned()))
         .collect();
-    let sql = expand_macros(&expand_vars(table["targets"][0]["rawSql"].as_str().unwrap(), &vars), from, to);
+    let sql = expand_macros(&expand_vars(table["targets"][0]["rawSql"].as_str().unwrap(), &vars), from, to, 300);
     assert!(columns(&ch, &sql).await.1 >= 1, "the partial push is found: {sql}");
+    // Issue 13, input 5: a client id with a quote (or a crafted one) is a value, never SQL.
+    for hostile in ["o'brien-phone", "\\' OR 1=1 --", "x' OR '1'='1", "\\", "') OR (1=1"] {
+        let vars: Vec<(String, String)> = vars.iter().map(|(n, v)| (n.clone(), if n == "client" { hostile.to_owned() } else { v.clone() })).collect();
+        let sql = expand_macros(&expand_vars(table["targets"][0]["rawSql"].as_str().unwrap(), &vars), from, to, 300);
+        assert_eq!(columns(&ch, &sql).await.1, 0, "client {hostile:?} matches nothing and changes nothing: {sql}");
+    }
 
     // Alert rules.
     let alerts = yaml("grafana/provisioning/alerting/tether-alerts.yaml");
@@ -368,7 +385,7 @@ async fn every_panel_variable_and_alert_query_runs_and_links_resolve() {
                     continue;
                 }
                 assert_eq!(uid, PROVISIONED_UID);
-                let sql = expand_macros(d["model"]["rawSql"].as_str().unwrap(), from, to);
+                let sql = expand_macros(d["model"]["rawSql"].as_str().unwrap(), from, to, 300);
                 let (cols, rows) = columns(&ch, &sql).await;
                 assert_eq!((cols.len(), rows), (1, 1), "{:?}: one number: {sql}", rule["title"]);
                 queries += 1;
@@ -485,4 +502,71 @@ fn dashboards_type_check_against_grafana_schema() {
         .output()
         .expect("tsc runs (node is needed)");
     assert!(out.status.success(), "dashboards do not type-check against {GRAFANA_SCHEMA}:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// The target of the panel titled `title` on dashboard `uid`.
+fn panel_sql(uid: &str, title: &str) -> String {
+    let dashboards = dashboards();
+    let dash = &dashboards.iter().find(|(_, d)| d["uid"] == uid).unwrap_or_else(|| panic!("dashboard {uid}")).1;
+    let p = panels(dash).into_iter().find(|p| p["title"] == title).unwrap_or_else(|| panic!("panel {title}"));
+    p["targets"][0]["rawSql"].as_str().unwrap().to_owned()
+}
+
+/// Issue 13, input 4: 300 pushes in one five-minute bucket are 1.0 requests/s whatever
+/// Grafana's interval (2 s on a one-hour view read 150 req/s), and the series' counts add up
+/// to the raw rows at every interval.
+#[tokio::test(flavor = "current_thread")]
+async fn five_minute_panels_are_right_at_any_interval() {
+    let ch = clickhouse().await;
+    ch.migrate().await;
+    ch.rows(
+        "INSERT INTO sync_requests (request_id, kind, client_id, started_at, http_status, outcome, mutation_count, conflict_count)
+         SELECT toString(number), 'push', 'c', toStartOfFiveMinutes(now()) - 3600 + number % 300, 200, 'ok', 2, number % 2 FROM numbers(300)",
+    )
+    .await;
+    ch.rows(
+        "INSERT INTO sync_mutations (request_id, started_at, position, model, outcome, reason, client_id)
+         SELECT toString(number), toStartOfFiveMinutes(now()) - 3600 + number % 300, 0, 'Task', 'conflict', 'stale', 'c' FROM numbers(300)",
+    )
+    .await;
+    let (from, to) = time_range();
+    let throughput = panel_sql("tether-sync-overview", "Throughput by kind and outcome (requests/s)");
+    let by_model = panel_sql("tether-conflicts-failures", "Conflicts and rejections by model");
+    for interval in INTERVALS_S {
+        let rows = ch.rows(&expand_macros(&throughput, from, to, interval)).await;
+        assert_eq!(rows.len(), 1, "interval {interval} s: one step holds the bucket: {rows:?}");
+        let rps = rows[0]["rps"].as_f64().unwrap();
+        // The step is the interval rounded up to whole buckets; its rate is its average.
+        let want = if interval <= 300 { 1.0 } else { 300.0 / 3600.0 };
+        assert!((rps - want).abs() < 1e-9, "interval {interval} s: {rps} requests/s, want {want}");
+        let rows = ch.rows(&expand_macros(&by_model, from, to, interval)).await;
+        let n: u64 = rows.iter().map(|r| r["n"].as_u64().or_else(|| r["n"].as_str()?.parse().ok()).unwrap()).sum();
+        assert_eq!(n, 300, "interval {interval} s: the counts add up to the rows: {rows:?}");
+    }
+}
+
+/// The Grafana stats, the metrics API and the overview page count the same window the same
+/// way: every five-minute bucket the window touches, whole.
+#[tokio::test(flavor = "current_thread")]
+async fn grafana_stats_and_the_metrics_api_agree_on_partial_buckets() {
+    let ch = clickhouse().await;
+    ch.migrate().await;
+    // B0 = a bucket two hours ago. Requests at B0-5 s (previous bucket), B0+10 s x3,
+    // B0+290 s x2, B0+305 s x4, B0+601 s x1.
+    ch.rows(
+        "INSERT INTO sync_requests (request_id, kind, client_id, started_at, http_status, outcome)
+         SELECT toString(number), 'push', 'c', toStartOfFiveMinutes(now()) - 7200 + [-5, 10, 10, 10, 290, 290, 305, 305, 305, 305, 601][number + 1], 200, 'ok'
+         FROM numbers(11)",
+    )
+    .await;
+    let b0 = ch.count("SELECT toUnixTimestamp(toStartOfFiveMinutes(now())) - 7200").await as i64;
+    let requests = panel_sql("tether-sync-overview", "Requests");
+    let state = DashboardState::new(ch.client());
+    for (from, to, want) in [(b0 + 100, b0 + 310, 9), (b0, b0 + 300, 5), (b0 - 1, b0 + 600, 10), (b0 + 299, b0 + 301, 9)] {
+        let grafana = ch.count(&expand_macros(&requests, from, to, 60)).await;
+        let rfc = |t: i64| chrono::DateTime::from_timestamp(t, 0).unwrap().to_rfc3339();
+        let q = tether_pro::dashboard::metrics::MetricsQuery { window: None, from: Some(rfc(from)), to: Some(rfc(to)) };
+        let api = tether_pro::dashboard::metrics::compute(&state, q.window(chrono::Utc::now()).unwrap()).await.unwrap();
+        assert_eq!((grafana, api.totals.requests), (want, want), "window {}..{} s after B0", from - b0, to - b0);
+    }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use common::clickhouse;
 use tether_pro::config::RetentionConfig;
-use tether_pro::store::migrate::{MIGRATIONS, migrate};
+use tether_pro::store::migrate::{INSERTED_COLUMNS, MIGRATIONS, migrate};
 
 fn server(url: &str) -> clickhouse::Client {
     clickhouse::Client::default().with_url(url)
@@ -118,4 +118,62 @@ async fn a_hostile_database_name_is_quoted_not_executed() {
     let _ = migrate(&server(&ch.url), &name, &RetentionConfig::default()).await;
     assert_eq!(ch.count(&format!("SELECT count() FROM system.databases WHERE name = '{}'", ch.database)).await, 1, "the test database survived");
     server(&ch.url).query_raw("DROP DATABASE IF EXISTS {n:Identifier}").param("n", &name).execute().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_inserted_columns_are_exactly_the_migrated_ones() {
+    let ch = clickhouse().await;
+    let report = migrate(&server(&ch.url), &ch.database, &RetentionConfig::default()).await.unwrap();
+    assert!(report.drift.is_empty(), "a fresh database has no drift: {:?}", report.drift);
+    for (table, columns) in INSERTED_COLUMNS {
+        let have: Vec<(String, String)> = ch
+            .rows(&format!("SELECT name, type FROM system.columns WHERE database = '{}' AND table = '{table}' ORDER BY position", ch.database))
+            .await
+            .into_iter()
+            .map(|r| (r["name"].as_str().unwrap().to_owned(), r["type"].as_str().unwrap().to_owned()))
+            .collect();
+        let want: Vec<(String, String)> = columns.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
+        assert_eq!(have, want, "INSERTED_COLUMNS for {table} must follow the migrations");
+    }
+}
+
+#[tokio::test]
+async fn schema_drift_is_reported_by_the_startup_check() {
+    let ch = clickhouse().await;
+    ch.migrate().await;
+    ch.rows("ALTER TABLE sync_mutations DROP COLUMN reason_data").await;
+    ch.rows("ALTER TABLE sync_requests MODIFY COLUMN duration_us String").await;
+    let report = migrate(&server(&ch.url), &ch.database, &RetentionConfig::default()).await.unwrap();
+    assert_eq!(
+        report.drift,
+        vec![
+            "sync_requests.duration_us has type String (expected UInt64)".to_owned(),
+            "sync_mutations.reason_data is missing (expected String)".to_owned(),
+        ]
+    );
+}
+
+/// Issue 13, input 3: the same rows inserted twice with one `insert_deduplication_token` (a
+/// retry after a lost answer) are stored once in the raw tables AND counted once in the
+/// five-minute aggregates; a different token with identical rows still counts.
+#[tokio::test]
+async fn a_retried_insert_lands_once_in_raw_tables_and_aggregates() {
+    let ch = clickhouse().await;
+    ch.migrate().await;
+    let requests = "INSERT INTO sync_requests (request_id, kind, client_id, started_at, duration_us, http_status, outcome, mutation_count, applied_count)
+        SETTINGS insert_deduplication_token = '{token}-r'
+        VALUES ('a', 'push', 'c1', now64(6) - 60, 1000, 200, 'ok', 2, 2), ('b', 'pull', 'c1', now64(6) - 30, 10, 200, 'ok', 0, 0)";
+    let mutations = "INSERT INTO sync_mutations (request_id, started_at, position, mutation_id, model, operation, client_id, outcome)
+        SETTINGS insert_deduplication_token = '{token}-m'
+        VALUES ('a', now64(6) - 60, 0, 'm1', 'todo', 'create', 'c1', 'applied'), ('a', now64(6) - 60, 1, 'm2', 'todo', 'update', 'c1', 'applied')";
+    for token in ["t1", "t1", "t1", "t2"] {
+        ch.rows(&mutations.replace("{token}", token)).await;
+        ch.rows(&requests.replace("{token}", token)).await;
+    }
+    // t1 lands once, t2 (another batch that happens to hold equal rows) once more.
+    assert_eq!(ch.count("SELECT count() FROM sync_requests").await, 4);
+    assert_eq!(ch.count("SELECT sum(requests) FROM sync_requests_5m").await, 4, "the aggregate follows the raw rows");
+    assert_eq!(ch.count("SELECT sum(mutations) FROM sync_requests_5m").await, 4);
+    assert_eq!(ch.count("SELECT count() FROM sync_mutations").await, 4);
+    assert_eq!(ch.count("SELECT sum(mutations) FROM sync_mutations_5m").await, 4);
 }

@@ -790,3 +790,45 @@ async fn the_resource_takes_the_environment_first_then_the_defaults() {
         assert_eq!(get(&telemetry::resource(SERVICE), "service.name").as_deref(), Some("from-service-name"), "OTEL_SERVICE_NAME wins");
     }
 }
+
+/// Issue 13, input 6: a collector that accepts connections and never answers. Shutdown
+/// (ClickHouse flush first, then telemetry) gives up on the collector at the telemetry
+/// shutdown bound instead of waiting for every export's own timeout (25 s before), and every
+/// captured request is in ClickHouse.
+#[tokio::test(flavor = "current_thread")]
+async fn a_collector_that_never_answers_bounds_shutdown_and_loses_no_captured_request() {
+    // Accepts, reads nothing, answers nothing; the sockets stay open until the test ends.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    // The exporters' default timeout (10 s per export), as a user gets it.
+    let env = OtelEnv::set(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ])
+    .await;
+    let mut app = Instrumented::start().await;
+    let n = 5;
+    for _ in 0..n {
+        let (status, _, _) = send(&app.base, "/tether/push", &push_headers(), the_push().to_string().into_bytes()).await;
+        assert_eq!(status, 200);
+    }
+    let started = Instant::now();
+    let errors = app.shutdown();
+    let took = started.elapsed();
+    drop(env);
+    eprintln!("never-answering collector: shutdown took {took:?}; guard errors {errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("did not answer within 3000 ms")),
+        "the telemetry shutdown gave up at its bound: {errors:?}"
+    );
+    assert!(took < Duration::from_secs(20), "a hung collector does not hold shutdown: {took:?}");
+    assert_eq!(app.ch.count("SELECT count() FROM sync_requests").await, n, "every captured request written first");
+}

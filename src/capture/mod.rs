@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 pub use self::http::{CaptureLayer, CaptureLimits, CaptureService, TeeBody};
 pub use layer::{CaptureInterest, SyncLayer};
-pub use queue::{CaptureQueue, CaptureStats, CaptureTotals};
+pub use queue::{CaptureQueue, CaptureStats, CaptureTotals, DROP_REASONS};
 pub use record::{CaptureRecord, CapturedBody, MutationState, RequestKind, StateValue};
 
 use crate::protocol::Object;

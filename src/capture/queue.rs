@@ -29,8 +29,17 @@ pub struct CaptureStats {
     pub mutations_written: AtomicU64,
     /// Insert attempts that failed (each retry counts).
     pub insert_failures: AtomicU64,
-    /// Records given up on: bad data, or still unwritten at the shutdown deadline.
+    /// Records given up on: bad data, or still unwritten at the shutdown deadline
+    /// (`bad_data + shutdown_dropped`).
     pub records_failed: AtomicU64,
+    /// Records in batches ClickHouse refused as bad data (never retried).
+    pub bad_data: AtomicU64,
+    /// Of those, records kept in the dead-letter directory.
+    pub dead_lettered: AtomicU64,
+    /// Records still unwritten at the shutdown deadline and not spooled (no spool, or full).
+    pub shutdown_dropped: AtomicU64,
+    /// When the last insert succeeded (Unix ms; 0: none yet).
+    pub last_insert_unix_ms: AtomicU64,
     /// Sum and count of successful insert latencies, in microseconds.
     pub insert_latency_us_sum: AtomicU64,
     pub inserts: AtomicU64,
@@ -62,6 +71,10 @@ pub struct CaptureTotals {
     pub mutations_written: u64,
     pub insert_failures: u64,
     pub records_failed: u64,
+    pub bad_data: u64,
+    pub dead_lettered: u64,
+    pub shutdown_dropped: u64,
+    pub last_insert_unix_ms: u64,
     pub inserts: u64,
     pub insert_latency_us_sum: u64,
     pub spool_spilled: u64,
@@ -72,6 +85,37 @@ pub struct CaptureTotals {
     pub spool_records: u64,
     pub spool_bytes: u64,
     pub spool_oldest_unix_ms: u64,
+}
+
+/// Why captured records were dropped: the `reason` attribute of
+/// `tether.capture.records.dropped`, the keys of the pipeline health on the overview page.
+pub const DROP_REASONS: &[&str] = &["queue_full", "write_buffer_full", "spool_full", "spool_corrupt", "bad_data", "shutdown"];
+
+impl CaptureTotals {
+    /// Records dropped, by reason ([`DROP_REASONS`], in that order).
+    pub fn dropped_by_reason(&self) -> [(&'static str, u64); 6] {
+        [
+            (DROP_REASONS[0], self.dropped),
+            (DROP_REASONS[1], self.buffer_dropped),
+            (DROP_REASONS[2], self.spool_dropped),
+            (DROP_REASONS[3], self.spool_corrupt),
+            (DROP_REASONS[4], self.bad_data),
+            (DROP_REASONS[5], self.shutdown_dropped),
+        ]
+    }
+
+    /// Records captured: accepted into the queue, or dropped because it was full.
+    pub fn captured(&self) -> u64 {
+        self.enqueued + self.dropped
+    }
+
+    /// Where every captured record is once the pipeline is idle: `(written, spooled,
+    /// dropped)`, whose sum is [`captured`](Self::captured). Records still in the queue or a
+    /// batch in memory are in none of the three.
+    pub fn accounted(&self) -> (u64, u64, u64) {
+        let dropped = self.dropped_by_reason().iter().map(|(_, n)| n).sum();
+        (self.requests_written, self.spool_records, dropped)
+    }
 }
 
 impl CaptureStats {
@@ -87,6 +131,10 @@ impl CaptureStats {
             mutations_written: g(&self.mutations_written),
             insert_failures: g(&self.insert_failures),
             records_failed: g(&self.records_failed),
+            bad_data: g(&self.bad_data),
+            dead_lettered: g(&self.dead_lettered),
+            shutdown_dropped: g(&self.shutdown_dropped),
+            last_insert_unix_ms: g(&self.last_insert_unix_ms),
             inserts: g(&self.inserts),
             insert_latency_us_sum: g(&self.insert_latency_us_sum),
             spool_spilled: g(&self.spool_spilled),

@@ -32,6 +32,9 @@ pub struct DashboardState {
     pub mutations_page_size: usize,
     /// Replay preview and apply; `None` (the default) makes every replay route a 404.
     pub replay: Option<replay::ReplayState>,
+    /// The capture pipeline's counters, when the dashboard runs in the capturing process
+    /// (the overview page then shows its health); `None` for a standalone `tether-pro serve`.
+    pub capture: Option<std::sync::Arc<crate::capture::CaptureStats>>,
 }
 
 impl DashboardState {
@@ -45,7 +48,15 @@ impl DashboardState {
             thresholds: HealthThresholds::default(),
             mutations_page_size: Self::DEFAULT_MUTATIONS_PAGE_SIZE,
             replay: None,
+            capture: None,
         }
+    }
+
+    /// Shows the capture pipeline's health (written, spooled, dropped by reason, last
+    /// insert) on the overview page.
+    pub fn with_capture(mut self, stats: std::sync::Arc<crate::capture::CaptureStats>) -> Self {
+        self.capture = Some(stats);
+        self
     }
 }
 
@@ -93,12 +104,24 @@ pub fn app(serve: &crate::config::ServeConfig, client: clickhouse::Client) -> Ro
 
 /// [`app`] with replay routes (only pass `Some` when `replay.live_enabled`).
 pub fn app_with_replay(serve: &crate::config::ServeConfig, client: clickhouse::Client, replay: Option<replay::ReplayState>) -> Router {
+    app_in_process(serve, client, replay, None)
+}
+
+/// [`app_with_replay`] in the capturing process: `capture` (the pipeline's counters) puts
+/// its health on the overview page.
+pub fn app_in_process(
+    serve: &crate::config::ServeConfig,
+    client: clickhouse::Client,
+    replay: Option<replay::ReplayState>,
+    capture: Option<std::sync::Arc<crate::capture::CaptureStats>>,
+) -> Router {
     let state = DashboardState {
         client,
         prefix: serve.prefix.clone(),
         thresholds: serve.health,
         mutations_page_size: serve.mutations_page_size,
         replay,
+        capture,
     };
     let prefix = if serve.prefix.is_empty() { "/".to_owned() } else { serve.prefix.clone() };
     let mut app = mount(state);

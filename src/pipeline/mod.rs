@@ -5,6 +5,7 @@
 //! host only for CPU, and with no tracing subscriber, so its own work (HTTP to ClickHouse,
 //! retries) never traces into the host's telemetry. Its few messages go to stderr.
 
+pub mod dead_letter;
 pub mod diff;
 pub mod redact;
 pub mod rows;
@@ -78,10 +79,16 @@ impl CaptureGuard {
         // The pipeline itself stops at the flush deadline; the extra second covers joining.
         let _ = done.recv_timeout(self.timeout + Duration::from_secs(1));
         let t = self.stats.totals();
-        if t.dropped > 0 || t.records_failed > 0 {
+        let (written, spooled, dropped) = t.accounted();
+        let in_flight = t.captured().saturating_sub(written + spooled + dropped);
+        if dropped > 0 || in_flight > 0 {
+            let reasons: Vec<String> =
+                t.dropped_by_reason().iter().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{n} {r}")).collect();
             eprintln!(
-                "tether-pro: capture stopped: {} records dropped (queue full), {} not written (ClickHouse), {} written",
-                t.dropped, t.records_failed, t.requests_written
+                "tether-pro: capture stopped: {} captured, {written} written, {spooled} in the disk spool, {dropped} dropped ({}){}",
+                t.captured(),
+                if reasons.is_empty() { "none".to_owned() } else { reasons.join(", ") },
+                if in_flight > 0 { format!(", {in_flight} still in memory at exit (lost)") } else { String::new() },
             );
         }
     }
@@ -106,6 +113,8 @@ pub fn start_with_telemetry(
     telemetry: Telemetry,
 ) -> anyhow::Result<(Capture, CaptureGuard)> {
     config.validate()?;
+    let writer = writer.with_insert_timeout(Duration::from_millis(config.insert_timeout_ms));
+    let dead_letters = dead_letter::DeadLetters::new(&config.dead_letter);
     let stats = Arc::new(CaptureStats::default());
     let (queue, rx) = queue::bounded(config.queue_records, config.queue_bytes, stats.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -145,7 +154,7 @@ pub fn start_with_telemetry(
         let _no_tracing = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
         lower_priority(cfg.pipeline_nice);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("pipeline runtime");
-        rt.block_on(run(rx, writer, settings, cfg, worker_stats, shutdown_rx, telemetry, spool));
+        rt.block_on(run(rx, writer, settings, cfg, worker_stats, shutdown_rx, telemetry, spool, dead_letters));
         let _ = done_tx.send(());
     })?;
     let timeout = Duration::from_millis(config.flush_timeout_ms);
@@ -204,6 +213,7 @@ async fn run(
     shutdown: watch::Receiver<bool>,
     telemetry: Telemetry,
     spool: Option<Spool>,
+    dead_letters: Option<dead_letter::DeadLetters>,
 ) {
     let (batches_tx, batches_rx) = tokio::sync::mpsc::channel::<Batch>(WRITE_BUFFER_BATCHES);
     let stop_at = Rc::new(std::cell::Cell::new(None::<Instant>));
@@ -211,7 +221,8 @@ async fn run(
     let writer_failing = Arc::new(AtomicBool::new(false));
     let out = Outlet { batches: batches_tx, stats: stats.clone(), spool: spool.clone(), writer_failing: writer_failing.clone() };
     let process = process_loop(rx, out, settings, cfg.clone(), stats.clone(), shutdown, telemetry.clone(), stop_at.clone());
-    let write = write_loop(batches_rx, writer, stats, telemetry, stop_at, spool, writer_failing);
+    let sinks = Sinks { spool, dead_letters, stats: stats.clone() };
+    let write = write_loop(batches_rx, writer, stats, telemetry, stop_at, sinks, writer_failing);
     tokio::join!(process, write);
 }
 
@@ -365,13 +376,58 @@ fn spill_or_drop(spool: &SharedSpool, stats: &CaptureStats, batch: Batch, token:
     false
 }
 
+/// Where batches go that ClickHouse did not take: the disk spool (transient failures at
+/// shutdown), the dead-letter directory (bad data); each record not kept is counted under
+/// its reason.
+struct Sinks {
+    spool: SharedSpool,
+    dead_letters: Option<dead_letter::DeadLetters>,
+    stats: Arc<CaptureStats>,
+}
+
+impl Sinks {
+    /// A batch refused as bad data: counted as `bad_data`, kept in the dead-letter directory.
+    /// Returns whether it was kept.
+    fn refused(&self, error: &str, batch: &SpooledBatch) -> bool {
+        let records = batch.records;
+        self.stats.bad_data.fetch_add(records, Ordering::Relaxed);
+        self.stats.records_failed.fetch_add(records, Ordering::Relaxed);
+        let (kept, how) = match &self.dead_letters {
+            Some(dl) => match dl.keep(error, batch) {
+                Ok(path) => {
+                    self.stats.dead_lettered.fetch_add(records, Ordering::Relaxed);
+                    (true, format!("kept in {}", path.display()))
+                }
+                Err(e) => (false, format!("not kept: {e}")),
+            },
+            None => (false, "not kept (capture.dead_letter.enabled = false)".to_owned()),
+        };
+        eprintln!("tether-pro: ClickHouse refused {records} captured requests as bad data (not retried; {how}): {error}");
+        kept
+    }
+
+    /// A batch still unwritten at the shutdown deadline: to the spool, else counted.
+    fn unwritten_at_shutdown(&self, error: &str, batch: Batch, token: String) {
+        let records = batch.records;
+        if self.spool.borrow().is_some() {
+            if spill_or_drop(&self.spool, &self.stats, batch, token) {
+                eprintln!("tether-pro: ClickHouse unavailable at shutdown ({error}); {records} captured requests kept in the disk spool");
+            }
+            return;
+        }
+        self.stats.shutdown_dropped.fetch_add(records, Ordering::Relaxed);
+        self.stats.records_failed.fetch_add(records, Ordering::Relaxed);
+        eprintln!("tether-pro: ClickHouse unavailable at shutdown ({error}); {records} captured requests not written (no disk spool)");
+    }
+}
+
 async fn write_loop(
     mut batches: tokio::sync::mpsc::Receiver<Batch>,
     writer: ClickHouseWriter,
     stats: Arc<CaptureStats>,
     telemetry: Telemetry,
     stop_at: Rc<std::cell::Cell<Option<Instant>>>,
-    spool: SharedSpool,
+    sinks: Sinks,
     failing: Arc<AtomicBool>,
 ) {
     use tokio::sync::mpsc::error::TryRecvError;
@@ -387,6 +443,7 @@ async fn write_loop(
         stats.mutations_written.fetch_add(mutations as u64, Ordering::Relaxed);
         stats.inserts.fetch_add(1, Ordering::Relaxed);
         stats.insert_latency_us_sum.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        stats.last_insert_unix_ms.store(chrono::Utc::now().timestamp_millis().max(0) as u64, Ordering::Relaxed);
         telemetry.record_insert(elapsed.as_secs_f64());
     };
     loop {
@@ -396,9 +453,9 @@ async fn write_loop(
             Ok(b) => b,
             Err(TryRecvError::Disconnected) => break,
             Err(TryRecvError::Empty) => {
-                let oldest = if deadline().is_none() { spool.borrow().as_ref().and_then(Spool::oldest) } else { None };
+                let oldest = if deadline().is_none() { sinks.spool.borrow().as_ref().and_then(Spool::oldest) } else { None };
                 if let Some(entry) = oldest {
-                    write_spooled(&spool, entry, &writer, &stats, &deadline, &on_failure, &written).await;
+                    write_spooled(&sinks, entry, &writer, &deadline, &on_failure, &written).await;
                     continue;
                 }
                 match batches.recv().await {
@@ -411,32 +468,26 @@ async fn write_loop(
         let started = Instant::now();
         match writer.write(&batch.requests, &batch.mutations, &token, &deadline, &on_failure).await {
             Ok(()) => written(batch.requests.len(), batch.mutations.len(), started),
-            Err(WriteError::GaveUp(e)) if spool.borrow().is_some() => {
-                // Shutdown with ClickHouse away: the disk keeps the batch for the next start.
-                let records = batch.records;
-                if spill_or_drop(&spool, &stats, batch, token) {
-                    eprintln!("tether-pro: ClickHouse unavailable at shutdown ({e}); {records} captured requests kept in the disk spool");
-                }
-            }
-            Err(e) => {
-                stats.records_failed.fetch_add(batch.records, Ordering::Relaxed);
-                eprintln!("tether-pro: {} captured requests not written: {e}", batch.records);
+            Err(WriteError::GaveUp(e)) => sinks.unwritten_at_shutdown(&e, batch, token),
+            Err(WriteError::BadData(e)) => {
+                sinks.refused(&e, &SpooledBatch::new(token, batch.records, batch.requests, batch.mutations));
             }
         }
     }
 }
 
 /// Writes the oldest spooled batch with its own token, and removes it once written (or set
-/// aside when unreadable or refused as bad data). Left on disk when shutdown cuts it short.
+/// aside when unreadable; moved to the dead-letter directory when refused as bad data).
+/// Left on disk when shutdown cuts it short.
 async fn write_spooled(
-    spool: &SharedSpool,
+    sinks: &Sinks,
     entry: spool::SpoolEntry,
     writer: &ClickHouseWriter,
-    stats: &CaptureStats,
     deadline: &dyn Fn() -> Option<Instant>,
     on_failure: &(dyn Fn(&clickhouse::error::Error) + Sync),
     written: &dyn Fn(usize, usize, Instant),
 ) {
+    let (spool, stats) = (&sinks.spool, &sinks.stats);
     let read = spool.borrow().as_ref().map(|s| s.read(&entry));
     let batch = match read {
         Some(Ok(b)) => b,
@@ -454,6 +505,7 @@ async fn write_spooled(
     };
     let started = Instant::now();
     let result = writer.write(&batch.requests, &batch.mutations, &batch.token, deadline, on_failure).await;
+    let dead_lettered = matches!(&result, Err(WriteError::BadData(e)) if sinks.refused(e, &batch));
     let mut guard = spool.borrow_mut();
     let Some(s) = guard.as_mut() else { return };
     match result {
@@ -465,9 +517,11 @@ async fn write_spooled(
             }
         }
         Err(WriteError::GaveUp(_)) => {} // shutdown: stays on disk
-        Err(e @ WriteError::BadData(_)) => {
-            stats.records_failed.fetch_add(batch.records, Ordering::Relaxed);
-            eprintln!("tether-pro: spooled batch {} ({} captured requests) not written, set aside: {e}", entry.id, batch.records);
+        // Counted (and kept in the dead-letter directory) above; off the spool either way.
+        Err(WriteError::BadData(_)) if dead_lettered => {
+            let _ = s.remove(&entry);
+        }
+        Err(WriteError::BadData(_)) => {
             let _ = s.set_aside(&entry);
         }
     }

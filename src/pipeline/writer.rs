@@ -49,12 +49,30 @@ pub struct ClickHouseWriter {
     client: clickhouse::Client,
     min_backoff: Duration,
     max_backoff: Duration,
+    insert_timeout: Duration,
 }
 
 impl ClickHouseWriter {
     /// `client` must be bound to the database holding the tables (`with_database`).
     pub fn new(client: clickhouse::Client) -> Self {
-        ClickHouseWriter { client, min_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5) }
+        ClickHouseWriter {
+            client,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            insert_timeout: Duration::from_millis(crate::config::CaptureConfig::DEFAULT_INSERT_TIMEOUT_MS),
+        }
+    }
+
+    /// The deadline of one insert attempt (both tables). A ClickHouse that accepts the
+    /// connection and never answers (a stuck node, a half-open connection) then costs one
+    /// timed-out attempt, retried like any transient failure with the same token.
+    pub fn with_insert_timeout(mut self, timeout: Duration) -> Self {
+        self.insert_timeout = timeout;
+        self
+    }
+
+    pub fn insert_timeout(&self) -> Duration {
+        self.insert_timeout
     }
 
     pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
@@ -72,7 +90,15 @@ impl ClickHouseWriter {
         }
         // The token makes a retried insert of the same batch a no-op if the first attempt
         // landed but its answer was lost (tables set non_replicated_deduplication_window).
-        let mut insert = self.client.insert::<T>(table).await?.with_setting("insert_deduplication_token", token);
+        // deduplicate_blocks_in_dependent_materialized_views: the token also guards the
+        // five-minute aggregates (their tables set the window too, migration 0005); it is the
+        // default on ClickHouse 26.9 and set here so older servers behave the same.
+        let mut insert = self
+            .client
+            .insert::<T>(table)
+            .await?
+            .with_setting("insert_deduplication_token", token)
+            .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
         for row in rows {
             insert.write(row).await?;
         }
@@ -98,6 +124,10 @@ impl ClickHouseWriter {
         // Mutations first: a request row is the index of its mutations, so it lands last.
         let mut done_mutations = false;
         loop {
+            // Past the shutdown deadline an attempt could only delay the spool or the count.
+            if deadline().is_some_and(|d| Instant::now() >= d) {
+                return Err(WriteError::GaveUp("the shutdown deadline passed".into()));
+            }
             let attempt = async {
                 if !done_mutations {
                     self.insert_once("sync_mutations", mutations, &format!("{token}-m")).await?;
@@ -105,7 +135,13 @@ impl ClickHouseWriter {
                 }
                 self.insert_once("sync_requests", requests, &format!("{token}-r")).await
             };
-            match attempt.await {
+            // Bounded by the insert timeout and by the shutdown deadline, whichever comes
+            // first: dropping the attempt aborts the HTTP request, so nothing half-sent lands.
+            let bounded = tokio::select! {
+                r = tokio::time::timeout(self.insert_timeout, attempt) => r.unwrap_or(Err(clickhouse::error::Error::TimedOut)),
+                () = passed(deadline) => Err(clickhouse::error::Error::TimedOut),
+            };
+            match bounded {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     on_failure(&e);
@@ -116,9 +152,32 @@ impl ClickHouseWriter {
                     if deadline().is_some_and(|d| Instant::now() + delay > d) {
                         return Err(WriteError::GaveUp(e.to_string()));
                     }
-                    tokio::time::sleep(delay).await;
+                    // A backoff (up to max_backoff) must not outlast the flush: when shutdown
+                    // begins, one more attempt at once, then the spool or the count.
+                    let stopping = deadline().is_some();
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown_began(deadline), if !stopping => {}
+                    }
                 }
             }
+        }
+    }
+}
+
+/// Resolves once `deadline()` is set (shutdown began).
+async fn shutdown_began(deadline: &dyn Fn() -> Option<Instant>) {
+    while deadline().is_none() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Resolves once `deadline()` is set and has passed (it is set when shutdown begins).
+async fn passed(deadline: &dyn Fn() -> Option<Instant>) {
+    loop {
+        match deadline() {
+            Some(d) => return tokio::time::sleep_until(d.into()).await,
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
 }

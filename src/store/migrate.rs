@@ -23,6 +23,71 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 2, name: "aggregates", sql: include_str!("migrations/0002_aggregates.sql") },
     Migration { version: 3, name: "views", sql: include_str!("migrations/0003_views.sql") },
     Migration { version: 4, name: "redacted_paths", sql: include_str!("migrations/0004_redacted_paths.sql") },
+    Migration { version: 5, name: "aggregate_dedup", sql: include_str!("migrations/0005_aggregate_dedup.sql") },
+];
+
+/// The columns the capture pipeline inserts, with the types the migrations give them (as
+/// `system.columns` spells them). `tests/migrations.rs` checks this against a freshly
+/// migrated database, so it cannot fall behind the migrations.
+pub const INSERTED_COLUMNS: &[(&str, &[(&str, &str)])] = &[
+    (
+        "sync_requests",
+        &[
+            ("request_id", "String"),
+            ("kind", "LowCardinality(String)"),
+            ("client_id", "String"),
+            ("client_version", "LowCardinality(String)"),
+            ("started_at", "DateTime64(6, 'UTC')"),
+            ("duration_us", "UInt64"),
+            ("http_status", "UInt16"),
+            ("outcome", "LowCardinality(String)"),
+            ("mutation_count", "UInt32"),
+            ("applied_count", "UInt32"),
+            ("rejected_count", "UInt32"),
+            ("conflict_count", "UInt32"),
+            ("duplicate_count", "UInt32"),
+            ("rejected_by_reason", "Map(LowCardinality(String), UInt32)"),
+            ("snapshot_count", "UInt32"),
+            ("has_more", "Bool"),
+            ("request_body", "String"),
+            ("request_body_bytes", "UInt64"),
+            ("request_body_truncated", "Bool"),
+            ("response_body", "String"),
+            ("response_body_bytes", "UInt64"),
+            ("response_body_truncated", "Bool"),
+            ("error", "String"),
+            ("trace_id", "String"),
+            ("span_id", "String"),
+            ("replay_of", "String"),
+        ],
+    ),
+    (
+        "sync_mutations",
+        &[
+            ("request_id", "String"),
+            ("started_at", "DateTime64(6, 'UTC')"),
+            ("position", "UInt32"),
+            ("mutation_id", "String"),
+            ("entity_id", "String"),
+            ("model", "LowCardinality(String)"),
+            ("operation", "LowCardinality(String)"),
+            ("client_id", "String"),
+            ("client_timestamp", "DateTime64(3, 'UTC')"),
+            ("version", "UInt64"),
+            ("outcome", "LowCardinality(String)"),
+            ("reason", "LowCardinality(String)"),
+            ("reason_data", "String"),
+            ("payload", "String"),
+            ("state_before", "String"),
+            ("state_after", "String"),
+            ("has_state", "Bool"),
+            ("diff", "String"),
+            ("trace_id", "String"),
+            ("span_id", "String"),
+            ("redacted_paths", "Array(String)"),
+            ("redacted_paths_recorded", "Bool"),
+        ],
+    ),
 ];
 
 /// Tables whose TTL follows `retention.days` / `retention.aggregate_days`.
@@ -34,6 +99,10 @@ const AGG_TTL: &[(&str, &str)] = &[("sync_requests_5m", "bucket"), ("sync_mutati
 pub struct MigrationReport {
     pub applied: Vec<u32>,
     pub already_applied: Vec<u32>,
+    /// Schema drift: each column the pipeline inserts that is missing or has another type
+    /// (someone altered the table). Inserts will be refused as bad data (dead-lettered and
+    /// counted as `bad_data`) until it is fixed. Empty when the schema is as migrated.
+    pub drift: Vec<String>,
 }
 
 /// FNV-1a: a stable checksum for drift detection (not for security).
@@ -136,7 +205,39 @@ pub async fn migrate(server: &Client, database: &str, retention: &RetentionConfi
         report.applied.push(m.version);
     }
     apply_retention(&db, database, retention).await?;
+    report.drift = schema_drift(&db, database).await?;
+    for d in &report.drift {
+        eprintln!("tether-pro: schema drift in database {database}: {d}; captured batches will be refused until it is fixed");
+    }
     Ok(report)
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct Column {
+    table: String,
+    name: String,
+    #[serde(rename = "type")]
+    ty: String,
+}
+
+/// Compares the inserted tables' columns with [`INSERTED_COLUMNS`].
+pub async fn schema_drift(db: &Client, database: &str) -> anyhow::Result<Vec<String>> {
+    let have: Vec<Column> = db
+        .query_raw("SELECT table, name, type FROM system.columns WHERE database = {db:String} AND table IN ('sync_requests', 'sync_mutations')")
+        .param("db", database)
+        .fetch_all()
+        .await?;
+    let mut drift = Vec::new();
+    for (table, columns) in INSERTED_COLUMNS {
+        for (name, ty) in *columns {
+            match have.iter().find(|c| c.table == *table && c.name == *name) {
+                None => drift.push(format!("{table}.{name} is missing (expected {ty})")),
+                Some(c) if c.ty != *ty => drift.push(format!("{table}.{name} has type {} (expected {ty})", c.ty)),
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(drift)
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]

@@ -65,6 +65,9 @@ impl Instruments {
     }
 }
 
+/// The `stage` of each of [`crate::capture::DROP_REASONS`] (the attribute predates `reason`).
+const DROP_STAGES: [&str; 6] = ["queue", "write_buffer", "spool", "spool", "clickhouse", "shutdown"];
+
 /// Observable instruments over the capture pipeline's and exporters' counters.
 pub(crate) fn observe_capture(provider: &SdkMeterProvider, c: Arc<CaptureStats>, t: Arc<TelemetryStats>) {
     let m = provider.meter(SCOPE);
@@ -81,11 +84,15 @@ pub(crate) fn observe_capture(provider: &SdkMeterProvider, c: Arc<CaptureStats>,
         .build();
     let c3 = c.clone();
     m.u64_observable_counter("tether.capture.records.dropped")
-        .with_description("Captured records dropped (queue, write buffer or disk spool full)")
+        .with_description(
+            "Captured records not in ClickHouse nor the disk spool, by reason (queue_full, write_buffer_full, \
+             spool_full, spool_corrupt, bad_data, shutdown); `stage` is where",
+        )
         .with_callback(move |o| {
-            o.observe(c3.dropped.load(Ordering::Relaxed), &[KeyValue::new("stage", "queue")]);
-            o.observe(c3.buffer_dropped.load(Ordering::Relaxed), &[KeyValue::new("stage", "write_buffer")]);
-            o.observe(c3.spool_dropped.load(Ordering::Relaxed), &[KeyValue::new("stage", "spool")]);
+            let t = c3.totals();
+            for ((reason, n), stage) in t.dropped_by_reason().into_iter().zip(DROP_STAGES) {
+                o.observe(n, &[KeyValue::new("reason", reason), KeyValue::new("stage", stage)]);
+            }
         })
         .build();
     let c4 = c.clone();

@@ -23,6 +23,7 @@ mod instruments;
 mod record;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
@@ -131,33 +132,61 @@ pub fn is_excluded_target(target: &str) -> bool {
         || EXCLUDED.iter().any(|p| target == *p || (target.starts_with(p) && target[p.len()..].starts_with("::")))
 }
 
-/// Flushes and shuts down traces, then metrics, reporting every error to stderr.
+/// Flushes and shuts down traces, then metrics, within [`TelemetryGuard::SHUTDOWN_TIMEOUT`]
+/// (a collector that accepts and never answers must not hold the process), reporting every
+/// error to stderr. Shut the capture pipeline down first: captured requests go to ClickHouse,
+/// never through telemetry, so a slow collector costs spans and metrics only.
 #[must_use = "dropping the guard shuts telemetry down"]
 pub struct TelemetryGuard {
     tracer_provider: Option<SdkTracerProvider>,
     meter_provider: Option<SdkMeterProvider>,
     /// The gRPC exporters' own runtime (see [`ExporterRuntime`]), stopped last.
     runtime: Option<ExporterRuntime>,
+    shutdown_timeout: Duration,
 }
 
 impl TelemetryGuard {
+    /// The longest [`shutdown`](Self::shutdown) waits for the collector, for both signals.
+    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+
+    pub fn with_shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
     pub fn shutdown(&mut self) -> Vec<String> {
+        let (tracer, meter) = (self.tracer_provider.take(), self.meter_provider.take());
         let mut errors = Vec::new();
-        if let Some(p) = self.tracer_provider.take() {
-            if let Err(e) = p.force_flush() {
-                errors.push(format!("flushing traces: {e}"));
-            }
-            if let Err(e) = p.shutdown() {
-                errors.push(format!("shutting down traces: {e}"));
-            }
-        }
-        if let Some(p) = self.meter_provider.take() {
-            if let Err(e) = p.force_flush() {
-                errors.push(format!("flushing metrics: {e}"));
-            }
-            if let Err(e) = p.shutdown() {
-                errors.push(format!("shutting down metrics: {e}"));
-            }
+        if tracer.is_some() || meter.is_some() {
+            // On a thread of its own: the SDK's metrics shutdown has no deadline, and an export
+            // to a collector that never answers waits for the exporter's own timeout.
+            let budget = self.shutdown_timeout;
+            let (tx, rx) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new().name("tether-pro-otel-shutdown".into()).spawn(move || {
+                let started = std::time::Instant::now();
+                let mut errors = Vec::new();
+                if let Some(p) = tracer
+                    && let Err(e) = p.shutdown_with_timeout(budget)
+                {
+                    errors.push(format!("shutting down traces: {e}"));
+                }
+                if let Some(p) = meter
+                    && let Err(e) = p.shutdown_with_timeout(budget.saturating_sub(started.elapsed()))
+                {
+                    errors.push(format!("shutting down metrics: {e}"));
+                }
+                let _ = tx.send(errors);
+            });
+            errors = match spawned {
+                Err(e) => vec![format!("shutting down: {e}")],
+                Ok(_) => rx.recv_timeout(budget).unwrap_or_else(|_| {
+                    vec![format!(
+                        "the collector did not answer within {} ms: spans and metrics not yet exported are dropped \
+                         (captured requests are unaffected: they go to ClickHouse)",
+                        budget.as_millis()
+                    )]
+                }),
+            };
         }
         drop(self.runtime.take());
         for e in &errors {
@@ -295,7 +324,7 @@ pub fn init(default_service: &str) -> anyhow::Result<(Telemetry, TelemetryGuard)
     drop(entered);
     let mut telemetry = Telemetry::from_providers(tracer_provider.as_ref(), meter_provider.as_ref());
     telemetry.stats = stats;
-    Ok((telemetry, TelemetryGuard { tracer_provider, meter_provider, runtime }))
+    Ok((telemetry, TelemetryGuard { tracer_provider, meter_provider, runtime, shutdown_timeout: TelemetryGuard::SHUTDOWN_TIMEOUT }))
 }
 
 #[cfg(test)]

@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test binary uses part of it
 //! The instrumented reference server (`tether-pro sync-server --capture`) in a child process,
 //! as a user runs it: configured by environment variables, stopped by a signal.
 //!

@@ -34,6 +34,13 @@ pub enum Mode {
     /// the connection broke before the answer came back: the writer must retry, and the
     /// retry must not double the rows. Other queries pass.
     LoseAnswer,
+    /// Accept every `INSERT` (its body is read) and never answer, as a stuck node or a
+    /// half-open connection does. Nothing lands. Other queries pass.
+    Hang,
+    /// Forward every `INSERT` (it lands), then answer `200` with the upstream's body one byte
+    /// per this interval and never end it: a ClickHouse (or a proxy in front) trickling its
+    /// answer. The writer must give up on the attempt and retry it with the same token.
+    Trickle(Duration),
 }
 
 /// One request the proxy saw.
@@ -145,6 +152,10 @@ async fn forward(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             record(503);
             return (StatusCode::SERVICE_UNAVAILABLE, "").into_response();
         }
+        Mode::Hang if insert_into.is_some() => {
+            record(0);
+            return std::future::pending().await;
+        }
         Mode::Delay(d) => tokio::time::sleep(d).await,
         _ => {}
     }
@@ -156,7 +167,29 @@ async fn forward(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         }
     }
     let lose_answer = mode == Mode::LoseAnswer && insert_into.is_some();
+    let trickle = match mode {
+        Mode::Trickle(every) if insert_into.is_some() => Some(every),
+        _ => None,
+    };
     match out.send().await {
+        Ok(resp) if trickle.is_some() => {
+            let landed = resp.status().is_success();
+            let bytes = resp.bytes().await.unwrap_or_default().to_vec();
+            record(if landed { 200 } else { 0 });
+            let every = trickle.unwrap();
+            // One byte per interval, then nothing more, never the end of the body.
+            let stream = futures::stream::unfold(0usize, move |i| {
+                let next = bytes.get(i).copied();
+                async move {
+                    tokio::time::sleep(every).await;
+                    match next {
+                        Some(b) => Some((Ok::<_, std::io::Error>(vec![b]), i + 1)),
+                        None => std::future::pending().await,
+                    }
+                }
+            });
+            Response::builder().status(StatusCode::OK).body(Body::from_stream(stream)).unwrap()
+        }
         Ok(resp) if lose_answer => {
             let landed = resp.status().is_success() && resp.bytes().await.is_ok();
             record(if landed { 502 } else { 0 });

@@ -294,6 +294,7 @@ async fn overview_page(state: &DashboardState, q: Result<Query<Vec<(String, Stri
         top_clients: top(&m.top_clients, &|k| nav.client(k)),
         failures: failures.iter().map(|x| MutationLine::new(&nav, x)).collect(),
         conflicts: conflicts.iter().map(|x| MutationLine::new(&nav, x)).collect(),
+        pipeline: state.capture.as_ref().map(|c| views::PipelineHealth::new(&c.totals())),
         nav,
     };
     html(&page)

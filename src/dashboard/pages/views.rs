@@ -331,6 +331,45 @@ pub struct OverviewPage {
     pub top_clients: Vec<TopLine>,
     pub failures: Vec<MutationLine>,
     pub conflicts: Vec<MutationLine>,
+    /// The capture pipeline's health, when the dashboard runs in the capturing process.
+    pub pipeline: Option<PipelineHealth>,
+}
+
+/// Where this process's captured requests are (since it started): the identity
+/// `captured = written + spooled + dropped + in memory`.
+#[derive(Debug, Clone)]
+pub struct PipelineHealth {
+    pub captured: u64,
+    pub written: u64,
+    pub spooled: u64,
+    pub dropped: u64,
+    /// Every drop reason, with its count (zeros included, so the list never changes shape).
+    pub reasons: Vec<(&'static str, u64)>,
+    /// Captured but not yet in one of the three (the queue and the batches in memory).
+    pub in_memory: u64,
+    pub insert_failures: u64,
+    /// RFC 3339, or "none yet".
+    pub last_insert: String,
+}
+
+impl PipelineHealth {
+    pub fn new(t: &crate::capture::CaptureTotals) -> PipelineHealth {
+        let (written, spooled, dropped) = t.accounted();
+        let last_insert = match chrono::DateTime::from_timestamp_millis(t.last_insert_unix_ms as i64) {
+            Some(at) if t.last_insert_unix_ms > 0 => at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            _ => "none yet".to_owned(),
+        };
+        PipelineHealth {
+            captured: t.captured(),
+            written,
+            spooled,
+            dropped,
+            reasons: t.dropped_by_reason().to_vec(),
+            in_memory: t.captured().saturating_sub(written + spooled + dropped),
+            insert_failures: t.insert_failures,
+            last_insert,
+        }
+    }
 }
 
 /// The filter form's current values.
