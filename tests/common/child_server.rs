@@ -1,8 +1,10 @@
-#![allow(dead_code)] // each test binary uses part of it
 //! The instrumented reference server (`tether-pro sync-server --capture`) in a child process,
 //! as a user runs it: configured by environment variables, stopped by a signal.
 //!
 //! Declared with `#[path]` by the tests that use it, next to `mod common;`.
+
+// Each test binary uses part of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
