@@ -1035,7 +1035,7 @@ async fn wrong_shapes_are_a_422_invalid_request() {
 
 #[tokio::test]
 async fn a_body_over_the_configured_limit_is_a_413() {
-    let limits = Limits { max_body_bytes: 1024, max_batch: 100 };
+    let limits = Limits { max_body_bytes: 1024, max_batch: 100, ..Limits::default() };
     let srv = serve(SyncServer::builder().limits(limits).build().unwrap()).await;
     let (m, e) = (ulid(), ulid());
     let big = json!({"client_id": CLIENT, "mutations": [create(&m, &e, json!({"title": "x", "notes": "n".repeat(4096)}), T)]});
@@ -1105,7 +1105,7 @@ async fn a_non_json_content_type_is_a_415() {
 
 #[tokio::test]
 async fn a_batch_over_max_batch_is_a_422_too_many_mutations() {
-    let limits = Limits { max_body_bytes: Limits::DEFAULT_MAX_BODY_BYTES, max_batch: 10 };
+    let limits = Limits { max_body_bytes: Limits::DEFAULT_MAX_BODY_BYTES, max_batch: 10, ..Limits::default() };
     let srv = serve(SyncServer::builder().limits(limits).build().unwrap()).await;
     let ids: Vec<String> = (0..11).map(|_| ulid()).collect();
     let batch: Vec<Value> = ids.iter().map(|e| create(&ulid(), e, json!({"title": "x"}), T)).collect();

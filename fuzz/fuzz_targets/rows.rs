@@ -139,7 +139,7 @@ fn body(text: &[u8], cut: Option<usize>, split: usize) -> CapturedBody {
     let kept = &text[..retained];
     let at = split.min(retained);
     let chunks = [&kept[..at], &kept[at..]].into_iter().filter(|c| !c.is_empty()).map(Bytes::copy_from_slice).collect();
-    CapturedBody { chunks, retained, total: total as u64, complete: cut.is_none() }
+    CapturedBody { chunks, retained, total: total as u64, complete: cut.is_none(), ..CapturedBody::default() }
 }
 
 fn check(input: Input) {
@@ -161,8 +161,9 @@ fn check(input: Input) {
         path: "/tether/push".into(),
         replay_of: String::new(),
         error: input.error.clone(),
+        client_gone: false,
     };
-    let settings = RowSettings { redactor: Redactor::default(), body_cap_bytes: input.cap };
+    let settings = RowSettings { redactor: Redactor::default(), body_cap_bytes: input.cap, decoded_max_bytes: 1 << 20 };
     let Rows { request, mutations } = rows::build(&rec, &settings);
 
     // Secrets: every scalar under a configured key in the bodies and the reported states.

@@ -35,6 +35,11 @@ pub struct CapturedBody {
     pub total: u64,
     /// The body ended normally (false: cut short, errored, or never read to the end).
     pub complete: bool,
+    /// The `Content-Encoding` header as sent (`""`: none). The bytes are kept as they
+    /// streamed; the pipeline decodes them.
+    pub content_encoding: String,
+    /// The `Content-Length` header, when there was one.
+    pub declared_length: Option<u64>,
 }
 
 impl CapturedBody {
@@ -55,7 +60,15 @@ impl CapturedBody {
 
     /// Every byte of the body was retained.
     pub fn is_whole(&self) -> bool {
-        self.complete && self.retained as u64 == self.total
+        self.retained as u64 == self.total && !self.is_incomplete()
+    }
+
+    /// The body did not arrive whole: its stream failed or ended early (the client went
+    /// away), it was never read to the end, or fewer bytes came than `Content-Length` said.
+    /// (Only fewer bytes count: a layer inside the capture layer that rewrites the body, say a
+    /// decompression layer, may leave a stale, smaller `Content-Length`.)
+    pub fn is_incomplete(&self) -> bool {
+        !self.complete || self.declared_length.is_some_and(|n| self.total < n)
     }
 }
 
@@ -111,6 +124,9 @@ pub struct CaptureRecord {
     pub replay_of: String,
     /// Transport-level failure (the host's service errored, or a body stream failed).
     pub error: Option<String>,
+    /// The client went away before it had the whole response: the host's future was dropped
+    /// before it answered, or the response body stopped streaming before its end.
+    pub client_gone: bool,
 }
 
 impl CaptureRecord {

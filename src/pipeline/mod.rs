@@ -5,6 +5,7 @@
 //! host only for CPU, and with no tracing subscriber, so its own work (HTTP to ClickHouse,
 //! retries) never traces into the host's telemetry. Its few messages go to stderr.
 
+pub mod decode;
 pub mod diff;
 pub mod redact;
 pub mod rows;
@@ -113,6 +114,7 @@ pub fn start_with_telemetry(
     let settings = RowSettings {
         redactor: redact::Redactor::new(&config.redact_keys),
         body_cap_bytes: config.body_cap_bytes,
+        decoded_max_bytes: config.decoded_max_bytes,
     };
     let cfg = config.clone();
     let worker_stats = stats.clone();

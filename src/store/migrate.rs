@@ -22,6 +22,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "core_tables", sql: include_str!("migrations/0001_core_tables.sql") },
     Migration { version: 2, name: "aggregates", sql: include_str!("migrations/0002_aggregates.sql") },
     Migration { version: 3, name: "views", sql: include_str!("migrations/0003_views.sql") },
+    Migration { version: 6, name: "faithful_capture", sql: include_str!("migrations/0006_faithful_capture.sql") },
 ];
 
 /// Tables whose TTL follows `retention.days` / `retention.aggregate_days`.

@@ -64,6 +64,9 @@ impl Telemetry {
         let mut conflicts: HashMap<&str, u64> = HashMap::new();
         let mut reasons: HashMap<&str, u64> = HashMap::new();
         for m in &rows.mutations {
+            if matches!(m.outcome.as_str(), "applied" | "conflict" | "duplicate") {
+                i.admit_model(&m.model);
+            }
             *per.entry((m.model.as_str(), m.operation.as_str(), m.outcome.as_str())).or_default() += 1;
             match m.outcome.as_str() {
                 "conflict" => *conflicts.entry(m.model.as_str()).or_default() += 1,
