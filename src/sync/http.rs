@@ -131,11 +131,10 @@ async fn push(
     let span = tracing::Span::current();
     let response = blocking(move || {
         let result = server.push_blocking(&req)?;
-        span.in_scope(|| {
-            crate::capture::record_mutation_states_json(result.effects.into_iter().filter_map(|e| {
-                req.mutations.get(e.index).map(|m| (m.mutation_id.clone(), e.before, e.after))
-            }))
-        });
+        crate::capture::record_mutation_states_json_in(
+            &span,
+            result.effects.into_iter().filter_map(|e| req.mutations.get(e.index).map(|m| (m.mutation_id.clone(), e.before, e.after))),
+        );
         Ok(result.response)
     })
     .await?;
