@@ -187,6 +187,7 @@ fn check(input: Input) {
         rec.request_id.as_str(), &rec.client_version, &rec.trace_id, &rec.span_id, &rec.path, &error,
         "applied rejected conflict duplicate unprocessed ok partial error push pull no response",
         "…[truncated: bytes in all] [REDACTED] HTTP http_ tether_id",
+        "unknown client_disconnected invalid_string …[incomplete: the body stream ended early after bytes of (Content-Length) received]",
     ];
     let secrets = checkable_secrets(secrets, &visible, &fixed);
     if secrets.is_empty() {
@@ -210,6 +211,7 @@ fn check(input: Input) {
             ("operation", &m.operation), ("client_id", &m.client_id), ("outcome", &m.outcome), ("reason", &m.reason),
             ("reason_data", &m.reason_data), ("payload", &m.payload), ("state_before", &m.state_before),
             ("state_after", &m.state_after), ("diff", &m.diff), ("trace_id", &m.trace_id), ("span_id", &m.span_id),
+            ("client_timestamp_raw", &m.client_timestamp_raw),
         ] {
             assert_no_secret(&format!("sync_mutations.{name}"), text, &secrets);
         }

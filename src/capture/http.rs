@@ -287,11 +287,14 @@ impl Tee {
 
 impl Drop for Tee {
     fn drop(&mut self) {
-        if !self.done && self.which == Which::Response {
+        // Every byte `Content-Length` announced went past: whole, even if the server did not
+        // poll for the end.
+        let whole = self.body.declared_length == Some(self.body.total);
+        if !self.done && !whole && self.which == Which::Response {
             // The server stopped sending the response before its end: the client went away.
             with_request_data(&self.span, &mut |d| d.client_gone = true);
         }
-        self.finish(false, None);
+        self.finish(whole, None);
     }
 }
 
