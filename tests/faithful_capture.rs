@@ -227,6 +227,10 @@ async fn invalid_timestamps_are_null_with_the_raw_value_and_the_future_is_reject
     assert_eq!((&m[1]["client_timestamp"], m[1]["client_timestamp_raw"].as_str()), (&Value::Null, Some("-1")));
     let stored = chrono::DateTime::from_timestamp_millis(now).unwrap().format("%Y-%m-%d %H:%M:%S%.3f").to_string();
     assert_eq!((m[2]["client_timestamp"].as_str(), m[2]["client_timestamp_raw"].as_str()), (Some(stored.as_str()), Some("")));
+    // The request page says so.
+    let dash = serve(tether_pro::dashboard::mount(tether_pro::dashboard::DashboardState::new(e.ch.client()))).await;
+    let page = reqwest::get(format!("http://{dash}/tether/dashboard/requests/{}", row["request_id"].as_str().unwrap())).await.unwrap().text().await.unwrap();
+    assert!(page.contains("invalid timestamp (32503680000000)") && page.contains("invalid timestamp (-1)"), "{page}");
 
     // Not integers: the reference server refuses the push (422); the rows still say what came.
     let mut missing = mutation(3, json!({"title": "d"}), json!(0));

@@ -81,14 +81,19 @@ pub enum StateValue {
 }
 
 impl StateValue {
-    /// The state as an object (`None` when the text is not a JSON object).
+    /// The state as an object (`None` when the text is not a JSON object). Text with broken
+    /// strings (lone surrogates, invalid UTF-8) is read with them as U+FFFD, like bodies.
     pub fn into_object(self) -> Option<Object> {
-        match self {
-            StateValue::Object(o) => Some(o),
+        let value = match self {
+            StateValue::Object(o) => return Some(o),
             StateValue::Json(text) => match serde_json::from_str(&text) {
-                Ok(serde_json::Value::Object(o)) => Some(o),
-                _ => None,
+                Ok(v) => v,
+                Err(_) => crate::pipeline::decode::parse_lenient(text.as_bytes())?.value,
             },
+        };
+        match value {
+            serde_json::Value::Object(o) => Some(o),
+            _ => None,
         }
     }
 }
