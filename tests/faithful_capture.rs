@@ -5,8 +5,9 @@
 //! a real ClickHouse.
 
 mod common;
+#[path = "common/content_encoding.rs"]
+mod content_encoding;
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use axum::extract::Request;
 use axum::middleware::Next;
 use common::{TestClickHouse, clickhouse};
+use content_encoding::encode;
 use serde_json::{Value, json};
 use tether_pro::config::CaptureConfig;
 use tether_pro::pipeline::{self, Capture, CaptureGuard, ClickHouseWriter};
@@ -84,28 +86,6 @@ fn push_body(mutations: Vec<Value>) -> Vec<u8> {
 
 fn parse(v: &Value) -> Value {
     serde_json::from_str(v.as_str().unwrap()).unwrap()
-}
-
-fn encode(coding: &str, plain: &[u8]) -> Vec<u8> {
-    match coding {
-        "gzip" => {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            e.write_all(plain).unwrap();
-            e.finish().unwrap()
-        }
-        "deflate" => {
-            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-            e.write_all(plain).unwrap();
-            e.finish().unwrap()
-        }
-        "br" => {
-            let mut out = Vec::new();
-            brotli::BrotliCompress(&mut &plain[..], &mut out, &brotli::enc::BrotliEncoderParams::default()).unwrap();
-            out
-        }
-        "zstd" => zstd::encode_all(plain, 3).unwrap(),
-        _ => plain.to_vec(),
-    }
 }
 
 /// Where the capture layer sits relative to tower-http's compression layers.
@@ -241,7 +221,7 @@ async fn invalid_timestamps_are_null_with_the_raw_value_and_the_future_is_reject
     let m = e.mutation_rows(&row["request_id"], 3).await;
     let raws: Vec<(&Value, &str)> = m.iter().map(|m| (&m["client_timestamp"], m["client_timestamp_raw"].as_str().unwrap())).collect();
     assert_eq!(raws, vec![(&Value::Null, "\"2024-05-18T10:00:00Z\""), (&Value::Null, "1716000000000.5"), (&Value::Null, "")]);
-    assert!(parse(&row["request_body"])["mutations"][1]["timestamp"].to_string() == "1716000000000.5", "raw value in the stored body");
+    assert_eq!(parse(&row["request_body"])["mutations"][1]["timestamp"].to_string(), "1716000000000.5", "raw value in the stored body");
 }
 
 /// The issue's input: `{"big":123456789012345678901234567890}` was stored as

@@ -5,11 +5,13 @@
 //! read back.
 
 mod common;
+#[path = "common/content_encoding.rs"]
+mod content_encoding;
 
 use std::cell::RefCell;
-use std::io::Write;
 
 use bytes::Bytes;
+use content_encoding::encode;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::Value;
@@ -120,28 +122,6 @@ fn request_text(p: &GenPush) -> String {
         })
         .collect();
     format!(r#"{{"client_id":"{CLIENT}","mutations":[{}]}}"#, ms.join(","))
-}
-
-fn encode(coding: &str, plain: &[u8]) -> Vec<u8> {
-    match coding {
-        "gzip" => {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            e.write_all(plain).unwrap();
-            e.finish().unwrap()
-        }
-        "deflate" => {
-            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
-            e.write_all(plain).unwrap();
-            e.finish().unwrap()
-        }
-        "br" => {
-            let mut out = Vec::new();
-            brotli::BrotliCompress(&mut &plain[..], &mut out, &brotli::enc::BrotliEncoderParams::default()).unwrap();
-            out
-        }
-        "zstd" => zstd::encode_all(plain, 1).unwrap(),
-        _ => plain.to_vec(),
-    }
 }
 
 fn body(bytes: Vec<u8>, coding: &str) -> CapturedBody {
