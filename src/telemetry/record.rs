@@ -153,7 +153,9 @@ impl Telemetry {
                 ],
             );
         }
-        if failed {
+        if rec.client_gone && r.outcome == crate::pipeline::rows::outcome::UNKNOWN {
+            span.set_status(Status::error("client disconnected before the response"));
+        } else if failed {
             span.set_status(Status::error(format!("HTTP {}", rec.http_status)));
         }
         span.end_with_timestamp(start + rec.duration);
