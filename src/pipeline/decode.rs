@@ -41,6 +41,10 @@ pub fn decode(body: &CapturedBody, max_bytes: usize) -> DecodedBody {
         return DecodedBody { bytes: raw, ..DecodedBody::default() };
     }
     let encoding = codings.join(", ");
+    if !body.is_whole() {
+        let error = format!("{encoding} body not captured whole ({} of {} bytes): not decoded", body.retained, body.total);
+        return DecodedBody { bytes: Bytes::new(), encoding, capped: false, error: Some(error) };
+    }
     let mut bytes = raw.clone();
     for coding in codings.iter().rev() {
         match decode_one(coding, &bytes, max_bytes) {
@@ -248,6 +252,15 @@ mod tests {
         let d = decode(&captured(bomb, "gzip"), 1 << 20);
         assert!(d.capped);
         assert_eq!(d.bytes.len(), 1 << 20);
+    }
+
+    #[test]
+    fn a_compressed_body_not_captured_whole_is_not_decoded() {
+        let mut b = captured(gzip(b"{}"), "gzip");
+        b.complete = false;
+        let d = decode(&b, 1 << 20);
+        assert!(d.bytes.is_empty());
+        assert!(d.error.unwrap().starts_with("gzip body not captured whole"));
     }
 
     #[test]
