@@ -15,20 +15,20 @@ use crate::capture::CapturedBody;
 /// A body's bytes after `Content-Encoding` was undone.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DecodedBody {
-    /// The decoded bytes (the captured bytes as they are when there was no encoding).
+    /// The decoded bytes (the captured bytes as they are when there was no encoding); on an
+    /// error, what was decoded before it (empty for an unknown encoding).
     pub bytes: Bytes,
     /// The encoding names that were undone, as the header lists them (`""`: none).
     pub encoding: String,
     /// Decoding stopped at the cap: `bytes` is a prefix of the body.
     pub capped: bool,
-    /// Why the body could not be decoded (unknown encoding, corrupt or cut stream); `bytes`
-    /// then holds what was decoded before the failure, or the raw bytes for an unknown encoding.
+    /// Why the body could not be decoded to its end (unknown encoding, corrupt or cut stream).
     pub error: Option<String>,
 }
 
 /// Undoes `body.content_encoding` (a comma-separated list, applied in order, so undone in
-/// reverse), decoding at most `max_bytes`. Nothing is decoded for a body that was not
-/// retained whole: a cut compressed stream has no usable tail.
+/// reverse), decoding at most `max_bytes`. A body not captured whole is decoded as far as it
+/// goes.
 pub fn decode(body: &CapturedBody, max_bytes: usize) -> DecodedBody {
     let raw = body.to_bytes();
     let codings: Vec<String> = body
@@ -41,32 +41,23 @@ pub fn decode(body: &CapturedBody, max_bytes: usize) -> DecodedBody {
         return DecodedBody { bytes: raw, ..DecodedBody::default() };
     }
     let encoding = codings.join(", ");
-    if !body.is_whole() {
-        let error = format!("{encoding} body not captured whole ({} of {} bytes): not decoded", body.retained, body.total);
-        return DecodedBody { bytes: Bytes::new(), encoding, capped: false, error: Some(error) };
-    }
-    let mut bytes = raw.clone();
+    let mut bytes = raw;
     for coding in codings.iter().rev() {
-        match decode_one(coding, &bytes, max_bytes) {
-            Ok((out, capped)) => {
-                bytes = Bytes::from(out);
-                if capped {
-                    return DecodedBody { bytes, encoding, capped: true, error: None };
-                }
-            }
-            Err(e) => return DecodedBody { bytes: if e.unknown { raw } else { bytes }, encoding, capped: false, error: Some(e.message) },
+        let (out, capped, error) = decode_one(coding, &bytes, max_bytes);
+        bytes = Bytes::from(out);
+        if capped || error.is_some() {
+            let error = error.map(|e| {
+                if body.is_whole() { e } else { format!("{e} (the body was not captured whole: {} of {} bytes)", body.retained, body.total) }
+            });
+            return DecodedBody { bytes, encoding, capped, error };
         }
     }
     DecodedBody { bytes, encoding, capped: false, error: None }
 }
 
-struct DecodeError {
-    message: String,
-    unknown: bool,
-}
-
-/// One coding, read through `take` so a compression bomb stops at `max_bytes + 1`.
-fn decode_one(coding: &str, input: &[u8], max_bytes: usize) -> Result<(Vec<u8>, bool), DecodeError> {
+/// One coding, read through `take` so a compression bomb stops at `max_bytes + 1`. On a
+/// failure (a corrupt or cut stream) what was decoded before it is kept, with the error.
+fn decode_one(coding: &str, input: &[u8], max_bytes: usize) -> (Vec<u8>, bool, Option<String>) {
     let limit = max_bytes as u64 + 1;
     let mut out = Vec::new();
     let read = match coding {
@@ -84,18 +75,12 @@ fn decode_one(coding: &str, input: &[u8], max_bytes: usize) -> Result<(Vec<u8>, 
             Ok(d) => d.take(limit).read_to_end(&mut out),
             Err(e) => Err(e),
         },
-        other => {
-            return Err(DecodeError { message: format!("unsupported Content-Encoding {other:?}: body stored as received"), unknown: true });
-        }
+        other => return (Vec::new(), false, Some(format!("unsupported Content-Encoding {other:?}: body not decoded"))),
     };
-    match read {
-        Ok(_) if out.len() > max_bytes => {
-            out.truncate(max_bytes);
-            Ok((out, true))
-        }
-        Ok(_) => Ok((out, false)),
-        Err(e) => Err(DecodeError { message: format!("{coding} body could not be decoded: {e}"), unknown: false }),
-    }
+    let capped = out.len() > max_bytes;
+    out.truncate(max_bytes);
+    let error = read.err().filter(|_| !capped).map(|e| format!("{coding} body could not be decoded past {} bytes: {e}", out.len()));
+    (out, capped, error)
 }
 
 /// A push request parsed leniently, and where it was broken.
@@ -255,21 +240,25 @@ mod tests {
     }
 
     #[test]
-    fn a_compressed_body_not_captured_whole_is_not_decoded() {
-        let mut b = captured(gzip(b"{}"), "gzip");
+    fn a_compressed_body_not_captured_whole_is_decoded_as_far_as_it_goes() {
+        let plain: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_string().into_bytes()).collect();
+        let whole = gzip(&plain);
+        let mut b = captured(whole[..whole.len() / 2].to_vec(), "gzip");
         b.complete = false;
-        let d = decode(&b, 1 << 20);
-        assert!(d.bytes.is_empty());
-        assert!(d.error.unwrap().starts_with("gzip body not captured whole"));
+        b.total = whole.len() as u64;
+        let d = decode(&b, 1 << 22);
+        assert!(!d.bytes.is_empty() && plain.starts_with(&d.bytes), "a prefix of the body");
+        let e = d.error.unwrap();
+        assert!(e.starts_with("gzip body could not be decoded past") && e.ends_with(&format!("(the body was not captured whole: {} of {} bytes)", whole.len() / 2, whole.len())), "{e}");
     }
 
     #[test]
     fn unknown_and_corrupt_encodings_say_so() {
         let d = decode(&captured(b"abc".to_vec(), "compress"), 1 << 20);
-        assert_eq!(d.bytes, &b"abc"[..]);
+        assert!(d.bytes.is_empty());
         assert!(d.error.unwrap().contains("unsupported Content-Encoding"));
         let d = decode(&captured(b"not gzip at all".to_vec(), "gzip"), 1 << 20);
-        assert!(d.error.unwrap().contains("gzip body could not be decoded"));
+        assert!(d.error.unwrap().contains("gzip body could not be decoded past 0 bytes"));
     }
 
     /// The input: a lone surrogate in one mutation's title hid the whole push.

@@ -176,11 +176,13 @@ pub fn cap_text(mut text: String, cap: usize, true_size: u64) -> (String, bool) 
 /// the whole body (cut at the cap, not retained, not decoded whole, or incomplete).
 fn body_text(body: &CapturedBody, parsed: &ParsedBody, s: &RowSettings) -> (String, bool) {
     let d = &parsed.decoded;
-    let text = match (&parsed.value, &d.error) {
-        (Some(v), _) => json_text(v),
-        (None, Some(e)) => format!("…[{}]", s.redactor.redact_text(e)),
-        (None, None) => s.redactor.redact_text(&String::from_utf8_lossy(&d.bytes)),
+    let mut text = match &parsed.value {
+        Some(v) => json_text(v),
+        None => s.redactor.redact_text(&String::from_utf8_lossy(&d.bytes)),
     };
+    if let (None, Some(e)) = (&parsed.value, &d.error) {
+        text.push_str(&format!("…[{}]", s.redactor.redact_text(e)));
+    }
     let retained_all = body.retained as u64 == body.total;
     let (mut text, cut) = cap_text(text, s.body_cap_bytes, body.total);
     if !cut && !retained_all {
@@ -192,7 +194,7 @@ fn body_text(body: &CapturedBody, parsed: &ParsedBody, s: &RowSettings) -> (Stri
     if body.is_incomplete() {
         text.push_str(&incomplete_marker(body));
     }
-    (text, cut || !retained_all || d.capped || body.is_incomplete())
+    (text, cut || !retained_all || d.capped || d.error.is_some() || body.is_incomplete())
 }
 
 /// Says how a body fell short: it did not arrive, or not all of it.
