@@ -115,8 +115,12 @@ fn comparable(mut row: Value) -> Value {
 }
 
 async fn send(addr: &str, label: &str, coding: &str, body: &[u8]) -> u16 {
+    send_to(addr, "/tether/push", label, coding, body).await
+}
+
+async fn send_to(addr: &str, path: &str, label: &str, coding: &str, body: &[u8]) -> u16 {
     let mut req = reqwest::Client::new()
-        .post(format!("http://{addr}/tether/push"))
+        .post(format!("http://{addr}{path}"))
         .header("content-type", "application/json")
         .header("x-tether-replay-of", label) // to find the row by
         .body(encode(coding, body));
@@ -162,6 +166,12 @@ async fn compressed_bodies_are_stored_as_plain_ones_in_either_layer_order() {
             assert_eq!(row, reference, "{label}");
             let mutations: Vec<Value> = e.mutation_rows(&id, 3).await.into_iter().map(comparable).collect();
             assert_eq!(mutations, reference_mutations, "{label}");
+            // A pull of what was pushed: its compressed answer is read too.
+            let pull = format!("{label}-pull");
+            assert_eq!(send_to(&addr, "/tether/pull", &pull, coding, br#"{"client_id":"01JCCCCCCCCCCCCCCCCCCCCCC2","last_sync_cursor":null}"#).await, 200);
+            let row = e.request_row(&format!("replay_of = '{pull}'")).await;
+            assert_eq!((row["outcome"].as_str(), row["snapshot_count"].as_u64(), row["response_content_encoding"].as_str()), (Some("ok"), Some(3), Some(resp_enc)), "{pull}");
+            assert_eq!(parse(&row["response_body"])["snapshots"].as_array().map(Vec::len), Some(3), "{pull}");
         }
     }
 }
