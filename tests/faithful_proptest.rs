@@ -71,7 +71,9 @@ struct GenMutation {
 #[derive(Debug, Clone)]
 struct GenPush {
     mutations: Vec<GenMutation>,
+    /// `Content-Encoding` of the request and of the response body.
     coding: &'static str,
+    response_coding: &'static str,
     client_gone: bool,
 }
 
@@ -93,8 +95,9 @@ fn numbers() -> impl Strategy<Value = [String; 3]> {
 fn push() -> impl Strategy<Value = GenPush> {
     let m = (ts(), numbers(), prop::bool::weighted(0.15), any::<bool>(), any::<bool>())
         .prop_map(|(ts, numbers, broken, applied, state)| GenMutation { ts, numbers, broken, applied, state });
-    (prop::collection::vec(m, 0..5), prop::sample::select(vec!["identity", "gzip", "deflate", "br", "zstd"]), prop::bool::weighted(0.2))
-        .prop_map(|(mutations, coding, client_gone)| GenPush { mutations, coding, client_gone })
+    let coding = || prop::sample::select(vec!["identity", "gzip", "deflate", "br", "zstd"]);
+    (prop::collection::vec(m, 0..5), coding(), coding(), prop::bool::weighted(0.2))
+        .prop_map(|(mutations, coding, response_coding, client_gone)| GenPush { mutations, coding, response_coding, client_gone })
 }
 
 fn mutation_id(i: usize) -> String {
@@ -175,7 +178,7 @@ fn record(p: &GenPush, n: usize) -> CaptureRecord {
         http_status: status,
         client_version: "prop/1".into(),
         request_body: body(encode(p.coding, text.as_bytes()), p.coding),
-        response_body: response.map(|r| body(r.into_bytes(), "identity")).unwrap_or_default(),
+        response_body: response.map(|r| body(encode(p.response_coding, r.as_bytes()), p.response_coding)).unwrap_or_default(),
         states,
         trace_id: String::new(),
         span_id: String::new(),
@@ -196,6 +199,11 @@ fn check(p: &GenPush, rows: &Rows) -> Result<(), TestCaseError> {
     prop_assert_eq!(rows.mutations.len(), p.mutations.len());
     prop_assert_eq!(r.request_content_encoding.as_str(), if p.coding == "identity" { "" } else { p.coding });
     prop_assert!(!r.request_body_truncated);
+    if !p.client_gone {
+        prop_assert_eq!(r.response_content_encoding.as_str(), if p.response_coding == "identity" { "" } else { p.response_coding });
+        prop_assert!(!r.response_body_truncated);
+        prop_assert!(r.response_body.starts_with('{'), "response stored as JSON: {}", r.response_body);
+    }
     let applied = p.mutations.iter().filter(|m| m.applied).count();
     let outcome = if p.client_gone {
         "unknown"
