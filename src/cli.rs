@@ -88,6 +88,10 @@ pub struct SyncServerArgs {
     /// the `OTEL_*` variables: the reference server instrumented as a user instruments theirs.
     #[arg(long)]
     pub capture: bool,
+    /// How far ahead of the server clock a mutation timestamp may be (milliseconds); further
+    /// ahead is rejected `validation_failed`.
+    #[arg(long, env = "TETHER_SYNC_MAX_CLOCK_AHEAD_MS", default_value_t = crate::sync::Limits::DEFAULT_MAX_CLOCK_AHEAD_MS)]
+    pub max_clock_ahead_ms: u64,
 }
 
 #[derive(Debug, Args)]

@@ -119,6 +119,10 @@ pub struct CaptureConfig {
     pub body_cap_bytes: usize,
     /// Bytes of one body kept in memory for parsing (per-mutation rows come from it).
     pub retain_bytes: usize,
+    /// Most bytes a compressed body (`Content-Encoding` gzip, deflate, br, zstd) is decoded
+    /// to by the pipeline; a larger one (a compression bomb) stops here and is stored as
+    /// truncated.
+    pub decoded_max_bytes: usize,
     /// Queue capacity in records.
     pub queue_records: usize,
     /// Queue capacity in bytes (bodies held); together with the batch in flight this bounds
@@ -200,6 +204,7 @@ impl CaptureConfig {
 
     pub const DEFAULT_BODY_CAP_BYTES: usize = 64 * 1024;
     pub const DEFAULT_RETAIN_BYTES: usize = 16 * 1024 * 1024;
+    pub const DEFAULT_DECODED_MAX_BYTES: usize = 16 * 1024 * 1024;
     pub const DEFAULT_QUEUE_RECORDS: usize = 10_000;
     pub const DEFAULT_QUEUE_BYTES: usize = 256 * 1024 * 1024;
     pub const DEFAULT_BATCH_ROWS: usize = 10_000;
@@ -221,6 +226,7 @@ impl CaptureConfig {
         );
         anyhow::ensure!((0..=19).contains(&self.pipeline_nice), "capture.pipeline_nice must be 0..=19");
         anyhow::ensure!(self.body_cap_bytes >= 64, "capture.body_cap_bytes must be at least 64");
+        anyhow::ensure!(self.decoded_max_bytes >= 1024, "capture.decoded_max_bytes must be at least 1024");
         anyhow::ensure!(self.redact_keys.iter().all(|k| !k.trim().is_empty()), "capture.redact_keys has an empty key");
         crate::pipeline::redact::Redactor::with_defaults(&self.redact_keys, &self.redact_keys_disabled)?;
         anyhow::ensure!(
@@ -240,6 +246,7 @@ impl Default for CaptureConfig {
             redact_keys_disabled: Vec::new(),
             body_cap_bytes: Self::DEFAULT_BODY_CAP_BYTES,
             retain_bytes: Self::DEFAULT_RETAIN_BYTES,
+            decoded_max_bytes: Self::DEFAULT_DECODED_MAX_BYTES,
             queue_records: Self::DEFAULT_QUEUE_RECORDS,
             queue_bytes: Self::DEFAULT_QUEUE_BYTES,
             batch_rows: Self::DEFAULT_BATCH_ROWS,

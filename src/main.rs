@@ -89,7 +89,8 @@ async fn main() -> anyhow::Result<()> {
 /// The reference server alone, or with capture (`--capture`).
 async fn sync_server(config: Config, args: SyncServerArgs) -> anyhow::Result<()> {
     let storage = if args.db == ":memory:" { Storage::Memory } else { Storage::File(args.db.into()) };
-    let server = SyncServer::builder().storage(storage).build()?;
+    let limits = tether_pro::sync::Limits { max_clock_ahead_ms: args.max_clock_ahead_ms, ..Default::default() };
+    let server = SyncServer::builder().storage(storage).limits(limits).build()?;
     let mut app = sync::router(server);
     let mut guards = None;
     if args.capture {

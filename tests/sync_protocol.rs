@@ -1035,7 +1035,7 @@ async fn wrong_shapes_are_a_422_invalid_request() {
 
 #[tokio::test]
 async fn a_body_over_the_configured_limit_is_a_413() {
-    let limits = Limits { max_body_bytes: 1024, max_batch: 100 };
+    let limits = Limits { max_body_bytes: 1024, max_batch: 100, ..Limits::default() };
     let srv = serve(SyncServer::builder().limits(limits).build().unwrap()).await;
     let (m, e) = (ulid(), ulid());
     let big = json!({"client_id": CLIENT, "mutations": [create(&m, &e, json!({"title": "x", "notes": "n".repeat(4096)}), T)]});
@@ -1105,7 +1105,7 @@ async fn a_non_json_content_type_is_a_415() {
 
 #[tokio::test]
 async fn a_batch_over_max_batch_is_a_422_too_many_mutations() {
-    let limits = Limits { max_body_bytes: Limits::DEFAULT_MAX_BODY_BYTES, max_batch: 10 };
+    let limits = Limits { max_body_bytes: Limits::DEFAULT_MAX_BODY_BYTES, max_batch: 10, ..Limits::default() };
     let srv = serve(SyncServer::builder().limits(limits).build().unwrap()).await;
     let ids: Vec<String> = (0..11).map(|_| ulid()).collect();
     let batch: Vec<Value> = ids.iter().map(|e| create(&ulid(), e, json!({"title": "x"}), T)).collect();
@@ -1286,4 +1286,35 @@ proptest! {
             assert_eq!(pulled, live);
         });
     }
+}
+
+/// Issue 14: a device whose clock is far ahead would win every conflict. A timestamp more than
+/// `max_clock_ahead_ms` ahead of the server clock is rejected `validation_failed` with a
+/// message that says so; the tolerance is configurable.
+#[tokio::test]
+async fn a_timestamp_too_far_ahead_of_the_server_clock_is_rejected() {
+    let now = chrono::Utc::now().timestamp_millis();
+    let hour = 3_600_000;
+    let srv = serve_default().await;
+    let (ok, ahead, year_3000) = (ulid(), ulid(), ulid());
+    let body = json!({"client_id": CLIENT, "mutations": [
+        create(&ok, &ulid(), json!({"title": "a minute ahead"}), now + 60_000),
+        create(&ahead, &ulid(), json!({"title": "two hours ahead"}), now + 2 * hour),
+        create(&year_3000, &ulid(), json!({"title": "year 3000"}), 32_503_680_000_000),
+    ]});
+    let (status, resp) = srv.post("/tether/push", &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(resp["applied"], json!([ok]));
+    let rejected = resp["rejected"].as_array().unwrap();
+    assert_eq!(rejected.iter().map(|r| r["mutation_id"].as_str().unwrap()).collect::<Vec<_>>(), vec![ahead.as_str(), year_3000.as_str()]);
+    for r in rejected {
+        assert_eq!(r["reason"], "validation_failed");
+        let msg = r["data"]["messages"]["timestamp"][0].as_str().unwrap();
+        assert!(msg.contains("ms ahead of the server clock; at most 3600000 ms ahead is accepted"), "{msg}");
+    }
+    // A tighter tolerance rejects the minute too.
+    let strict = serve(SyncServer::builder().limits(Limits { max_clock_ahead_ms: 1_000, ..Limits::default() }).build().unwrap()).await;
+    let body = json!({"client_id": CLIENT, "mutations": [create(&ulid(), &ulid(), json!({"title": "a minute ahead"}), now + 60_000)]});
+    let (_, resp) = strict.post("/tether/push", &body).await;
+    assert_eq!(resp["rejected"][0]["reason"], "validation_failed");
 }

@@ -237,7 +237,7 @@ pub fn push_record(server: &SyncServer, body: &Bytes) -> CaptureRecord {
         .collect();
     let body_of = |b: Bytes| {
         let len = b.len();
-        CapturedBody { chunks: vec![b], retained: len, total: len as u64, complete: true }
+        CapturedBody { chunks: vec![b], retained: len, total: len as u64, complete: true, ..CapturedBody::default() }
     };
     CaptureRecord {
         request_id: ulid::Ulid::new().to_string(),
@@ -255,6 +255,7 @@ pub fn push_record(server: &SyncServer, body: &Bytes) -> CaptureRecord {
         path: PUSH_PATH.into(),
         replay_of: String::new(),
         error: None,
+        client_gone: false,
     }
 }
 

@@ -139,7 +139,7 @@ fn body(text: &[u8], cut: Option<usize>, split: usize) -> CapturedBody {
     let kept = &text[..retained];
     let at = split.min(retained);
     let chunks = [&kept[..at], &kept[at..]].into_iter().filter(|c| !c.is_empty()).map(Bytes::copy_from_slice).collect();
-    CapturedBody { chunks, retained, total: total as u64, complete: cut.is_none() }
+    CapturedBody { chunks, retained, total: total as u64, complete: cut.is_none(), ..CapturedBody::default() }
 }
 
 fn check(input: Input) {
@@ -161,8 +161,9 @@ fn check(input: Input) {
         path: "/tether/push".into(),
         replay_of: String::new(),
         error: input.error.clone(),
+        client_gone: false,
     };
-    let settings = RowSettings { redactor: Redactor::default(), body_cap_bytes: input.cap };
+    let settings = RowSettings { redactor: Redactor::default(), body_cap_bytes: input.cap, decoded_max_bytes: 1 << 20 };
     let Rows { request, mutations } = rows::build(&rec, &settings);
 
     // Secrets: every scalar under a configured key in the bodies and the reported states.
@@ -186,6 +187,7 @@ fn check(input: Input) {
         rec.request_id.as_str(), &rec.client_version, &rec.trace_id, &rec.span_id, &rec.path, &error,
         "applied rejected conflict duplicate unprocessed ok partial error push pull no response",
         "…[truncated: bytes in all] [REDACTED] HTTP http_ tether_id",
+        "unknown client_disconnected invalid_string …[incomplete: the body stream ended early after bytes of (Content-Length) received]",
     ];
     let secrets = checkable_secrets(secrets, &visible, &fixed);
     if secrets.is_empty() {
@@ -209,6 +211,7 @@ fn check(input: Input) {
             ("operation", &m.operation), ("client_id", &m.client_id), ("outcome", &m.outcome), ("reason", &m.reason),
             ("reason_data", &m.reason_data), ("payload", &m.payload), ("state_before", &m.state_before),
             ("state_after", &m.state_after), ("diff", &m.diff), ("trace_id", &m.trace_id), ("span_id", &m.span_id),
+            ("client_timestamp_raw", &m.client_timestamp_raw),
         ] {
             assert_no_secret(&format!("sync_mutations.{name}"), text, &secrets);
         }

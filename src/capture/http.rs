@@ -152,7 +152,7 @@ where
         });
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(RequestId(Arc::from(request_id.as_str())));
-        let body = TeeBody::capturing(body, span.clone(), Which::Request, self.limits.retain_bytes);
+        let body = TeeBody::capturing(body, span.clone(), Which::Request, self.limits.retain_bytes, &parts.headers);
         let fut = {
             let _enter = span.enter();
             let _cx = otel_cx.clone().attach();
@@ -191,6 +191,18 @@ pin_project! {
         otel_cx: Option<OtelContext>,
         retain: usize,
     }
+
+    impl<F> PinnedDrop for CaptureFuture<F> {
+        // Dropped before the host answered: the server stopped waiting for the answer, which
+        // hyper does when the client goes away. (A host that goes on working, e.g. in
+        // `spawn_blocking` holding the span, still reports its states: the record is sent
+        // when the last span handle closes.)
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(span) = this.project().span.take() {
+                with_request_data(&span, &mut |d| d.client_gone = true);
+            }
+        }
+    }
 }
 
 impl<F, ResBody, E> Future for CaptureFuture<F>
@@ -215,7 +227,9 @@ where
             Ok(resp) => {
                 span.record("http.response.status_code", resp.status().as_u16());
                 let retain = *this.retain;
-                Ok(resp.map(|b| TeeBody::capturing(b, span, Which::Response, retain)))
+                let (parts, body) = resp.into_parts();
+                let body = TeeBody::capturing(body, span, Which::Response, retain, &parts.headers);
+                Ok(Response::from_parts(parts, body))
             }
             Err(e) => {
                 let msg = e.to_string();
@@ -276,7 +290,14 @@ impl Tee {
 
 impl Drop for Tee {
     fn drop(&mut self) {
-        self.finish(false, None);
+        // Every byte `Content-Length` announced went past: whole, even if the server did not
+        // poll for the end.
+        let whole = self.body.declared_length == Some(self.body.total);
+        if !self.done && !whole && self.which == Which::Response {
+            // The server stopped sending the response before its end: the client went away.
+            with_request_data(&self.span, &mut |d| d.client_gone = true);
+        }
+        self.finish(whole, None);
     }
 }
 
@@ -294,9 +315,22 @@ impl<B> TeeBody<B> {
     fn passthrough(inner: B) -> Self {
         TeeBody { inner, tee: None }
     }
+}
 
-    fn capturing(inner: B, span: Span, which: Which, retain: usize) -> Self {
-        TeeBody { inner, tee: Some(Tee { span, which, body: CapturedBody::default(), retain, done: false }) }
+impl<B: Body> TeeBody<B> {
+
+    fn capturing(inner: B, span: Span, which: Which, retain: usize, headers: &http::HeaderMap) -> Self {
+        let body = CapturedBody {
+            content_encoding: headers.get(http::header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned(),
+            declared_length: headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()),
+            ..CapturedBody::default()
+        };
+        let mut tee = Tee { span, which, body, retain, done: false };
+        if inner.is_end_stream() {
+            // An empty body is never polled: it is complete as it is.
+            tee.finish(true, None);
+        }
+        TeeBody { inner, tee: Some(tee) }
     }
 }
 

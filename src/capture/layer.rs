@@ -41,6 +41,7 @@ pub(crate) struct RequestData {
     pub parent: Option<opentelemetry::trace::SpanContext>,
     pub path: String,
     pub error: Option<String>,
+    pub client_gone: bool,
 }
 
 /// Reaches the `RequestData` of a span (or of its nearest capture ancestor) from outside
@@ -147,6 +148,7 @@ where
             parent: None,
             path: String::new(),
             error: None,
+            client_gone: false,
         };
         attrs.record(&mut FieldVisitor(&mut data));
         span.extensions_mut().insert(data);
@@ -183,6 +185,7 @@ where
             path: data.path,
             replay_of: data.replay_of,
             error: data.error,
+            client_gone: data.client_gone,
         });
     }
 

@@ -92,9 +92,16 @@ pub fn record_mutation_state_json(mutation_id: &str, before: Option<String>, aft
 /// Like [`record_mutation_state_json`] for a whole batch at once: one span lookup instead of
 /// one per mutation (what the reference server uses). Items are `(mutation_id, before, after)`.
 pub fn record_mutation_states_json(states: impl IntoIterator<Item = (String, Option<String>, Option<String>)>) {
-    let span = tracing::Span::current();
+    record_mutation_states_json_in(&tracing::Span::current(), states);
+}
+
+/// Like [`record_mutation_states_json`], onto the capture data of `span` (the request's span
+/// or a child of it) instead of the current span: for work that runs elsewhere, e.g. in
+/// `spawn_blocking`, which can then report its states even when the client has gone and the
+/// request future was dropped (hold the span in the task).
+pub fn record_mutation_states_json_in(span: &tracing::Span, states: impl IntoIterator<Item = (String, Option<String>, Option<String>)>) {
     let mut batch = Some(states.into_iter());
-    layer::with_request_data(&span, &mut |d| {
+    layer::with_request_data(span, &mut |d| {
         if let Some(items) = batch.take() {
             d.states.extend(items.map(|(mutation_id, before, after)| MutationState {
                 mutation_id: match cap_identifier(&mutation_id) {

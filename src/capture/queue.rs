@@ -252,7 +252,13 @@ mod tests {
             duration: std::time::Duration::ZERO,
             http_status: 200,
             client_version: String::new(),
-            request_body: CapturedBody { chunks: vec![bytes::Bytes::from(vec![b'x'; body])], retained: body, total: body as u64, complete: true },
+            request_body: CapturedBody {
+                chunks: vec![bytes::Bytes::from(vec![b'x'; body])],
+                retained: body,
+                total: body as u64,
+                complete: true,
+                ..CapturedBody::default()
+            },
             response_body: CapturedBody::default(),
             states: Vec::new(),
             trace_id: String::new(),
@@ -261,6 +267,7 @@ mod tests {
             path: String::new(),
             replay_of: String::new(),
             error: None,
+            client_gone: false,
         }
     }
 

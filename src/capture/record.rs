@@ -35,6 +35,11 @@ pub struct CapturedBody {
     pub total: u64,
     /// The body ended normally (false: cut short, errored, or never read to the end).
     pub complete: bool,
+    /// The `Content-Encoding` header as sent (`""`: none). The bytes are kept as they
+    /// streamed; the pipeline decodes them.
+    pub content_encoding: String,
+    /// The `Content-Length` header, when there was one.
+    pub declared_length: Option<u64>,
 }
 
 impl CapturedBody {
@@ -55,7 +60,15 @@ impl CapturedBody {
 
     /// Every byte of the body was retained.
     pub fn is_whole(&self) -> bool {
-        self.complete && self.retained as u64 == self.total
+        self.retained as u64 == self.total && !self.is_incomplete()
+    }
+
+    /// The body did not arrive whole: its stream failed or ended early (the client went
+    /// away), it was never read to the end, or fewer bytes came than `Content-Length` said.
+    /// (Only fewer bytes count: a layer inside the capture layer that rewrites the body, say a
+    /// decompression layer, may leave a stale, smaller `Content-Length`.)
+    pub fn is_incomplete(&self) -> bool {
+        !self.complete || self.declared_length.is_some_and(|n| self.total < n)
     }
 }
 
@@ -68,14 +81,19 @@ pub enum StateValue {
 }
 
 impl StateValue {
-    /// The state as an object (`None` when the text is not a JSON object).
+    /// The state as an object (`None` when the text is not a JSON object). Text with broken
+    /// strings (lone surrogates, invalid UTF-8) is read with them as U+FFFD, like bodies.
     pub fn into_object(self) -> Option<Object> {
-        match self {
-            StateValue::Object(o) => Some(o),
+        let value = match self {
+            StateValue::Object(o) => return Some(o),
             StateValue::Json(text) => match serde_json::from_str(&text) {
-                Ok(serde_json::Value::Object(o)) => Some(o),
-                _ => None,
+                Ok(v) => v,
+                Err(_) => crate::pipeline::decode::parse_lenient(text.as_bytes())?.value,
             },
+        };
+        match value {
+            serde_json::Value::Object(o) => Some(o),
+            _ => None,
         }
     }
 }
@@ -111,6 +129,9 @@ pub struct CaptureRecord {
     pub replay_of: String,
     /// Transport-level failure (the host's service errored, or a body stream failed).
     pub error: Option<String>,
+    /// The client went away before it had the whole response: the host's future was dropped
+    /// before it answered, or the response body stopped streaming before its end.
+    pub client_gone: bool,
 }
 
 impl CaptureRecord {

@@ -4,7 +4,9 @@
 //! objects are compared key by key (in sorted key order), arrays index by index (the common
 //! prefix element-wise, then the extra tail elements added or removed), and anything else —
 //! a scalar change or a change of type — is one `changed` entry at that path. Identical values
-//! give no entries. Below [`MAX_DEPTH`] levels the diff stops descending and reports the
+//! give no entries. Numbers compare by value, not by spelling: `1`, `1.0` and `10e-1` are
+//! equal (exactly, digit by digit, so two big integers that differ in their last digit are
+//! not). Below [`MAX_DEPTH`] levels the diff stops descending and reports the
 //! whole differing subtree as one `changed` entry.
 
 use serde::{Deserialize, Serialize};
@@ -29,11 +31,26 @@ pub enum ChangeKind {
 }
 
 /// One step of a path: an object key (a JSON string) or an array index (a JSON number).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(untagged)]
 pub enum PathSegment {
     Key(String),
     Index(usize),
+}
+
+// By hand through `Value`: with serde_json's `arbitrary_precision` (which keeps stored
+// digits exact) a derived untagged enum sees every number as a map and fails.
+impl<'de> Deserialize<'de> for PathSegment {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match Value::deserialize(d)? {
+            Value::String(k) => Ok(PathSegment::Key(k)),
+            Value::Number(n) => {
+                n.as_u64().and_then(|i| usize::try_from(i).ok()).map(PathSegment::Index).ok_or_else(|| D::Error::custom("array index out of range"))
+            }
+            _ => Err(D::Error::custom("a path segment is a string or an array index")),
+        }
+    }
 }
 
 /// One field-level difference.
@@ -148,6 +165,11 @@ fn deep_eq(a: &Value, b: &Value) -> bool {
                 }
             }
             (Value::Array(_) | Value::Object(_), _) | (_, Value::Array(_) | Value::Object(_)) => return false,
+            (Value::Number(x), Value::Number(y)) => {
+                if !numbers_equal(x, y) {
+                    return false;
+                }
+            }
             _ => {
                 if a != b {
                     return false;
@@ -156,6 +178,46 @@ fn deep_eq(a: &Value, b: &Value) -> bool {
         }
     }
     true
+}
+
+/// JSON equality with numbers compared by value (see [`numbers_equal`]); no recursion.
+pub fn json_eq(a: &Value, b: &Value) -> bool {
+    deep_eq(a, b)
+}
+
+/// Whether two JSON numbers are the same number, exactly: `1`, `1.0`, `1e0` and `10E-1` are;
+/// `123456789012345678901234567890` and `...891` are not (a float comparison would say they
+/// are). Compares the canonical decimal form of the digits as written.
+pub fn numbers_equal(a: &serde_json::Number, b: &serde_json::Number) -> bool {
+    let (a, b) = (a.to_string(), b.to_string());
+    a == b || canonical_decimal(&a) == canonical_decimal(&b)
+}
+
+/// `(negative, significant digits, exponent)` with the value `±0.d1d2d3… × 10^exponent`, no
+/// leading or trailing zero digits; zero is `(false, "", 0)`. `None` for text that is not a
+/// JSON number.
+fn canonical_decimal(text: &str) -> Option<(bool, String, i128)> {
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, text),
+    };
+    let (mantissa, exp) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], rest[i + 1..].parse::<i128>().ok()?),
+        None => (rest, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits: String = int.chars().chain(frac.chars()).collect();
+    let leading = digits.len() - digits.trim_start_matches('0').len();
+    let significant = digits.trim_start_matches('0').trim_end_matches('0');
+    if significant.is_empty() {
+        return Some((false, String::new(), 0));
+    }
+    // The first significant digit sits `int.len() - leading` places left of the point.
+    let exponent = exp + int.len() as i128 - leading as i128;
+    Some((negative, significant.to_owned(), exponent))
 }
 
 /// Applies a diff produced by [`diff`] to `before`, giving `after`.
@@ -313,7 +375,8 @@ mod tests {
 
     fn diff_json(a: Value, b: Value) -> Value {
         let changes = diff(&a, &b);
-        assert_eq!(apply(&a, &changes), b, "apply(before, diff) must give after");
+        let applied = apply(&a, &changes);
+        assert!(json_eq(&applied, &b), "apply(before, diff) must give after: {applied} != {b}");
         let j = serde_json::to_value(&changes).unwrap();
         let back: Vec<Change> = serde_json::from_value(j.clone()).unwrap();
         assert_eq!(back, changes, "serde round trip");
@@ -357,7 +420,8 @@ mod tests {
                 {"path": ["d"], "change": "changed", "old": null, "new": false}
             ])
         );
-        assert_eq!(diff_json(json!(1), json!(1.0)), json!([{"path": [], "change": "changed", "old": 1, "new": 1.0}]));
+        // Not a type change: the same number (issue 14; it used to be reported as a change).
+        assert_eq!(diff_json(json!(1), json!(1.0)), json!([]));
         assert_eq!(diff_json(json!([1]), json!(null)), json!([{"path": [], "change": "changed", "old": [1], "new": null}]));
     }
 
@@ -496,6 +560,32 @@ mod tests {
         );
     }
 
+    /// The issue's input: `{"estimate_hours":1.0}` against `{"estimate_hours":1}` reported a
+    /// change.
+    #[test]
+    fn numerically_equal_numbers_are_equal() {
+        let parse = |t: &str| serde_json::from_str::<Value>(t).unwrap();
+        assert!(diff(&parse(r#"{"estimate_hours":1.0}"#), &parse(r#"{"estimate_hours":1}"#)).is_empty());
+        for (a, b) in [("1", "1.0"), ("100", "1e2"), ("0.5", "5E-1"), ("0", "-0.0"), ("-12.50", "-1.25e1"), ("1.0e+3", "1000")] {
+            assert!(diff(&parse(a), &parse(b)).is_empty(), "{a} vs {b}");
+        }
+        for (a, b) in [("1", "-1"), ("1", "1.01"), ("123456789012345678901234567890", "123456789012345678901234567891"), ("1e2", "1e3"), ("10", "1")] {
+            assert_eq!(diff(&parse(a), &parse(b)).len(), 1, "{a} vs {b}");
+        }
+    }
+
+    /// The issue's input: `{"big":123456789012345678901234567890}` lost digits. The change
+    /// keeps the digits as sent.
+    #[test]
+    fn big_numbers_keep_their_digits_in_a_diff() {
+        let before: Value = serde_json::from_str(r#"{"big":123456789012345678901234567890}"#).unwrap();
+        let after: Value = serde_json::from_str(r#"{"big":123456789012345678901234567891}"#).unwrap();
+        let text = serde_json::to_string(&diff(&before, &after)).unwrap();
+        assert_eq!(text, r#"[{"path":["big"],"change":"changed","old":123456789012345678901234567890,"new":123456789012345678901234567891}]"#);
+        let round: Vec<Change> = serde_json::from_str(&text).unwrap();
+        assert_eq!(round[0].path, vec![PathSegment::Key("big".into())]);
+    }
+
     fn arb_json() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
@@ -521,10 +611,12 @@ mod tests {
         #[test]
         fn apply_diff_gives_after(before in arb_json(), after in arb_json()) {
             let changes = diff(&before, &after);
-            prop_assert_eq!(apply(&before, &changes), after.clone());
+            // Numerically equal numbers (`1` and `1.0`) give no change, so compare by value.
+            let applied = apply(&before, &changes);
+            prop_assert!(json_eq(&applied, &after), "{} != {}", applied, after);
             prop_assert!(diff(&before, &before).is_empty());
             prop_assert!(diff(&after, &after).is_empty());
-            prop_assert_eq!(changes.is_empty(), before == after);
+            prop_assert_eq!(changes.is_empty(), json_eq(&before, &after));
             for c in &changes {
                 prop_assert!(c.path.len() <= MAX_DEPTH);
             }

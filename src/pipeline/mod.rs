@@ -6,6 +6,7 @@
 //! retries) never traces into the host's telemetry. Its few messages go to stderr.
 
 pub mod dead_letter;
+pub mod decode;
 pub mod diff;
 pub mod redact;
 pub mod rows;
@@ -122,6 +123,7 @@ pub fn start_with_telemetry(
     let settings = RowSettings {
         redactor: config.redactor(),
         body_cap_bytes: config.body_cap_bytes,
+        decoded_max_bytes: config.decoded_max_bytes,
     };
     let cfg = config.clone();
     let worker_stats = stats.clone();

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::decode::{self, DecodedBody};
 use super::diff::{self, Change};
 use super::redact::Redactor;
 use super::redact::{PathRef, json_pointer};
@@ -37,9 +38,13 @@ pub struct RequestRow {
     pub request_body: String,
     pub request_body_bytes: u64,
     pub request_body_truncated: bool,
+    #[serde(default)]
+    pub request_content_encoding: String,
     pub response_body: String,
     pub response_body_bytes: u64,
     pub response_body_truncated: bool,
+    #[serde(default)]
+    pub response_content_encoding: String,
     pub error: String,
     pub trace_id: String,
     pub span_id: String,
@@ -58,8 +63,12 @@ pub struct MutationRow {
     pub model: String,
     pub operation: String,
     pub client_id: String,
-    #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
-    pub client_timestamp: DateTime<Utc>,
+    /// `None` when the timestamp was missing or not a valid epoch-milliseconds integer.
+    #[serde(with = "clickhouse::serde::chrono::datetime64::millis::option")]
+    pub client_timestamp: Option<DateTime<Utc>>,
+    /// The timestamp as sent (JSON text) when it was not valid; empty when valid.
+    #[serde(default)]
+    pub client_timestamp_raw: String,
     pub version: u64,
     pub outcome: String,
     pub reason: String,
@@ -93,6 +102,8 @@ pub struct RowSettings {
     pub redactor: Redactor,
     /// Largest stored body text; longer text is cut with a marker naming the true size.
     pub body_cap_bytes: usize,
+    /// Most bytes a compressed body is decoded to (a compression bomb stops here).
+    pub decoded_max_bytes: usize,
 }
 
 /// Outcome of a request as a whole.
@@ -102,6 +113,9 @@ pub mod outcome {
     pub const REJECTED: &str = "rejected";
     pub const CONFLICT: &str = "conflict";
     pub const ERROR: &str = "error";
+    /// The client went away before it had the answer: what the host did is not known from
+    /// the response (the mutations' states may still be known).
+    pub const UNKNOWN: &str = "unknown";
 }
 
 /// Outcome of one mutation.
@@ -112,14 +126,44 @@ pub mod mutation_outcome {
     pub const DUPLICATE: &str = "duplicate";
     /// The host answered the push as a whole with an error, or did not mention the mutation.
     pub const UNPROCESSED: &str = "unprocessed";
+    /// The client went away before the answer (reason [`super::reason::CLIENT_DISCONNECTED`]).
+    pub const UNKNOWN: &str = "unknown";
 }
 
-fn parse(body: &CapturedBody) -> Option<Value> {
-    if !body.is_whole() || body.total == 0 {
-        return None;
+/// Reasons tether-pro itself assigns (the host's reasons are stored as it sent them).
+pub mod reason {
+    /// The client closed the connection before it had the response.
+    pub const CLIENT_DISCONNECTED: &str = "client_disconnected";
+    /// The mutation held a broken string (lone UTF-16 surrogate, invalid UTF-8), stored as
+    /// U+FFFD; the host refused the push.
+    pub const INVALID_STRING: &str = "invalid_string";
+}
+
+/// A body made ready for rows: decoded, and parsed when it is whole JSON.
+struct ParsedBody {
+    decoded: DecodedBody,
+    value: Option<Value>,
+    /// Positions of mutations whose broken strings the lenient pass repaired.
+    broken: Vec<usize>,
+}
+
+fn parse(body: &CapturedBody, s: &RowSettings) -> ParsedBody {
+    let decoded = decode::decode(body, s.decoded_max_bytes);
+    let mut parsed = ParsedBody { decoded, value: None, broken: Vec::new() };
+    if !body.is_whole() || body.total == 0 || parsed.decoded.capped || parsed.decoded.error.is_some() {
+        return parsed;
     }
     // serde_json's recursion limit turns absurd nesting into an error, not a stack overflow.
-    serde_json::from_slice::<Value>(&body.to_bytes()).ok()
+    match serde_json::from_slice::<Value>(&parsed.decoded.bytes) {
+        Ok(v) => parsed.value = Some(v),
+        Err(_) => {
+            if let Some(l) = decode::parse_lenient(&parsed.decoded.bytes) {
+                parsed.value = Some(l.value);
+                parsed.broken = l.broken_mutations;
+            }
+        }
+    }
+    parsed
 }
 
 /// Cuts `text` to at most `cap` bytes on a character boundary, with a marker.
@@ -136,18 +180,37 @@ pub fn cap_text(mut text: String, cap: usize, true_size: u64) -> (String, bool) 
     (text, true)
 }
 
-/// The stored text of a body whose JSON (if any) is already redacted, and whether it was cut.
-fn body_text(body: &CapturedBody, parsed: Option<&Value>, s: &RowSettings) -> (String, bool) {
-    let text = match parsed {
+/// The stored text of a body whose JSON (if any) is already redacted, and whether it is not
+/// the whole body (cut at the cap, not retained, not decoded whole, or incomplete).
+fn body_text(body: &CapturedBody, parsed: &ParsedBody, s: &RowSettings) -> (String, bool) {
+    let d = &parsed.decoded;
+    let mut text = match &parsed.value {
         Some(v) => json_text(v),
-        None => s.redactor.redact_text(&String::from_utf8_lossy(&body.to_bytes())),
+        None => s.redactor.redact_text(&String::from_utf8_lossy(&d.bytes)),
     };
+    if let (None, Some(e)) = (&parsed.value, &d.error) {
+        text.push_str(&format!("…[{}]", s.redactor.redact_text(e)));
+    }
     let retained_all = body.retained as u64 == body.total;
     let (mut text, cut) = cap_text(text, s.body_cap_bytes, body.total);
     if !cut && !retained_all {
         text.push_str(&format!("…[truncated: {} bytes in all]", body.total));
     }
-    (text, cut || !retained_all)
+    if !cut && d.capped {
+        text.push_str(&format!("…[truncated: decoded {} body larger than {} bytes]", d.encoding, s.decoded_max_bytes));
+    }
+    if body.is_incomplete() {
+        text.push_str(&incomplete_marker(body));
+    }
+    (text, cut || !retained_all || d.capped || d.error.is_some() || body.is_incomplete())
+}
+
+/// Says how a body fell short: it did not arrive, or not all of it.
+fn incomplete_marker(body: &CapturedBody) -> String {
+    match body.declared_length {
+        Some(n) if body.total < n => format!("…[incomplete: {} of {n} bytes (Content-Length) received]", body.total),
+        _ => format!("…[incomplete: the body stream ended early after {} bytes]", body.total),
+    }
 }
 
 /// Redacts in place, then serializes with the column cap.
@@ -196,9 +259,29 @@ fn identifier(s: &str, r: &Redactor) -> String {
     }
 }
 
-fn ms_to_datetime(ms: i64) -> DateTime<Utc> {
-    // DateTime64 covers 1900..2299; clamp instead of failing the batch on a wild clock.
-    DateTime::from_timestamp_millis(ms.clamp(0, 10_413_791_999_999)).unwrap_or_default()
+/// Latest epoch millisecond `DateTime64(3)` stores (2299-12-31 23:59:59.999).
+const MAX_CLIENT_TIMESTAMP_MS: i64 = 10_413_791_999_999;
+
+/// A mutation's client time, and the raw JSON text when it is not valid. Valid: an integer of
+/// epoch milliseconds from 0 to 2299-12-31 (`DateTime64`'s range); anything else (missing,
+/// a string, a float, negative, year 3000) is `None`: no invented date.
+fn client_timestamp(m: &Value, r: &Redactor) -> (Option<DateTime<Utc>>, String) {
+    let raw = m.get("timestamp");
+    let valid = raw
+        .and_then(Value::as_number)
+        .filter(|n| n.is_i64() || n.is_u64())
+        .and_then(serde_json::Number::as_i64)
+        .filter(|ms| (0..=MAX_CLIENT_TIMESTAMP_MS).contains(ms))
+        .and_then(DateTime::from_timestamp_millis);
+    match (valid, raw) {
+        (Some(t), _) => (Some(t), String::new()),
+        (None, Some(v)) => {
+            let mut v = v.clone();
+            r.redact_value(&mut v);
+            (None, cap_text(json_text(&v), 256, 0).0)
+        }
+        (None, None) => (None, String::new()),
+    }
 }
 
 /// What the response said about one mutation.
@@ -250,6 +333,35 @@ fn state_diff(before: Option<&Object>, after: Option<&Object>) -> Vec<Change> {
         .collect()
 }
 
+/// Adds what the capture itself found wrong with the request body to the error text.
+fn body_notes(error: &mut String, req: &ParsedBody, mutations: &[MutationRow]) {
+    let mut notes = Vec::new();
+    if let Some(e) = &req.decoded.error {
+        notes.push(format!("request body: {e}"));
+    }
+    if !req.broken.is_empty() {
+        let which: Vec<String> = req
+            .broken
+            .iter()
+            .map(|&p| match mutations.get(p) {
+                Some(m) if !m.mutation_id.is_empty() => format!("#{p} ({})", m.mutation_id),
+                _ => format!("#{p}"),
+            })
+            .collect();
+        notes.push(format!(
+            "request body: invalid string (lone UTF-16 surrogate or invalid UTF-8, stored as U+FFFD) in mutation {}",
+            which.join(", ")
+        ));
+    }
+    for note in notes {
+        if !error.is_empty() {
+            error.push_str("; ");
+        }
+        error.push_str(&note);
+    }
+    *error = cap_text(std::mem::take(error), 4096, 0).0;
+}
+
 fn request_outcome(success: bool, synced: u32, conflicts: u32, failed: u32) -> &'static str {
     if !success {
         outcome::ERROR
@@ -264,7 +376,15 @@ fn request_outcome(success: bool, synced: u32, conflicts: u32, failed: u32) -> &
     }
 }
 
+/// The client never had the host's whole answer: it went away before it.
+fn client_gone(rec: &CaptureRecord) -> bool {
+    rec.client_gone && !rec.response_body.is_whole()
+}
+
 fn error_text(rec: &CaptureRecord, resp: Option<&Value>, s: &RowSettings) -> String {
+    if client_gone(rec) {
+        return "client disconnected before the response".to_owned();
+    }
     if let Some(e) = &rec.error {
         return cap_text(s.redactor.redact_text(e), 2048, 0).0;
     }
@@ -282,13 +402,29 @@ fn error_text(rec: &CaptureRecord, resp: Option<&Value>, s: &RowSettings) -> Str
     cap_text(s.redactor.redact_text(&text), 2048, 0).0
 }
 
+/// The verdict of a mutation the response does not mention.
+fn unanswered(rec: &CaptureRecord, gone: bool, success: bool, broken: bool) -> Verdict {
+    let (outcome, reason) = if gone {
+        (mutation_outcome::UNKNOWN, reason::CLIENT_DISCONNECTED.to_owned())
+    } else if broken {
+        (mutation_outcome::UNPROCESSED, reason::INVALID_STRING.to_owned())
+    } else if success {
+        (mutation_outcome::UNPROCESSED, String::new())
+    } else {
+        (mutation_outcome::UNPROCESSED, format!("http_{}", rec.http_status))
+    };
+    Verdict { outcome, reason, data: None }
+}
+
 /// Builds the rows of one record. Diffs are computed on the raw values and redacted after
 /// (so a changed secret shows as changed, never its value); every JSON tree is redacted in
 /// place once, never copied to be redacted.
 pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
-    let mut req = parse(&rec.request_body);
-    let mut resp = parse(&rec.response_body);
-    let success = (200..300).contains(&rec.http_status);
+    let mut req_body = parse(&rec.request_body, s);
+    let mut resp_body = parse(&rec.response_body, s);
+    let gone = client_gone(rec);
+    let (req, resp) = (&mut req_body.value, &mut resp_body.value);
+    let success = (200..300).contains(&rec.http_status) && !gone;
     let client_id = req.as_ref().map(|v| str_field(v, "client_id", &s.redactor)).unwrap_or_default();
     let error = error_text(rec, resp.as_ref(), s);
 
@@ -312,9 +448,11 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
         request_body: String::new(),
         request_body_bytes: rec.request_body.total,
         request_body_truncated: false,
+        request_content_encoding: req_body.decoded.encoding.clone(),
         response_body: String::new(),
         response_body_bytes: rec.response_body.total,
         response_body_truncated: false,
+        response_content_encoding: resp_body.decoded.encoding.clone(),
         error,
         trace_id: rec.trace_id.clone(),
         span_id: rec.span_id.clone(),
@@ -326,9 +464,9 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
         let r = resp.as_ref();
         request.snapshot_count = r.and_then(|v| v.get("snapshots")).and_then(Value::as_array).map_or(0, |a| a.len() as u32);
         request.has_more = r.and_then(|v| v.get("has_more")).and_then(Value::as_bool).unwrap_or(false);
-        request.outcome = if success { outcome::OK } else { outcome::ERROR }.to_owned();
+        request.outcome = if gone { outcome::UNKNOWN } else if success { outcome::OK } else { outcome::ERROR }.to_owned();
     } else {
-        let mut verdicts = match (&resp, success) {
+        let mut verdicts = match (&*resp, success) {
             (Some(v), true) => verdicts(v, &s.redactor),
             _ => HashMap::new(),
         };
@@ -344,16 +482,16 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
         for (position, m) in list.iter().enumerate() {
             let mutation_id = str_field(m, "mutation_id", &s.redactor);
             let entity_id = str_field(m, "entity_id", &s.redactor);
-            let verdict = verdicts.get_mut(&mutation_id).and_then(VecDeque::pop_front).unwrap_or_else(|| Verdict {
-                outcome: mutation_outcome::UNPROCESSED,
-                reason: if success { String::new() } else { format!("http_{}", rec.http_status) },
-                data: None,
-            });
+            let verdict = verdicts
+                .get_mut(&mutation_id)
+                .and_then(VecDeque::pop_front)
+                .unwrap_or_else(|| unanswered(rec, gone, success, req_body.broken.contains(&position)));
             match verdict.outcome {
                 mutation_outcome::APPLIED => applied += 1,
                 mutation_outcome::CONFLICT => conflicts += 1,
                 mutation_outcome::DUPLICATE => duplicates += 1,
                 mutation_outcome::REJECTED => rejected += 1,
+                mutation_outcome::UNKNOWN => {}
                 _ => unprocessed += 1,
             }
             if matches!(verdict.outcome, mutation_outcome::REJECTED | mutation_outcome::DUPLICATE) {
@@ -369,11 +507,13 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
                 before = verdict.data.as_ref().and_then(|d| d.get("server_state")).and_then(Value::as_object).cloned();
             }
             let mut changes = match verdict.outcome {
-                mutation_outcome::APPLIED if has_state => state_diff(before.as_ref(), after.as_ref()),
+                // Unknown: the client went away, but the host said what it did to the record.
+                mutation_outcome::APPLIED | mutation_outcome::UNKNOWN if has_state => state_diff(before.as_ref(), after.as_ref()),
                 mutation_outcome::CONFLICT => state_diff(before.as_ref(), payload),
                 _ => Vec::new(),
             };
             diff::redact_changes(&mut changes, &s.redactor);
+            let (client_timestamp, client_timestamp_raw) = client_timestamp(m, &s.redactor);
             mutations.push(MutationRow {
                 request_id: rec.request_id.clone(),
                 started_at: rec.started_at,
@@ -383,7 +523,8 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
                 model: str_field(m, "model", &s.redactor),
                 operation: str_field(m, "operation", &s.redactor),
                 client_id: client_id.clone(),
-                client_timestamp: ms_to_datetime(m.get("timestamp").and_then(Value::as_i64).unwrap_or(0)),
+                client_timestamp,
+                client_timestamp_raw,
                 version: m.get("version").and_then(Value::as_u64).unwrap_or(0),
                 outcome: verdict.outcome.to_owned(),
                 reason: verdict.reason,
@@ -406,7 +547,11 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
         request.conflict_count = conflicts;
         request.duplicate_count = duplicates;
         request.rejected_by_reason = reasons.into_iter().collect();
-        request.outcome = request_outcome(success, applied + duplicates, conflicts, rejected + conflicts + unprocessed).to_owned();
+        request.outcome = if gone {
+            outcome::UNKNOWN.to_owned()
+        } else {
+            request_outcome(success, applied + duplicates, conflicts, rejected + conflicts + unprocessed).to_owned()
+        };
     }
 
     if let Some(v) = req.as_mut() {
@@ -434,8 +579,9 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
     if let Some(v) = resp.as_mut() {
         s.redactor.redact_value(v);
     }
-    (request.request_body, request.request_body_truncated) = body_text(&rec.request_body, req.as_ref(), s);
-    (request.response_body, request.response_body_truncated) = body_text(&rec.response_body, resp.as_ref(), s);
+    (request.request_body, request.request_body_truncated) = body_text(&rec.request_body, &req_body, s);
+    (request.response_body, request.response_body_truncated) = body_text(&rec.response_body, &resp_body, s);
+    body_notes(&mut request.error, &req_body, &mutations);
     Rows { request, mutations }
 }
 
@@ -446,7 +592,13 @@ mod tests {
     use bytes::Bytes;
 
     fn body(text: &str) -> CapturedBody {
-        CapturedBody { chunks: vec![Bytes::copy_from_slice(text.as_bytes())], retained: text.len(), total: text.len() as u64, complete: true }
+        CapturedBody {
+            chunks: vec![Bytes::copy_from_slice(text.as_bytes())],
+            retained: text.len(),
+            total: text.len() as u64,
+            complete: true,
+            ..CapturedBody::default()
+        }
     }
 
     /// Found by the `rows` fuzz target: a field of the wrong type (an object where the model
@@ -458,7 +610,7 @@ mod tests {
         let resp = r#"{"rejected":[{"mutation_id":"m1","reason":{"api_key":"ak_reason_0123"}}]}"#;
         let mut rec = push_record(req, resp, Vec::new());
         rec.client_version = String::new();
-        let rows = build(&rec, &RowSettings { redactor: Redactor::default(), body_cap_bytes: 65536 });
+        let rows = build(&rec, &RowSettings { redactor: Redactor::default(), body_cap_bytes: 65536, decoded_max_bytes: 1 << 20 });
         let m = &rows.mutations[0];
         assert_eq!(m.model, r#"{"password":"[REDACTED]"}"#);
         assert_eq!(m.reason, r#"{"api_key":"[REDACTED]"}"#);
@@ -486,6 +638,7 @@ mod tests {
             path: "/tether/push".into(),
             replay_of: String::new(),
             error: None,
+            client_gone: false,
         }
     }
 
@@ -503,7 +656,7 @@ mod tests {
         .to_string();
         let resp = serde_json::json!({"applied": [mid]}).to_string();
         let state = MutationState { mutation_id: crate::capture::cap_identifier(&mid).into_owned(), before: None, after: Some(StateValue::Json("{\"a\":1}".into())) };
-        let rows = build(&push_record(&req, &resp, vec![state]), &RowSettings { redactor: Redactor::default(), body_cap_bytes: 65536 });
+        let rows = build(&push_record(&req, &resp, vec![state]), &RowSettings { redactor: Redactor::default(), body_cap_bytes: 65536, decoded_max_bytes: 1 << 20 });
         let m = &rows.mutations[0];
         let capped = |s: &str, len: usize| {
             let (head, tail) = s.split_once('…').unwrap_or((s, ""));
@@ -526,7 +679,7 @@ mod tests {
     fn credentials_in_identifiers_and_paths_inside_payloads() {
         let req = r#"{"client_id":"dev Bearer abc123def456","mutations":[{"mutation_id":"m1","entity_id":"e","model":"Task","operation":"create",
             "payload":{"title":"t","notes":"Authorization: Bearer FAKE-A","metadata":{"callback":"https://example.test/cb?access_token=FAKE-B&x=1","token":"FAKE-T"}},"version":1,"timestamp":1}]}"#;
-        let rows = build(&push_record(req, r#"{"applied":["m1"]}"#, Vec::new()), &RowSettings { redactor: Redactor::default(), body_cap_bytes: 65536 });
+        let rows = build(&push_record(req, r#"{"applied":["m1"]}"#, Vec::new()), &RowSettings { redactor: Redactor::default(), body_cap_bytes: 65536, decoded_max_bytes: 1 << 20 });
         let m = &rows.mutations[0];
         assert_eq!(rows.request.client_id, "dev Bearer [REDACTED]");
         assert_eq!(m.redacted_paths, ["/metadata/callback", "/metadata/token", "/notes"]);

@@ -128,7 +128,7 @@ impl Replayer {
             .client
             .query_raw(
                 "SELECT position, mutation_id, entity_id, model, operation, payload,
-                        toUnixTimestamp64Milli(client_timestamp) AS client_ms, version, outcome,
+                        ifNull(toUnixTimestamp64Milli(client_timestamp), 0) AS client_ms, version, outcome,
                         redacted_paths, redacted_paths_recorded
                  FROM sync_mutations WHERE request_id = {id:String} ORDER BY position",
             )

@@ -24,6 +24,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 3, name: "views", sql: include_str!("migrations/0003_views.sql") },
     Migration { version: 4, name: "redacted_paths", sql: include_str!("migrations/0004_redacted_paths.sql") },
     Migration { version: 5, name: "aggregate_dedup", sql: include_str!("migrations/0005_aggregate_dedup.sql") },
+    Migration { version: 6, name: "faithful_capture", sql: include_str!("migrations/0006_faithful_capture.sql") },
 ];
 
 /// The columns the capture pipeline inserts, with the types the migrations give them (as
@@ -52,9 +53,11 @@ pub const INSERTED_COLUMNS: &[(&str, &[(&str, &str)])] = &[
             ("request_body", "String"),
             ("request_body_bytes", "UInt64"),
             ("request_body_truncated", "Bool"),
+            ("request_content_encoding", "LowCardinality(String)"),
             ("response_body", "String"),
             ("response_body_bytes", "UInt64"),
             ("response_body_truncated", "Bool"),
+            ("response_content_encoding", "LowCardinality(String)"),
             ("error", "String"),
             ("trace_id", "String"),
             ("span_id", "String"),
@@ -72,7 +75,8 @@ pub const INSERTED_COLUMNS: &[(&str, &[(&str, &str)])] = &[
             ("model", "LowCardinality(String)"),
             ("operation", "LowCardinality(String)"),
             ("client_id", "String"),
-            ("client_timestamp", "DateTime64(3, 'UTC')"),
+            ("client_timestamp", "Nullable(DateTime64(3, 'UTC'))"),
+            ("client_timestamp_raw", "String"),
             ("version", "UInt64"),
             ("outcome", "LowCardinality(String)"),
             ("reason", "LowCardinality(String)"),

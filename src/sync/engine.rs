@@ -45,6 +45,8 @@ pub(crate) struct Rules<'a> {
     pub schema: &'a Schema,
     pub resolver: &'a dyn ConflictResolver,
     pub mapper: Option<&'a dyn PayloadMapper>,
+    /// See `Limits::max_clock_ahead_ms`.
+    pub max_clock_ahead_ms: u64,
 }
 
 fn live(rec: &Option<Record>) -> Option<&Record> {
@@ -117,7 +119,7 @@ impl ChangeClock<'_> {
     }
 }
 
-fn shape_errors(m: &Mutation) -> BTreeMap<String, Vec<String>> {
+fn shape_errors(m: &Mutation, max_clock_ahead_ms: u64) -> BTreeMap<String, Vec<String>> {
     let mut messages: BTreeMap<String, Vec<String>> = BTreeMap::new();
     if !is_ulid(&m.mutation_id) {
         messages.entry("mutation_id".into()).or_default().push("The mutation id must be a valid ULID.".into());
@@ -131,6 +133,13 @@ fn shape_errors(m: &Mutation) -> BTreeMap<String, Vec<String>> {
     if m.timestamp < 0 {
         messages.entry("timestamp".into()).or_default().push("The timestamp field must be at least 0.".into());
     }
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let ahead = i128::from(m.timestamp) - i128::from(now_ms);
+    if ahead > i128::from(max_clock_ahead_ms) {
+        messages.entry("timestamp".into()).or_default().push(format!(
+            "The timestamp is {ahead} ms ahead of the server clock; at most {max_clock_ahead_ms} ms ahead is accepted (check the device clock)."
+        ));
+    }
     messages
 }
 
@@ -143,7 +152,7 @@ fn process_one(
     current: Option<&Record>,
 ) -> rusqlite::Result<Step> {
     let invalid = |messages| Step::Rejected(Rejection::validation_failed(&m.mutation_id, ValidationData { messages }));
-    let shape = shape_errors(m);
+    let shape = shape_errors(m, rules.max_clock_ahead_ms);
     if !shape.is_empty() {
         return Ok(invalid(shape));
     }

@@ -125,12 +125,20 @@ async fn push(
     if req.mutations.len() > server.limits().max_batch {
         return Err(SyncError::TooManyMutations(server.limits().max_batch));
     }
-    let (req, result) = blocking(move || server.push_blocking(&req).map(|r| (req, r))).await?;
-    // Before/after state for observers: how a host reports it (a no-op without capture).
-    crate::capture::record_mutation_states_json(result.effects.into_iter().filter_map(|e| {
-        req.mutations.get(e.index).map(|m| (m.mutation_id.clone(), e.before, e.after))
-    }));
-    Ok(Json(result.response))
+    // Before/after state for observers, how a host reports it (a no-op without capture):
+    // from the blocking task, under the request's span, right after the commit, so a client
+    // that goes away mid-push does not take the states of what was committed with it.
+    let span = tracing::Span::current();
+    let response = blocking(move || {
+        let result = server.push_blocking(&req)?;
+        crate::capture::record_mutation_states_json_in(
+            &span,
+            result.effects.into_iter().filter_map(|e| req.mutations.get(e.index).map(|m| (m.mutation_id.clone(), e.before, e.after))),
+        );
+        Ok(result.response)
+    })
+    .await?;
+    Ok(Json(response))
 }
 
 async fn pull(

@@ -33,16 +33,26 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most mutations in one push.
     pub max_batch: usize,
+    /// How far ahead of the server clock a mutation timestamp may be, in milliseconds. A
+    /// mutation further in the future is rejected `validation_failed`, so one device with a
+    /// wrong clock cannot win every conflict against every other device.
+    pub max_clock_ahead_ms: u64,
 }
 
 impl Limits {
     pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
     pub const DEFAULT_MAX_BATCH: usize = 10_000;
+    /// One hour: ordinary clock drift passes, a clock set years ahead does not.
+    pub const DEFAULT_MAX_CLOCK_AHEAD_MS: u64 = 60 * 60 * 1000;
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES, max_batch: Self::DEFAULT_MAX_BATCH }
+        Limits {
+            max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
+            max_batch: Self::DEFAULT_MAX_BATCH,
+            max_clock_ahead_ms: Self::DEFAULT_MAX_CLOCK_AHEAD_MS,
+        }
     }
 }
 
@@ -143,6 +153,7 @@ impl SyncServer {
             schema: &inner.schema,
             resolver: inner.resolver.as_ref(),
             mapper: inner.mapper.as_deref(),
+            max_clock_ahead_ms: inner.limits.max_clock_ahead_ms,
         };
         let mut db = inner.db.lock().unwrap_or_else(|p| p.into_inner());
         engine::push(&mut db, &rules, req)

@@ -1,5 +1,7 @@
 //! Metric instruments, created once. Attributes have bounded cardinality: the client id is
 //! never an attribute (it belongs in ClickHouse), and models beyond a cap share one value.
+//! A model earns its own label only once the host accepted one of its mutations, so junk
+//! model names (which the host rejects) cannot use up the budget.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -14,7 +16,7 @@ use crate::capture::CaptureStats;
 
 /// Distinct model names reported before the rest become [`OTHER_MODEL`].
 pub const MAX_MODELS: usize = 50;
-/// The model attribute of models past the cap.
+/// The model attribute of models past the cap, and of models the host has not accepted yet.
 pub const OTHER_MODEL: &str = "_other";
 
 /// Latency buckets in seconds (the HTTP semantic conventions' recommendation).
@@ -51,17 +53,19 @@ impl Instruments {
         }
     }
 
-    /// The model's attribute value, capped at [`MAX_MODELS`] distinct names.
-    pub fn model(&self, model: &str) -> String {
+    /// Gives `model` its own label (while fewer than [`MAX_MODELS`] have one). Call it only
+    /// for a model the host accepted (applied, conflict or duplicate: it knows the model).
+    pub fn admit_model(&self, model: &str) {
         let mut seen = self.models.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.contains(model) {
-            return model.to_owned();
-        }
-        if seen.len() < MAX_MODELS {
+        if seen.len() < MAX_MODELS && !seen.contains(model) {
             seen.insert(model.to_owned());
-            return model.to_owned();
         }
-        OTHER_MODEL.to_owned()
+    }
+
+    /// The model's attribute value: its name once admitted, else [`OTHER_MODEL`].
+    pub fn model(&self, model: &str) -> String {
+        let seen = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(model) { model.to_owned() } else { OTHER_MODEL.to_owned() }
     }
 }
 
@@ -149,4 +153,36 @@ fn observe_spool(m: &opentelemetry::metrics::Meter, c: Arc<CaptureStats>) {
             o.observe(c4.spool_written.load(Ordering::Relaxed), &[KeyValue::new("direction", "written")]);
         })
         .build();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The input: 51 junk model names pushed first after start (all rejected by the
+    /// host) filled the budget and every later `Task` was counted as `_other`.
+    #[test]
+    fn junk_model_names_cannot_exhaust_the_model_label_budget() {
+        let i = Instruments::new(&SdkMeterProvider::builder().build());
+        for n in 0..=MAX_MODELS {
+            let junk = format!("junk_{n}");
+            // Rejected: never admitted.
+            assert_eq!(i.model(&junk), OTHER_MODEL);
+        }
+        i.admit_model("Task");
+        assert_eq!(i.model("Task"), "Task");
+        assert_eq!(i.model("junk_0"), OTHER_MODEL);
+    }
+
+    #[test]
+    fn accepted_models_past_the_cap_share_other() {
+        let i = Instruments::new(&SdkMeterProvider::builder().build());
+        for n in 0..MAX_MODELS {
+            i.admit_model(&format!("Model{n}"));
+        }
+        i.admit_model("OneTooMany");
+        assert_eq!(i.model("Model0"), "Model0");
+        assert_eq!(i.model(&format!("Model{}", MAX_MODELS - 1)), format!("Model{}", MAX_MODELS - 1));
+        assert_eq!(i.model("OneTooMany"), OTHER_MODEL);
+    }
 }

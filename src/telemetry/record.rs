@@ -76,6 +76,9 @@ impl Telemetry {
         let mut conflicts: HashMap<&str, u64> = HashMap::new();
         let mut reasons: HashMap<&str, u64> = HashMap::new();
         for m in &rows.mutations {
+            if matches!(m.outcome.as_str(), "applied" | "conflict" | "duplicate") {
+                i.admit_model(&m.model);
+            }
             *per.entry((m.model.as_str(), m.operation.as_str(), m.outcome.as_str())).or_default() += 1;
             match m.outcome.as_str() {
                 "conflict" => *conflicts.entry(m.model.as_str()).or_default() += 1,
@@ -167,7 +170,9 @@ impl Telemetry {
                 .collect(),
             );
         }
-        if failed {
+        if rec.client_gone && r.outcome == crate::pipeline::rows::outcome::UNKNOWN {
+            span.set_status(Status::error("client disconnected before the response"));
+        } else if failed {
             span.set_status(Status::error(format!("HTTP {}", rec.http_status)));
         }
         span.end_with_timestamp(start + rec.duration);
@@ -177,6 +182,11 @@ impl Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::CapturedBody;
+    use crate::pipeline::redact::Redactor;
+    use crate::pipeline::rows::{self, RowSettings};
+    use crate::telemetry::instruments::{MAX_MODELS, OTHER_MODEL};
+    use opentelemetry_sdk::metrics::SdkMeterProvider;
 
     #[test]
     fn string_attributes_are_cut_to_the_limit_in_characters() {
@@ -184,5 +194,59 @@ mod tests {
         assert_eq!(kv.value.as_str(), "éééé");
         assert_eq!(limited(KeyValue::new("k", "short"), 4096).value.as_str(), "short");
         assert_eq!(limited(KeyValue::new("k", 12345_i64), 2).value, opentelemetry::Value::I64(12345));
+    }
+
+    fn body(text: String) -> CapturedBody {
+        let n = text.len();
+        CapturedBody { chunks: vec![bytes::Bytes::from(text)], retained: n, total: n as u64, complete: true, ..CapturedBody::default() }
+    }
+
+    fn push(models: &[String], applied: bool) -> CaptureRecord {
+        let ms: Vec<String> = models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!(r#"{{"mutation_id":"m{i}","entity_id":"e{i}","model":"{m}","operation":"create","payload":{{}},"version":1,"timestamp":1}}"#))
+            .collect();
+        let ids: Vec<String> = (0..models.len()).map(|i| format!("m{i}")).collect();
+        let resp = if applied {
+            serde_json::json!({"applied": ids})
+        } else {
+            serde_json::json!({"rejected": ids.iter().map(|id| serde_json::json!({"mutation_id": id, "reason": "validation_failed"})).collect::<Vec<_>>()})
+        };
+        CaptureRecord {
+            request_id: "r".into(),
+            kind: RequestKind::Push,
+            started_at: chrono::Utc::now(),
+            duration: std::time::Duration::from_millis(1),
+            http_status: 200,
+            client_version: String::new(),
+            request_body: body(format!(r#"{{"client_id":"c","mutations":[{}]}}"#, ms.join(","))),
+            response_body: body(resp.to_string()),
+            states: Vec::new(),
+            trace_id: String::new(),
+            span_id: String::new(),
+            parent: None,
+            path: PUSH_PATH.into(),
+            replay_of: String::new(),
+            error: None,
+            client_gone: false,
+        }
+    }
+
+    /// The issue's input end to end through `record`: 51 junk model names pushed first (the
+    /// host rejects them), then `Task` mutations the host applies.
+    #[test]
+    fn only_models_the_host_accepted_take_a_label() {
+        let provider = SdkMeterProvider::builder().build();
+        let telemetry = Telemetry::from_providers(None, Some(&provider));
+        let settings = RowSettings { redactor: Redactor::default(), body_cap_bytes: 1 << 16, decoded_max_bytes: 1 << 20 };
+        let junk: Vec<String> = (0..=MAX_MODELS).map(|i| format!("Junk{i}")).collect();
+        let rec = push(&junk, false);
+        telemetry.record(&rec, &rows::build(&rec, &settings));
+        let rec = push(&["Task".to_owned()], true);
+        telemetry.record(&rec, &rows::build(&rec, &settings));
+        let i = telemetry.instruments.as_ref().unwrap();
+        assert_eq!(i.model("Task"), "Task");
+        assert_eq!(i.model("Junk0"), OTHER_MODEL);
     }
 }

@@ -78,7 +78,9 @@ pub struct Mutation {
     pub model: String,
     pub operation: String,
     pub client_id: String,
-    pub client_ts_ms: i64,
+    /// `None`: the mutation's timestamp was missing or invalid (`client_ts_raw` says what came).
+    pub client_ts_ms: Option<i64>,
+    pub client_ts_raw: String,
     pub version: u64,
     pub outcome: String,
     pub reason: String,
@@ -91,7 +93,7 @@ pub struct Mutation {
 }
 
 const MUTATION_COLUMNS: &str = "request_id, toUnixTimestamp64Micro(started_at) AS started_us, position, mutation_id,
-    entity_id, model, operation, client_id, toUnixTimestamp64Milli(client_timestamp) AS client_ts_ms, version, outcome,
+    entity_id, model, operation, client_id, toUnixTimestamp64Milli(client_timestamp) AS client_ts_ms, client_timestamp_raw AS client_ts_raw, version, outcome,
     reason, reason_data, payload, state_before, state_after, has_state, diff";
 
 /// The few columns of a mutation a short list shows.
@@ -409,7 +411,8 @@ pub enum Key {
     Client,
 }
 
-/// Rejected mutations in `[from, to)` by reason, model and client.
+/// Failed mutations in `[from, to)` by reason, model and client: rejected by the host, or
+/// unprocessed because the host refused the push as a whole (e.g. a body it could not parse).
 pub async fn failure_groups(
     c: &clickhouse::Client,
     from: DateTime<Utc>,
@@ -423,7 +426,7 @@ pub async fn failure_groups(
          FROM sync_mutations
          WHERE started_at >= fromUnixTimestamp64Micro({from_us:Int64}, 'UTC')
            AND started_at < fromUnixTimestamp64Micro({to_us:Int64}, 'UTC')
-           AND outcome = 'rejected'
+           AND outcome IN ('rejected', 'unprocessed')
          GROUP BY reason, model, client_id
          ORDER BY failures DESC, last_us DESC, reason, model, client_id LIMIT {limit:UInt64}",
     )

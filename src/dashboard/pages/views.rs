@@ -41,6 +41,15 @@ pub fn time_ms(ms: i64) -> String {
     DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string())
 }
 
+/// A mutation's client time; a missing or invalid timestamp says so, with what was sent.
+pub fn client_time(ms: Option<i64>, raw: &str) -> String {
+    match ms {
+        Some(ms) => time_ms(ms),
+        None if raw.is_empty() => "invalid timestamp (missing)".to_owned(),
+        None => format!("invalid timestamp ({raw})"),
+    }
+}
+
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
@@ -436,7 +445,7 @@ impl MutationView {
             entity_link: format!("{}/requests{}", nav.prefix, query_string(&[("entity_id", &m.entity_id)])),
             model: m.model.clone(),
             operation: m.operation.clone(),
-            client_time: time_ms(m.client_ts_ms),
+            client_time: client_time(m.client_ts_ms, &m.client_ts_raw),
             version: m.version,
             outcome: m.outcome.clone(),
             reason: m.reason.clone(),

@@ -295,8 +295,11 @@ fn redact_pem(text: &str) -> Option<String> {
         if !label.ends_with("PRIVATE KEY") {
             continue;
         }
-        // The body runs to the END line, or to the end of the text when it was cut off.
-        let body_end = rest.find("-----END").unwrap_or(rest.len());
+        // The body runs to the END line, or to the end of the text when it was cut off, and
+        // never past a quote: a BEGIN in one JSON string and an END in a later one must not
+        // cut the structure between them (found by the redact fuzz target).
+        let end_line = rest.find("-----END").unwrap_or(rest.len());
+        let body_end = rest[..end_line].find(['"', '\'']).unwrap_or(end_line);
         out.push_str(REDACTED);
         rest = &rest[body_end..];
         changed = true;
@@ -444,6 +447,11 @@ fn unescape(raw: &str) -> Cow<'_, str> {
             Some('f') => out.push('\u{c}'),
             Some('u') => {
                 let Some(hi) = read_hex4(&mut chars) else {
+                    // An escape cut off by the end of the text is dropped like a trailing
+                    // backslash: a U+FFFD would glue onto the word before it (found by fuzzing).
+                    if chars.as_str().len() < 4 && chars.as_str().bytes().all(|c| c.is_ascii_hexdigit()) {
+                        break;
+                    }
                     out.push('\u{FFFD}');
                     continue;
                 };
@@ -526,6 +534,11 @@ mod tests {
             ("{\"password\":Bearer sEcr3t-9, \"x\": 1}", "{\"password\":\"[REDACTED]\", \"x\": 1}"),
             ("see eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnX3NFY3IzdA.", "see [REDACTED]."),
             ("-----BEGIN junk\n-----BEGIN PRIVATE KEY-----\nsEcr3t\n-----END PRIVATE KEY-----", "-----BEGIN junk\n-----BEGIN PRIVATE KEY-----[REDACTED]-----END PRIVATE KEY-----"),
+            (
+                "{\"token\":{\"a\":\"-----BEGIN PRIVATE KEY-----\",\"b\":{\"x\":\"-----END\"},\"c\":\"sEcr3t\"}}",
+                "{\"token\":\"[REDACTED]\"}",
+            ),
+            ("{\"n\":\"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sEcr3tXY\\u00", "{\"n\":\"[REDACTED]"),
         ] {
             assert_eq!(r.redact_text(input), expected, "{input:?}");
         }
