@@ -284,11 +284,51 @@ fn assert_scrubbed(redactor: &Redactor, what: &str, text: &str, secret: &str, in
 /// * A JWT in a JSON string of a body cut inside a `\uXXXX` escape right after it: the
 ///   unfinished escape becomes U+FFFD, which glues onto the token's last segment, so it is no
 ///   longer read as a JWT (`assert_scrubbed` skips those cut points).
-fn known_gap(before: &str, shape: Shape) -> bool {
-    let end = before.trim_end_matches([' ', '\t']);
-    let pair_value = end.ends_with('=') || end.strip_suffix(':').is_some_and(|k| k.trim_end_matches([' ', '\t']).ends_with(['"', '\'']));
+fn known_gap(oracle: &Oracle, before: &str, shape: Shape) -> bool {
     let open_begin = before.rfind("-----BEGIN ").is_some_and(|at| !before[at + 11..].contains("-----"));
-    (shape == Shape::Scheme && pair_value) || (shape == Shape::Pem && open_begin)
+    (shape == Shape::Scheme && pair_before(before).is_some_and(|k| oracle.is_sensitive(&k) || oracle.is_sensitive(&percent_decode(&k))))
+        || (shape == Shape::Pem && open_begin)
+}
+
+/// The key of the pair whose bare value starts where `before` ends, if any: `key=`,
+/// `"key"=`, `'key'=`, `"key":`, `'key':` (an unquoted `key:` takes the rest of the line).
+fn pair_before(before: &str) -> Option<String> {
+    let end = before.trim_end_matches([' ', '\t']);
+    let (rest, form) = match end.strip_suffix('=') {
+        Some(rest) => (rest, true),
+        None => (end.strip_suffix(':')?, false),
+    };
+    let rest = rest.trim_end_matches([' ', '\t']);
+    let last_word = |s: &str| s[s.trim_end_matches(is_word_char).len()..].to_owned();
+    if let Some(inner) = rest.strip_suffix('"') {
+        // A JSON string token: its whole content is the key.
+        return inner.rfind('"').map(|at| inner[at + 1..].to_owned());
+    }
+    // `word'=`, `word':` read as the word; so does `word=`, but `word:` is a line.
+    match rest.strip_suffix('\'') {
+        Some(word) => Some(last_word(word)),
+        None => form.then(|| last_word(rest)),
+    }
+}
+
+/// Percent-decodes a form field name (`+` is a space), leniently.
+fn percent_decode(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() && hex(b[i + 1]).is_some() && hex(b[i + 2]).is_some() => {
+                out.push((hex(b[i + 1]).unwrap_or(0) * 16 + hex(b[i + 2]).unwrap_or(0)) as u8);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn run(u: &mut Unstructured) -> Result<()> {
@@ -315,7 +355,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
     if shape == Shape::Jwt && after.starts_with(glued) {
         return Ok(());
     }
-    if known_gap(&before, shape) {
+    if known_gap(&oracle, &before, shape) {
         return Ok(());
     }
     let text = format!("{before}{planted}{after}");

@@ -143,9 +143,9 @@ impl Oracle {
         s.contains(['\\', '%'])
             // `Bearer|Basic|Token <credential>`.
             || ["bearer ", "basic ", "token "].iter().any(|w| lower.contains(w))
-            // JSON Web Tokens, URL userinfo, PEM private keys.
+            // JSON Web Tokens, URL userinfo (`://` then `@`), PEM private keys.
             || s.contains("eyJ")
-            || s.contains("://")
+            || s.find("://").is_some_and(|at| s[at..].contains('@'))
             || s.contains("PRIVATE KEY-----")
             // `key=value`, `key: value`, `"key":value` with a sensitive key.
             || (s.contains([':', '=']) && self.mentions_key(s))
