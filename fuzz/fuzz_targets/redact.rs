@@ -17,16 +17,16 @@
 //!   re-encode it) is the original with parts replaced by the marker and nothing else;
 //! * the count is the key-level replacements plus the strings scrubbed, and
 //!   `redact_value_recording` reports exactly those paths;
-//! * no secret value (a scalar under a sensitive key) survives in the output, unless it also
-//!   occurs somewhere visible; nor in the textual scrub of the compact and the pretty
-//!   serialization.
+//! * no secret value (a scalar under a sensitive key, unless it also occurs somewhere
+//!   visible, or a token the generator put where a value rule must find it) survives in the
+//!   output, nor in the textual scrub of the compact and the pretty serialization.
 #![no_main]
 
 use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tether_pro::pipeline::redact::{DEFAULT_KEYS, REDACTED, Redactor, json_pointer};
-use tether_pro_fuzz::{Gen, Oracle, assert_no_secret, checkable_secrets, configured_keys, only_replaced};
+use tether_pro_fuzz::{Gen, Oracle, assert_no_secret, checkable_carried, checkable_secrets, configured_keys, only_replaced};
 
 /// Walks what the key rule gives (`expected`, original strings in place) and the output
 /// together; returns the paths of the strings the value rules changed.
@@ -66,7 +66,8 @@ fn compare(
                 );
                 // Without escapes (and without control characters a nested string would be
                 // re-escaped with), a scrub only cuts parts out and writes the marker.
-                if !s.contains('\\') && !(s.contains('"') && s.chars().any(char::is_control)) {
+                let re_escaped = s.contains('"') && s.chars().any(char::is_control);
+                if !s.contains('\\') && !re_escaped {
                     assert!(only_replaced(s, got), "string at {at:?} was rewritten beyond the marker\n  in:  {s:?}\n  out: {got:?}");
                 }
                 scrubbed.push(at.to_owned());
@@ -76,7 +77,7 @@ fn compare(
     }
 }
 
-fn check(keys: &[&str], original: Value) {
+fn check(keys: &[&str], original: Value, carried: &[tether_pro_fuzz::Carried]) {
     let redactor = Redactor::new(keys);
     let oracle = Oracle::new(keys);
     let (expected, key_level) = oracle.redacted(&original);
@@ -97,7 +98,10 @@ fn check(keys: &[&str], original: Value) {
 
     let (mut secrets, mut visible) = (Vec::new(), Vec::new());
     oracle.split(&original, &mut secrets, &mut visible);
-    let secrets = checkable_secrets(secrets, &visible, &[]);
+    let mut secrets = checkable_secrets(secrets, &visible, &[]);
+    // And every token the generator put where a value rule must find it.
+    let compact = original.to_string();
+    secrets.extend(checkable_carried(carried, &compact, false));
     assert_no_secret("redact_value output", &out.to_string(), &secrets);
 
     // The textual scrub on the same document as text (what a body that did not parse gets:
@@ -106,7 +110,6 @@ fn check(keys: &[&str], original: Value) {
     // PEM pass runs over the whole text before its structure is read, so a private key's
     // BEGIN line in one string and an END line in a later one cut out the JSON between them,
     // and a sensitive key's value can end early, leaving its rest in the clear.
-    let compact = original.to_string();
     if compact.contains("PRIVATE KEY-----") {
         return;
     }
@@ -117,12 +120,12 @@ fn check(keys: &[&str], original: Value) {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(v) = serde_json::from_slice::<Value>(data) {
-        check(DEFAULT_KEYS, v);
+        check(DEFAULT_KEYS, v, &[]);
         return;
     }
     let mut u = Unstructured::new(data);
     let Ok(keys) = configured_keys(&mut u) else { return };
     let mut g = Gen::new(&keys, 8);
     let Ok(v) = g.value(&mut u, 0) else { return };
-    check(&keys, v);
+    check(&keys, v, &g.carried);
 });

@@ -65,7 +65,7 @@ enum Shape {
 const SHAPES: &[Shape] = &[Shape::Query, Shape::Userinfo, Shape::Pair, Shape::Scheme, Shape::Jwt, Shape::Pem, Shape::Json];
 
 struct Planter<'a> {
-    gen_: Gen<'a>,
+    generator: Gen<'a>,
     oracle: &'a Oracle,
     keys: &'a [&'a str],
     secret: String,
@@ -106,7 +106,7 @@ fn percent_encode(u: &mut Unstructured, key: &str) -> Result<String> {
 impl Planter<'_> {
     /// A key the oracle calls sensitive: a generated spelling, or a configured key itself.
     fn sensitive_key(&mut self, u: &mut Unstructured) -> Result<String> {
-        let k = self.gen_.key(u)?;
+        let k = self.generator.key(u)?;
         Ok(if self.oracle.is_sensitive(&k) { k } else { u.choose(self.keys)?.to_string() })
     }
 
@@ -204,7 +204,7 @@ impl Planter<'_> {
                 format!("-----BEGIN {label}PRIVATE KEY-----{nl}{body}{nl}-----END {label}PRIVATE KEY-----")
             }
             Shape::Json => {
-                let mut doc = self.gen_.object(u, self.gen_.max_depth.saturating_sub(1))?;
+                let mut doc = self.generator.object(u, self.generator.max_depth.saturating_sub(1))?;
                 if u.arbitrary()? {
                     let value = match u.int_in_range(0u8..=2)? {
                         0 => Value::String(secret.clone()),
@@ -214,7 +214,7 @@ impl Planter<'_> {
                     doc.insert(self.sensitive_key(u)?, value);
                 } else {
                     let (inner, _, inner_shape) = self.plant(u, depth + 1)?;
-                    doc.insert(self.gen_.key(u)?, Value::String(inner));
+                    doc.insert(self.generator.key(u)?, Value::String(inner));
                     innermost = inner_shape;
                 }
                 let doc = Value::Object(doc);
@@ -336,14 +336,13 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let redactor = Redactor::new(&keys);
     let oracle = Oracle::new(&keys);
     let secret = format!("{MARK}{}", chars_from(u, SECRET_CHARS, 2, 12)?);
-    let mut planter = Planter { gen_: Gen::new(&keys, 3), oracle: &oracle, keys: &keys, secret: secret.clone() };
+    let mut planter = Planter { generator: Gen::new(&keys, 3), oracle: &oracle, keys: &keys, secret: secret.clone() };
     let (planted, shape, innermost) = planter.plant(u, 0)?;
     let before = context(u, BEFORE)?;
     let after = context(u, AFTER)?;
 
     // Context that changes what the planted text is (module docs).
-    let glued = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']' | '%' | '+') || !c.is_ascii();
-    if before.ends_with(glued) || before.contains('\\') || before.matches('"').count() % 2 == 1 {
+    if before.ends_with(is_word_char) || before.contains('\\') || before.matches('"').count() % 2 == 1 {
         return Ok(());
     }
     if planted.ends_with('"') && after.trim_start_matches([' ', '\t']).starts_with([':', '=']) {
@@ -352,7 +351,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
     // A JWT glued to more word characters is a longer word, not a JWT. (A known gap is also
     // skipped here: a JWT that ends a sentence, `… eyJ….sig.`, keeps its secret, because `.`
     // is a word character and the word then has four segments.)
-    if shape == Shape::Jwt && after.starts_with(glued) {
+    if shape == Shape::Jwt && after.starts_with(is_word_char) {
         return Ok(());
     }
     if known_gap(&oracle, &before, shape) {

@@ -25,25 +25,39 @@ const PLAIN: &[&str] = &[
     "", "tether_id", "mutations", "payload", "data", "server_state", "messages",
 ];
 
-/// Strings carrying a token `{s}` where the value rules find credentials, and ordinary text
-/// they must keep as it is.
-const CARRIERS: &[&str] = &[
-    "Authorization: Bearer {s}",
-    "sent with basic {s} by the app",
-    "https://example.test/cb?code=1&access_token={s}&state=ok",
-    "postgres://app:{s}@db.internal:5432/main",
-    "login with password={s} then",
-    "my passwordHash: {s}",
-    "{\"api_key\":\"{s}\",\"n\":1}",
-    "{\"inner\":\"{\\\"secret\\\":\\\"{s}\\\"}\"}",
-    "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.{s} end",
-    "-----BEGIN PRIVATE KEY-----\n{s}\n-----END PRIVATE KEY-----",
-    "tokenize {s}",
-    "https://example.test/{s}?x=1&page=2",
-    "the bearer of {s}",
-    "ratio 3:2 {s}",
-    "passport {s}",
+/// Strings carrying a token `{s}` where the value rules find credentials: the template, the
+/// key that makes it a credential (none: the shape alone does), and whether the token needs
+/// the text after it to be recognised (a URL password needs its `@`).
+const CARRIERS: &[(&str, Option<&str>, bool)] = &[
+    ("Authorization: Bearer {s}", None, false),
+    ("sent with basic {s} by the app", None, false),
+    ("https://example.test/cb?code=1&access_token={s}&state=ok", Some("access_token"), false),
+    ("postgres://app:{s}@db.internal:5432/main", None, true),
+    ("login with password={s} then", Some("password"), false),
+    ("my passwordHash: {s}", Some("passwordHash"), false),
+    ("{\"api_key\":\"{s}\",\"n\":1}", Some("api_key"), false),
+    ("{\"inner\":\"{\\\"secret\\\":\\\"{s}\\\"}\"}", Some("secret"), false),
+    ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.{s} end", None, false),
+    ("-----BEGIN PRIVATE KEY-----\n{s}\n-----END PRIVATE KEY-----", None, false),
 ];
+
+/// Ordinary text around a token, which the value rules must leave as it is.
+const ORDINARY: &[&str] = &["tokenize {s}", "https://example.test/{s}?x=1&page=2", "the bearer of {s}", "ratio 3:2 {s}", "passport {s}"];
+
+/// A token the generator put where the value rules must find it (see [`Gen::carried`]).
+#[derive(Debug, Clone)]
+pub struct Carried {
+    pub token: String,
+    /// Recognised only with the text after it (a body cut right after it may keep it).
+    pub needs_tail: bool,
+}
+
+/// The tokens of `carried` that occur exactly once in `inputs` (elsewhere they may also be
+/// ordinary text), and (with `cut`, for text that may have been cut short) only those
+/// recognised without what follows them.
+pub fn checkable_carried(carried: &[Carried], inputs: &str, cut: bool) -> Vec<String> {
+    carried.iter().filter(|c| !(cut && c.needs_tail) && inputs.matches(c.token.as_str()).count() == 1).map(|c| c.token.clone()).collect()
+}
 
 /// The word parts of a key, lowercased (README "Redaction"): the runs of letters and digits,
 /// split again where a lower-case letter meets an upper-case one (`passwordHash`), before the
@@ -276,11 +290,15 @@ pub struct Gen<'a> {
     pub max_depth: usize,
     /// Counter for unique, recognisable secret values.
     pub serial: u32,
+    /// Tokens put in credential positions of strings (header lines, URLs, JWTs...): no
+    /// redacted output may hold them.
+    pub carried: Vec<Carried>,
+    oracle: Oracle,
 }
 
 impl<'a> Gen<'a> {
     pub fn new(keys: &'a [&'a str], max_depth: usize) -> Self {
-        Gen { keys, max_depth, serial: 0 }
+        Gen { keys, max_depth, serial: 0, carried: Vec::new(), oracle: Oracle::new(keys) }
     }
 
     /// An object key: a configured key spelled some way, a near miss, or anything.
@@ -313,7 +331,15 @@ impl<'a> Gen<'a> {
             2 => u.choose(PLAIN)?.to_string(),
             3 => {
                 let token = self.token(u)?;
-                u.choose(CARRIERS)?.replace("{s}", &token)
+                if u.arbitrary()? {
+                    let (template, key, needs_tail) = *u.choose(CARRIERS)?;
+                    if key.is_none_or(|k| self.oracle.is_sensitive(k)) {
+                        self.carried.push(Carried { token: token.clone(), needs_tail });
+                    }
+                    template.replace("{s}", &token)
+                } else {
+                    u.choose(ORDINARY)?.replace("{s}", &token)
+                }
             }
             _ => u.arbitrary::<String>()?,
         })
