@@ -8,7 +8,8 @@
 //! Checked on the raw diff (before redaction): `diff` never panics; `apply(before, diff)` is
 //! `after`; `diff(x, x)` is empty; a diff is empty exactly when the values are equal; no path
 //! is longer than `MAX_DEPTH`; the serde round trip of the changes is lossless. Then the diff
-//! is redacted for storage (`redact_changes`) and no secret of either side survives in it.
+//! is redacted for storage (`redact_changes`) and no secret of either side (a value under a
+//! sensitive key, or a token in a credential position of a string) survives in it.
 #![no_main]
 
 use arbitrary::{Result, Unstructured};
@@ -16,7 +17,7 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tether_pro::pipeline::diff::{Change, MAX_DEPTH, apply, diff, redact_changes};
 use tether_pro::pipeline::redact::{DEFAULT_KEYS, Redactor};
-use tether_pro_fuzz::{Gen, Oracle, assert_no_secret, checkable_secrets};
+use tether_pro_fuzz::{Carried, Gen, Oracle, assert_no_secret, checkable_carried, checkable_secrets};
 
 /// A copy of `v` with a few random edits (so before and after share structure).
 fn mutate(g: &mut Gen, u: &mut Unstructured, v: &Value, depth: usize) -> Result<Value> {
@@ -75,19 +76,19 @@ fn nest(mut v: Value, n: usize) -> Value {
     v
 }
 
-fn generated(u: &mut Unstructured) -> Result<(Value, Value)> {
+fn generated(u: &mut Unstructured) -> Result<(Value, Value, Vec<Carried>)> {
     let mut g = Gen::new(DEFAULT_KEYS, 6);
     let before = g.value(u, 0)?;
     let after = if u.ratio(3u8, 4)? { mutate(&mut g, u, &before, 0)? } else { g.value(u, 0)? };
     if u.ratio(1u8, 8)? {
         let n = u.int_in_range(MAX_DEPTH - 2..=MAX_DEPTH + 6)?;
         let m = if u.arbitrary()? { n } else { u.int_in_range(MAX_DEPTH - 2..=MAX_DEPTH + 6)? };
-        return Ok((nest(before, n), nest(after, m)));
+        return Ok((nest(before, n), nest(after, m), g.carried));
     }
-    Ok((before, after))
+    Ok((before, after, g.carried))
 }
 
-fn check(before: &Value, after: &Value) {
+fn check(before: &Value, after: &Value, carried: &[Carried]) {
     let changes: Vec<Change> = diff(before, after);
     assert_eq!(&apply(before, &changes), after, "apply(before, diff) != after\n  diff: {changes:?}");
     assert!(diff(before, before).is_empty(), "diff(before, before) not empty");
@@ -116,21 +117,21 @@ fn check(before: &Value, after: &Value) {
     let (mut secrets, mut visible) = (Vec::new(), Vec::new());
     oracle.split(before, &mut secrets, &mut visible);
     oracle.split(after, &mut secrets, &mut visible);
-    let secrets = checkable_secrets(secrets, &visible, &[]);
+    let mut secrets = checkable_secrets(secrets, &visible, &[]);
+    secrets.extend(checkable_carried(carried, &format!("{before}{after}"), false));
     assert_no_secret("the redacted diff", &serde_json::to_string(&stored).unwrap(), &secrets);
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Some(nul) = data.iter().position(|&b| b == 0) {
-        if let (Ok(before), Ok(after)) =
+    if let Some(nul) = data.iter().position(|&b| b == 0)
+        && let (Ok(before), Ok(after)) =
             (serde_json::from_slice::<Value>(&data[..nul]), serde_json::from_slice::<Value>(&data[nul + 1..]))
-        {
-            check(&before, &after);
-            return;
-        }
+    {
+        check(&before, &after, &[]);
+        return;
     }
     let mut u = Unstructured::new(data);
-    if let Ok((before, after)) = generated(&mut u) {
-        check(&before, &after);
+    if let Ok((before, after, carried)) = generated(&mut u) {
+        check(&before, &after, &carried);
     }
 });

@@ -10,7 +10,7 @@
 use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
 use tether_pro::pipeline::redact::{DEFAULT_KEYS, Redactor};
-use tether_pro_fuzz::Gen;
+use tether_pro_fuzz::{Gen, Oracle};
 
 /// How the pair is written: `{key}` and `{value}` are replaced.
 const SHAPES: &[&str] = &[
@@ -43,7 +43,9 @@ fuzz_target!(|data: &[u8]| {
 
     // Only well-formed keys of the shape's kind: a key that needs escaping in this position
     // is a different (not a `"key":"value"`) text.
-    if !redactor.is_sensitive(&key) || key.chars().any(|c| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))) {
+    // Sensitive by the oracle's key rule (not the implementation's: a key they disagree on
+    // shows here as a surviving value).
+    if !Oracle::new(DEFAULT_KEYS).is_sensitive(&key) || key.chars().any(|c| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))) {
         return;
     }
     // The pair must stand on its own: the text before ends at a delimiter (empty, or a JSON

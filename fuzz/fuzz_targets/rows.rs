@@ -8,7 +8,8 @@
 //! small or large column cap.
 //!
 //! Checked: `build` never panics, and no secret (a value under a configured key anywhere in
-//! the bodies or states) appears in any String column of any row.
+//! the bodies or states, or a token the generator put in a string where a value rule must
+//! find it: header line, URL, JWT...) appears in any String column of any row.
 #![no_main]
 
 use arbitrary::{Result, Unstructured};
@@ -18,7 +19,7 @@ use serde_json::{Value, json};
 use tether_pro::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind, StateValue};
 use tether_pro::pipeline::redact::{DEFAULT_KEYS, Redactor};
 use tether_pro::pipeline::rows::{self, RowSettings, Rows};
-use tether_pro_fuzz::{Gen, Oracle, assert_no_secret, checkable_secrets};
+use tether_pro_fuzz::{Carried, Gen, Oracle, assert_no_secret, checkable_carried, checkable_secrets};
 
 const IDS: &[&str] = &["01J0000000000000000000000A", "01J0000000000000000000000B", "m-3", ""];
 const MODELS: &[&str] = &["Task", "Project", "Note", "X"];
@@ -36,6 +37,8 @@ struct Input {
     split: usize,
     cap: usize,
     error: Option<String>,
+    /// Tokens the generator put where a value rule must find them.
+    carried: Vec<Carried>,
 }
 
 /// A string field, or (sometimes) a value of the wrong type.
@@ -129,7 +132,7 @@ fn generated(u: &mut Unstructured) -> Result<Input> {
     let split = u.arbitrary::<u16>()? as usize;
     let cap = *u.choose(&[16usize, 100, 1000, 65536])?;
     let error = if u.ratio(1u8, 10)? { Some(u.arbitrary::<String>()?) } else { None };
-    Ok(Input { kind, request, response, states, status, cut_request, cut_response, split, cap, error })
+    Ok(Input { kind, request, response, states, status, cut_request, cut_response, split, cap, error, carried: g.carried })
 }
 
 /// A body as the capture layer hands it over: maybe cut at `cut` bytes, in two chunks.
@@ -189,7 +192,20 @@ fn check(input: Input) {
         "…[truncated: bytes in all] [REDACTED] HTTP http_ tether_id",
         "unknown client_disconnected invalid_string …[incomplete: the body stream ended early after bytes of (Content-Length) received]",
     ];
-    let secrets = checkable_secrets(secrets, &visible, &fixed);
+    let mut secrets = checkable_secrets(secrets, &visible, &fixed);
+    // Tokens in credential positions of strings, anywhere (a body cut short may have lost the
+    // `@` that makes a URL password one).
+    let mut inputs = format!("{request_text}{response_text}{error}");
+    for st in &rec.states {
+        for v in [&st.before, &st.after].into_iter().flatten() {
+            match v {
+                StateValue::Json(text) => inputs.push_str(text),
+                other => inputs.push_str(&other.clone().into_object().map(Value::Object).unwrap_or_default().to_string()),
+            }
+        }
+    }
+    let cut = input.cut_request.is_some() || input.cut_response.is_some();
+    secrets.extend(checkable_carried(&input.carried, &inputs, cut));
     if secrets.is_empty() {
         return;
     }
@@ -219,24 +235,24 @@ fn check(input: Input) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Some(nul) = data.iter().position(|&b| b == 0) {
-        if let (Ok(request), Ok(response)) =
+    if let Some(nul) = data.iter().position(|&b| b == 0)
+        && let (Ok(request), Ok(response)) =
             (serde_json::from_slice::<Value>(&data[..nul]), serde_json::from_slice::<Value>(&data[nul + 1..]))
-        {
-            check(Input {
-                kind: RequestKind::Push,
-                request,
-                response,
-                states: Vec::new(),
-                status: 200,
-                cut_request: None,
-                cut_response: None,
-                split: 0,
-                cap: 65536,
-                error: None,
-            });
-            return;
-        }
+    {
+        check(Input {
+            kind: RequestKind::Push,
+            request,
+            response,
+            states: Vec::new(),
+            status: 200,
+            cut_request: None,
+            cut_response: None,
+            split: 0,
+            cap: 65536,
+            error: None,
+            carried: Vec::new(),
+        });
+        return;
     }
     let mut u = Unstructured::new(data);
     if let Ok(input) = generated(&mut u) {

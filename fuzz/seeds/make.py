@@ -39,6 +39,14 @@ REDACT_EXAMPLES = [
     [{"a": [{"b": {"c": [{"refresh_token": {"nested": ["rt_0123456789"]}}]}}]}],
     {"credit_card": {"number": "4111111111111111", "cvv": 123}, "ssn": "078-05-1120", "notes": "{\"token\":\"tk_0123456789\"}"},
     {"callback": "/cb?access_token=at_0123456789&state=x", "header": "Authorization: Bearer br_0123456789"},
+    # Issue 12: word-part key spellings, and credentials inside string values.
+    {"password_confirmation": "pc_0123456789", "passwordHash": "ph_0123456789", "secret_key": "sk_0123456789",
+     "apiKeys": ["ak_0123456789"], "password_policy": "strict", "token_type": "bearer", "tokenizer": "ws"},
+    {"title": "t", "notes": "Authorization: Bearer FAKE-A0123",
+     "metadata": {"callback": "https://example.test/cb?access_token=FAKE-B0123&x=1", "color": "red"}},
+    {"dsn": "postgres://app:hunter2@db.internal:5432/main", "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+     "pem": "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----",
+     "log": "login with password=hunter2 then; my api_key: k_9f8e7d", "plain": "tokenize the passport x=1"},
 ]
 
 TEXT_EXAMPLES = [
@@ -50,7 +58,13 @@ TEXT_EXAMPLES = [
     b'password%5B0%5D=pw_0123456789&session=s_0123456789',
     b'{"password" :\t"unterminated \\" quote',
     b'{"a":[{"b":{"secret":{"deep":["x","y"]}}}],"token":tk_bare_0123,"ok":true}',
+    b'{"notes":"Authorization: Bearer FAKE-A0123","metadata":{"callback":"https://example.test/cb?access_token=FAKE-B',
+    b'{"dsn":"postgres://app:hunter2@db.internal/main","jwt":"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln',
 ]
+
+# The value rules' target draws everything from the input bytes: seeds are fixed pseudo-random
+# bytes of a few lengths, so a first run starts with every kind of planted text.
+VALUE_SEEDS = [hashlib.sha256(b"redact_values %d" % i).digest() * (1 + i % 8) for i in range(24)]
 
 
 def write(target, data):
@@ -80,6 +94,8 @@ def main(capture):
         write("redact_text", compact(v))
     for t in TEXT_EXAMPLES:
         write("redact_text", t)
+    for b in VALUE_SEEDS:
+        write("redact_values", b)
 
     def interesting(e):
         return any(k in e["response"] for k in ('"rejected":[{', '"conflicts":[{')) or "sk_live" in e["request"]

@@ -4,7 +4,7 @@
 
 use arbitrary::{Result, Unstructured};
 use serde_json::{Map, Value};
-use tether_pro::pipeline::redact::REDACTED;
+use tether_pro::pipeline::redact::{QUALIFIERS, REDACTED};
 
 /// Keys configured in a fuzzed redactor: the defaults, or a few of these.
 pub const KEY_POOL: &[&str] = &[
@@ -25,15 +25,96 @@ const PLAIN: &[&str] = &[
     "", "tether_id", "mutations", "payload", "data", "server_state", "messages",
 ];
 
-/// The normalized form of a key (README): lowercased, without `-`, `_`, `.` and whitespace.
-pub fn normalize(key: &str) -> String {
-    key.chars()
-        .filter(|c| !(matches!(c, '-' | '_' | '.') || c.is_whitespace()))
-        .flat_map(char::to_lowercase)
-        .collect()
+/// Strings carrying a token `{s}` where the value rules find credentials: the template, the
+/// key that makes it a credential (none: the shape alone does), and whether the token needs
+/// the text after it to be recognised (a URL password needs its `@`).
+const CARRIERS: &[(&str, Option<&str>, bool)] = &[
+    ("Authorization: Bearer {s}", None, false),
+    ("sent with basic {s} by the app", None, false),
+    ("https://example.test/cb?code=1&access_token={s}&state=ok", Some("access_token"), false),
+    ("postgres://app:{s}@db.internal:5432/main", None, true),
+    ("login with password={s} then", Some("password"), false),
+    ("my passwordHash: {s}", Some("passwordHash"), false),
+    ("{\"api_key\":\"{s}\",\"n\":1}", Some("api_key"), false),
+    ("{\"inner\":\"{\\\"secret\\\":\\\"{s}\\\"}\"}", Some("secret"), false),
+    ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.{s} end", None, false),
+    ("-----BEGIN PRIVATE KEY-----\n{s}\n-----END PRIVATE KEY-----", None, false),
+];
+
+/// Ordinary text around a token, which the value rules must leave as it is.
+const ORDINARY: &[&str] = &["tokenize {s}", "https://example.test/{s}?x=1&page=2", "the bearer of {s}", "ratio 3:2 {s}", "passport {s}"];
+
+/// A token the generator put where the value rules must find it (see [`Gen::carried`]).
+#[derive(Debug, Clone)]
+pub struct Carried {
+    pub token: String,
+    /// Recognised only with the text after it (a body cut right after it may keep it).
+    pub needs_tail: bool,
 }
 
-/// The redaction rule, written the obvious way.
+/// The tokens of `carried` that occur exactly once in `inputs` (elsewhere they may also be
+/// ordinary text), and (with `cut`, for text that may have been cut short) only those
+/// recognised without what follows them.
+pub fn checkable_carried(carried: &[Carried], inputs: &str, cut: bool) -> Vec<String> {
+    carried.iter().filter(|c| !(cut && c.needs_tail) && inputs.matches(c.token.as_str()).count() == 1).map(|c| c.token.clone()).collect()
+}
+
+/// The word parts of a key, lowercased (README "Redaction"): the runs of letters and digits,
+/// split again where a lower-case letter meets an upper-case one (`passwordHash`), before the
+/// last capital of a run of capitals followed by a lower-case letter (`APIKey` -> `API`,
+/// `Key`), and where a letter meets a digit (`token2`). Written forwards, one character at a
+/// time, allocating freely: the implementation walks backwards over bytes.
+pub fn word_parts(key: &str) -> Vec<String> {
+    let chars: Vec<char> = key.chars().collect();
+    let mut parts: Vec<String> = Vec::new();
+    let mut current: Vec<char> = Vec::new();
+    for (i, &c) in chars.iter().enumerate() {
+        if !c.is_alphanumeric() {
+            if !current.is_empty() {
+                parts.push(current.drain(..).collect());
+            }
+            continue;
+        }
+        if let Some(&prev) = current.last() {
+            let next = chars.get(i + 1).copied();
+            let camel = prev.is_lowercase() && c.is_uppercase();
+            let acronym_end = prev.is_uppercase() && c.is_uppercase() && next.is_some_and(char::is_lowercase);
+            let digits = prev.is_numeric() != c.is_numeric();
+            if camel || acronym_end || digits {
+                parts.push(current.drain(..).collect());
+            }
+        }
+        current.push(c);
+    }
+    if !current.is_empty() {
+        parts.push(current.into_iter().collect());
+    }
+    parts.iter().map(|p| lowercase(p)).collect()
+}
+
+/// The normalized form of a configured key (README): its letters and digits, lowercased.
+pub fn normalize(key: &str) -> String {
+    lowercase(&key.chars().filter(|c| c.is_alphanumeric()).collect::<String>())
+}
+
+/// Lowercased character by character (no final-sigma rule: a key part is not a sentence).
+fn lowercase(s: &str) -> String {
+    s.chars().flat_map(char::to_lowercase).collect()
+}
+
+/// Whether a word part may follow the secret's name and keep the key sensitive.
+fn is_qualifier(part: &str) -> bool {
+    QUALIFIERS.contains(&part) || part.chars().all(char::is_numeric)
+}
+
+/// Whether a word part reads as a plural: longer than 3 characters (counted lowercased, as
+/// the parts are), ending with `s` but not `ss`.
+fn is_plural(part: &str) -> bool {
+    part.chars().count() > 3 && part.ends_with('s') && !part.ends_with("ss")
+}
+
+/// The redaction rules, written the obvious way (slow, allocating, independent of
+/// `tether_pro`'s matching; only the list of qualifiers is shared).
 #[derive(Debug, Clone)]
 pub struct Oracle {
     keys: Vec<String>,
@@ -44,33 +125,71 @@ impl Oracle {
         Oracle { keys: keys.iter().map(|k| normalize(k.as_ref())).filter(|k| !k.is_empty()).collect() }
     }
 
+    /// The key rule: for some word part `p`, the parts up to `p` joined (or, when `p` is a
+    /// plural, without its final `s`) end with a configured key, and every part after `p` is
+    /// a qualifier or all digits.
     pub fn is_sensitive(&self, key: &str) -> bool {
-        let n = normalize(key);
-        self.keys.iter().any(|k| n.ends_with(k.as_str()))
+        let parts = word_parts(key);
+        (0..parts.len()).any(|p| {
+            if !parts[p + 1..].iter().all(|q| is_qualifier(q)) {
+                return false;
+            }
+            let joined = parts[..=p].concat();
+            let ends_with_key = |s: &str| self.keys.iter().any(|k| s.ends_with(k.as_str()));
+            ends_with_key(&joined) || (is_plural(&parts[p]) && ends_with_key(&joined[..joined.len() - 1]))
+        })
     }
 
-    /// What `redact_value` must produce, and how many values it must replace.
-    pub fn redacted(&self, v: &Value) -> (Value, usize) {
-        let mut count = 0;
-        let out = self.redacted_at(v, &mut count);
-        (out, count)
+    /// Whether some configured key occurs anywhere in the normalized form of `text`: a
+    /// necessary condition for any word of `text` to be sensitive (the normalized form of a
+    /// word is a substring of the normalized form of the text around it).
+    pub fn mentions_key(&self, text: &str) -> bool {
+        let n = normalize(text);
+        self.keys.iter().any(|k| n.contains(k.as_str()))
     }
 
-    fn redacted_at(&self, v: &Value, count: &mut usize) -> Value {
+    /// Whether the value rules could change `s` at all: a necessary condition, with every
+    /// trigger of the rules over-approximated (README "Redaction"). When it is false, the
+    /// string must come back untouched.
+    pub fn may_hold_credential(&self, s: &str) -> bool {
+        let lower = s.to_ascii_lowercase();
+        // Escapes and percent-encoding can spell anything: no prediction.
+        s.contains(['\\', '%'])
+            // `Bearer|Basic|Token <credential>`.
+            || ["bearer ", "basic ", "token "].iter().any(|w| lower.contains(w))
+            // JSON Web Tokens, URL userinfo (`://` then `@`), PEM private keys.
+            || s.contains("eyJ")
+            || s.find("://").is_some_and(|at| s[at..].contains('@'))
+            || s.contains("PRIVATE KEY-----")
+            // `key=value`, `key: value`, `"key":value` with a sensitive key.
+            || (s.contains([':', '=']) && self.mentions_key(s))
+    }
+
+    /// What the key rule makes of `v`: every value under a sensitive key replaced whole by
+    /// `[REDACTED]` (strings elsewhere untouched: the value rules are checked separately),
+    /// with the JSON Pointer of every replaced value.
+    pub fn redacted(&self, v: &Value) -> (Value, Vec<String>) {
+        let mut replaced = Vec::new();
+        let out = self.redacted_at(v, "", &mut replaced);
+        (out, replaced)
+    }
+
+    fn redacted_at(&self, v: &Value, at: &str, replaced: &mut Vec<String>) -> Value {
         match v {
             Value::Object(m) => Value::Object(
                 m.iter()
                     .map(|(k, x)| {
+                        let path = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
                         if self.is_sensitive(k) {
-                            *count += 1;
+                            replaced.push(path);
                             (k.clone(), Value::String(REDACTED.to_owned()))
                         } else {
-                            (k.clone(), self.redacted_at(x, count))
+                            (k.clone(), self.redacted_at(x, &path, replaced))
                         }
                     })
                     .collect(),
             ),
-            Value::Array(a) => Value::Array(a.iter().map(|x| self.redacted_at(x, count)).collect()),
+            Value::Array(a) => Value::Array(a.iter().enumerate().map(|(i, x)| self.redacted_at(x, &format!("{at}/{i}"), replaced)).collect()),
             other => other.clone(),
         }
     }
@@ -122,6 +241,40 @@ pub fn checkable_secrets(secrets: Vec<String>, visible: &[String], extra_visible
     out
 }
 
+/// Whether `out` is `s` with some parts of it replaced by `[REDACTED]`: cut at the markers,
+/// `out` falls into pieces that occur in `s` in this order, the first at its start and the
+/// last at its end. Quotes and backslashes next to a marker are not counted (a structured
+/// value is replaced by `"[REDACTED]"`, escaped when it sits in a string inside the string).
+pub fn only_replaced(s: &str, out: &str) -> bool {
+    let pieces: Vec<&str> = out.split(REDACTED).collect();
+    let last = pieces.len() - 1;
+    if last == 0 {
+        return out == s;
+    }
+    let trimmed = |i: usize| {
+        let mut p = pieces[i];
+        if i > 0 {
+            p = p.trim_start_matches(['"', '\\']);
+        }
+        if i < last {
+            p = p.trim_end_matches(['"', '\\']);
+        }
+        p
+    };
+    let first = trimmed(0);
+    if !s.starts_with(first) {
+        return false;
+    }
+    let mut pos = first.len();
+    for i in 1..last {
+        let p = trimmed(i);
+        let Some(found) = s[pos..].find(p) else { return false };
+        pos += found + p.len();
+    }
+    let end = trimmed(last);
+    s.len() - pos >= end.len() && s.ends_with(end)
+}
+
 /// Panics when any secret occurs in `text`.
 pub fn assert_no_secret(what: &str, text: &str, secrets: &[String]) {
     for s in secrets {
@@ -137,11 +290,15 @@ pub struct Gen<'a> {
     pub max_depth: usize,
     /// Counter for unique, recognisable secret values.
     pub serial: u32,
+    /// Tokens put in credential positions of strings (header lines, URLs, JWTs...): no
+    /// redacted output may hold them.
+    pub carried: Vec<Carried>,
+    oracle: Oracle,
 }
 
 impl<'a> Gen<'a> {
     pub fn new(keys: &'a [&'a str], max_depth: usize) -> Self {
-        Gen { keys, max_depth, serial: 0 }
+        Gen { keys, max_depth, serial: 0, carried: Vec::new(), oracle: Oracle::new(keys) }
     }
 
     /// An object key: a configured key spelled some way, a near miss, or anything.
@@ -165,17 +322,34 @@ impl<'a> Gen<'a> {
         })
     }
 
-    /// A string value: often a recognisable secret-looking token, sometimes anything.
+    /// A string value: often a recognisable secret-looking token, sometimes text carrying
+    /// such a token the way the value rules look for (or text they must leave alone),
+    /// sometimes anything.
     pub fn string(&mut self, u: &mut Unstructured) -> Result<String> {
-        Ok(match u.int_in_range(0u8..=3)? {
-            0 | 1 => {
-                self.serial += 1;
-                let tail: u32 = u.arbitrary()?;
-                format!("sk{}x{tail:08x}", self.serial)
-            }
+        Ok(match u.int_in_range(0u8..=4)? {
+            0 | 1 => self.token(u)?,
             2 => u.choose(PLAIN)?.to_string(),
+            3 => {
+                let token = self.token(u)?;
+                if u.arbitrary()? {
+                    let (template, key, needs_tail) = *u.choose(CARRIERS)?;
+                    if key.is_none_or(|k| self.oracle.is_sensitive(k)) {
+                        self.carried.push(Carried { token: token.clone(), needs_tail });
+                    }
+                    template.replace("{s}", &token)
+                } else {
+                    u.choose(ORDINARY)?.replace("{s}", &token)
+                }
+            }
             _ => u.arbitrary::<String>()?,
         })
+    }
+
+    /// A unique, recognisable secret-looking token.
+    fn token(&mut self, u: &mut Unstructured) -> Result<String> {
+        self.serial += 1;
+        let tail: u32 = u.arbitrary()?;
+        Ok(format!("sk{}x{tail:08x}", self.serial))
     }
 
     pub fn scalar(&mut self, u: &mut Unstructured) -> Result<Value> {
