@@ -25,7 +25,6 @@
 //! password). Context that changes what the planted text is, is not checked: text before
 //! that ends inside a word (it would glue onto the key, scheme or token) or inside a string
 //! or escape, and text after that extends a token's word (JWT) or makes a quoted string a key.
-//! Nor are the gaps this target found and reported (`known_gap`).
 #![no_main]
 
 use arbitrary::{Result, Unstructured};
@@ -250,20 +249,9 @@ fn guard(text: &str, secret: &str, shape: Shape) -> Option<usize> {
     Some(if shape == Shape::Userinfo { end + text[end..].find('@')? + 1 } else { end })
 }
 
-/// Whether `text` ends inside a `\uXXXX` escape (known gap, see `known_gap`).
-fn ends_in_partial_escape(text: &str) -> bool {
-    let hex = text.len() - text.trim_end_matches(|c: char| c.is_ascii_hexdigit()).len();
-    let Some(head) = text[..text.len() - hex.min(3)].strip_suffix('u') else { return false };
-    let slashes = head.len() - head.trim_end_matches('\\').len();
-    hex <= 3 && slashes % 2 == 1
-}
-
 fn assert_scrubbed(redactor: &Redactor, what: &str, text: &str, secret: &str, innermost: Shape) {
     let Some(from) = guard(text, secret, innermost) else { panic!("{what}: the planted secret is not in {text:?}") };
     for cut in cuts(text, from) {
-        if innermost == Shape::Jwt && ends_in_partial_escape(&text[..cut]) {
-            continue;
-        }
         let out = redactor.redact_text(&text[..cut]);
         assert!(
             !out.contains(secret),
@@ -272,63 +260,6 @@ fn assert_scrubbed(redactor: &Redactor, what: &str, text: &str, secret: &str, in
             &text[..cut]
         );
     }
-}
-
-/// Redaction gaps this target found (reported with issue 12's fuzzing; the documented rules say
-/// the secret must go): skipped so the target runs clean. Remove each with its fix.
-/// * A scheme word taken as the bare value of a pair: `authorization=Bearer <secret>`,
-///   `"password":Bearer <secret>` keep `<secret>` (the value ends at the space, and the
-///   scheme rule is not applied to a word the pair consumed).
-/// * A PEM private key after an unclosed `-----BEGIN …` line: the label of the first runs to
-///   the dashes of the second, so the private key's BEGIN line is never seen.
-/// * A JWT in a JSON string of a body cut inside a `\uXXXX` escape right after it: the
-///   unfinished escape becomes U+FFFD, which glues onto the token's last segment, so it is no
-///   longer read as a JWT (`assert_scrubbed` skips those cut points).
-fn known_gap(oracle: &Oracle, before: &str, shape: Shape) -> bool {
-    let open_begin = before.rfind("-----BEGIN ").is_some_and(|at| !before[at + 11..].contains("-----"));
-    (shape == Shape::Scheme && pair_before(before).is_some_and(|k| oracle.is_sensitive(&k) || oracle.is_sensitive(&percent_decode(&k))))
-        || (shape == Shape::Pem && open_begin)
-}
-
-/// The key of the pair whose bare value starts where `before` ends, if any: `key=`,
-/// `"key"=`, `'key'=`, `"key":`, `'key':` (an unquoted `key:` takes the rest of the line).
-fn pair_before(before: &str) -> Option<String> {
-    let end = before.trim_end_matches([' ', '\t']);
-    let (rest, form) = match end.strip_suffix('=') {
-        Some(rest) => (rest, true),
-        None => (end.strip_suffix(':')?, false),
-    };
-    let rest = rest.trim_end_matches([' ', '\t']);
-    let last_word = |s: &str| s[s.trim_end_matches(is_word_char).len()..].to_owned();
-    if let Some(inner) = rest.strip_suffix('"') {
-        // A JSON string token: its whole content is the key.
-        return inner.rfind('"').map(|at| inner[at + 1..].to_owned());
-    }
-    // `word'=`, `word':` read as the word; so does `word=`, but `word:` is a line.
-    match rest.strip_suffix('\'') {
-        Some(word) => Some(last_word(word)),
-        None => form.then(|| last_word(rest)),
-    }
-}
-
-/// Percent-decodes a form field name (`+` is a space), leniently.
-fn percent_decode(s: &str) -> String {
-    let mut out = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() && hex(b[i + 1]).is_some() && hex(b[i + 2]).is_some() => {
-                out.push((hex(b[i + 1]).unwrap_or(0) * 16 + hex(b[i + 2]).unwrap_or(0)) as u8);
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn run(u: &mut Unstructured) -> Result<()> {
@@ -348,13 +279,9 @@ fn run(u: &mut Unstructured) -> Result<()> {
     if planted.ends_with('"') && after.trim_start_matches([' ', '\t']).starts_with([':', '=']) {
         return Ok(());
     }
-    // A JWT glued to more word characters is a longer word, not a JWT. (A known gap is also
-    // skipped here: a JWT that ends a sentence, `… eyJ….sig.`, keeps its secret, because `.`
-    // is a word character and the word then has four segments.)
-    if shape == Shape::Jwt && after.starts_with(is_word_char) {
-        return Ok(());
-    }
-    if known_gap(&oracle, &before, shape) {
+    // A JWT glued to more word characters is a longer word, not a JWT; full stops that end
+    // a sentence after it are not glue.
+    if shape == Shape::Jwt && after.trim_start_matches('.').starts_with(is_word_char) {
         return Ok(());
     }
     let text = format!("{before}{planted}{after}");
