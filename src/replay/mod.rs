@@ -91,7 +91,7 @@ struct MutationRow {
     model: String,
     operation: String,
     payload: String,
-    client_ms: i64,
+    client_ms: Option<i64>,
     version: u64,
     outcome: String,
     redacted_paths: Vec<String>,
@@ -128,7 +128,7 @@ impl Replayer {
             .client
             .query_raw(
                 "SELECT position, mutation_id, entity_id, model, operation, payload,
-                        ifNull(toUnixTimestamp64Milli(client_timestamp), 0) AS client_ms, version, outcome,
+                        toUnixTimestamp64Milli(client_timestamp) AS client_ms, version, outcome,
                         redacted_paths, redacted_paths_recorded
                  FROM sync_mutations WHERE request_id = {id:String} ORDER BY position",
             )

@@ -24,7 +24,8 @@ pub struct CapturedMutation {
     pub operation: String,
     /// `None` when the stored payload is not a JSON object (cut at the column cap).
     pub payload: Option<Object>,
-    pub client_timestamp_ms: i64,
+    /// `None` when the captured timestamp was not valid epoch milliseconds (stored NULL).
+    pub client_timestamp_ms: Option<i64>,
     pub version: u64,
     /// What the host did with the original (`applied`, `duplicate`, ...).
     pub original_outcome: String,
@@ -210,7 +211,9 @@ fn without_key(o: &Object) -> Value {
 
 /// Predicts one mutation against the host's current state.
 pub fn preview(m: &CapturedMutation, current: Option<RecordState>, restamp_ms: Option<i64>) -> PreviewEntry {
-    let timestamp_ms = restamp_ms.unwrap_or(m.client_timestamp_ms);
+    // A captured timestamp that was not valid cannot be resent as it was; restamped, it can.
+    let timestamp = restamp_ms.or(m.client_timestamp_ms);
+    let timestamp_ms = timestamp.unwrap_or(0);
     let live = current.as_ref().filter(|c| !c.deleted);
     let op = match m.operation.as_str() {
         "create" => Some(Operation::Create),
@@ -230,6 +233,7 @@ pub fn preview(m: &CapturedMutation, current: Option<RecordState>, restamp_ms: O
     };
     let prediction = match (op, &payload) {
         (None, _) => Prediction::Unreplayable(format!("unknown operation {:?}", m.operation)),
+        _ if timestamp.is_none() => Prediction::Unreplayable("the captured timestamp was not valid epoch milliseconds: preview restamped to replay it".into()),
         (_, None) => Prediction::Unreplayable("the stored payload was cut at the storage cap".into()),
         (Some(Operation::Create), _) => if live.is_some() { Prediction::WouldOverwrite } else { Prediction::WouldCreate },
         (Some(_), _) => match live {
@@ -313,7 +317,7 @@ mod tests {
             model: "Task".into(),
             operation: op.into(),
             payload: payload.map(obj),
-            client_timestamp_ms: ts,
+            client_timestamp_ms: Some(ts),
             version: 2,
             original_outcome: "applied".into(),
             redacted_paths: Some(Vec::new()),
@@ -332,7 +336,11 @@ mod tests {
         assert_eq!(preview(&captured("update", 9, Some(p.clone())), Some(state(9_000, false, json!({}))), None).prediction, Prediction::WouldApply);
         assert_eq!(preview(&captured("delete", 5, None), Some(state(9_000, false, json!({}))), Some(10)).prediction, Prediction::WouldApply, "restamped");
         assert!(matches!(preview(&captured("update", 9, None), Some(state(1, false, json!({}))), None).prediction, Prediction::Unreplayable(_)));
-        assert!(matches!(preview(&captured("upsert", 9, Some(p)), None, None).prediction, Prediction::Unreplayable(_)));
+        assert!(matches!(preview(&captured("upsert", 9, Some(p.clone())), None, None).prediction, Prediction::Unreplayable(_)));
+        let mut invalid = captured("create", 9, Some(p));
+        invalid.client_timestamp_ms = None;
+        assert!(matches!(preview(&invalid, None, None).prediction, Prediction::Unreplayable(ref why) if why.contains("timestamp")), "an invalid timestamp is not resent as 0");
+        assert_eq!(preview(&invalid, None, Some(77)).prediction, Prediction::WouldCreate, "restamped, it can be");
     }
 
     fn with_paths(mut m: CapturedMutation, paths: &[&str]) -> CapturedMutation {
