@@ -296,10 +296,15 @@ fn redact_pem(text: &str) -> Option<String> {
             continue;
         }
         // The body runs to the END line, or to the end of the text when it was cut off, and
-        // never past a quote: a BEGIN in one JSON string and an END in a later one must not
-        // cut the structure between them (found by the redact fuzz target).
+        // never over a quote or a backslash: a BEGIN in one JSON string and an END in a later
+        // one must not cut the structure between them, nor may an escape lose its backslash
+        // (both found by the redact fuzz target). A block escaped inside a JSON string stops
+        // at its first `\n` here and is redacted when the string itself is scanned.
         let end_line = rest.find("-----END").unwrap_or(rest.len());
-        let body_end = rest[..end_line].find(['"', '\'']).unwrap_or(end_line);
+        let body_end = rest[..end_line].find(['"', '\'', '\\']).unwrap_or(end_line);
+        if body_end == 0 {
+            continue;
+        }
         out.push_str(REDACTED);
         rest = &rest[body_end..];
         changed = true;
@@ -539,6 +544,14 @@ mod tests {
                 "{\"token\":\"[REDACTED]\"}",
             ),
             ("{\"n\":\"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sEcr3tXY\\u00", "{\"n\":\"[REDACTED]"),
+            (
+                "{\"k\":\"x\\\"-----BEGIN RSA PRIVATE KEY-----MIIE\\\"\", \"token\": 1234567}",
+                "{\"k\":\"x\\\"-----BEGIN RSA PRIVATE KEY-----[REDACTED]\\\"\", \"token\": \"[REDACTED]\"}",
+            ),
+            (
+                "{\"k\":\"-----BEGIN PRIVATE KEY-----\\nMIIEsecret\\n-----END PRIVATE KEY-----\"}",
+                "{\"k\":\"-----BEGIN PRIVATE KEY-----[REDACTED]-----END PRIVATE KEY-----\"}",
+            ),
         ] {
             assert_eq!(r.redact_text(input), expected, "{input:?}");
         }
