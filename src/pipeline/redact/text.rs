@@ -215,7 +215,12 @@ fn may_hold_credential(b: &[u8]) -> bool {
     if memchr::memchr3(b':', b'=', b'"', b).is_some() || memchr::memchr(b'\\', b).is_some() {
         return true;
     }
-    if memchr::memmem::find(b, b"eyJ").is_some() || memchr::memmem::find(b, b"PRIVATE KEY").is_some() {
+    // `eyJ` (a JWT) and `PRIVATE KEY` (PEM) both hold a capital letter that prose rarely has.
+    let marker = |at: usize| match b[at] {
+        b'J' => at >= 2 && &b[at - 2..at] == b"ey",
+        _ => at >= 8 && &b[at - 8..at] == b"PRIVATE ",
+    };
+    if memchr::memchr2_iter(b'J', b'K', b).any(marker) {
         return true;
     }
     memchr::memchr_iter(b' ', b).any(|space| {
