@@ -413,15 +413,17 @@ fn clickhouse_down_then_back_buffers_within_the_cap_and_counts_every_drop() {
         assert_eq!(before.enqueued + before.dropped, SENT, "every request is either queued or counted as dropped");
         assert!(before.dropped + before.buffer_dropped > 0, "the bounded buffer overflowed while ClickHouse was down: {before:?}");
 
+        // ClickHouse comes back with the schema in place: migrated first on another port (an
+        // insert that raced the migrations would meet a half-migrated table, which is refused
+        // as schema drift and dead-lettered, by design), then restarted on the writer's port.
         let data = tempfile::tempdir().unwrap();
-        let opts = tether_pro::store::local::LocalClickHouseOptions {
-            data_dir: data.path().join("db"),
-            port,
-            ephemeral: true,
-            ..Default::default()
-        };
+        let dir = data.path().join("db");
+        let first = tether_pro::store::local::LocalClickHouseOptions { data_dir: dir.clone(), port: 0, ephemeral: false, ..Default::default() };
+        let staging = tokio::task::spawn_blocking(move || tether_pro::store::local::LocalClickHouse::start(first)).await.unwrap().unwrap();
+        TestClickHouse { url: staging.url().to_owned(), database: database.clone() }.migrate().await;
+        tokio::task::spawn_blocking(move || staging.stop()).await.unwrap();
+        let opts = tether_pro::store::local::LocalClickHouseOptions { data_dir: dir, port, ephemeral: true, ..Default::default() };
         let server = tokio::task::spawn_blocking(move || tether_pro::store::local::LocalClickHouse::start(opts)).await.unwrap().unwrap();
-        h.ch.migrate().await;
         h.flush();
         let after = h.capture.stats().totals();
         assert_eq!(after.records_failed, 0);
