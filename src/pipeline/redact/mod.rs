@@ -159,6 +159,14 @@ impl Redactor {
             path.reverse();
             on(&path);
         }
+        /// The node of a child being walked into (only kept when paths are reported).
+        fn enter<'a>(nodes: &mut Vec<Node<'a>>, tracking: bool, parent: usize, step: PathRef<'a>) -> usize {
+            if !tracking {
+                return ROOT;
+            }
+            nodes.push(Node { parent, step });
+            nodes.len() - 1
+        }
         let tracking = on.is_some();
         let mut count = 0;
         let mut nodes: Vec<Node<'_>> = Vec::new();
@@ -175,25 +183,13 @@ impl Redactor {
                                 report(&nodes, node, Some(PathRef::Key(k)), on);
                             }
                         } else if is_walked(child) {
-                            let id = if tracking {
-                                nodes.push(Node { parent: node, step: PathRef::Key(k) });
-                                nodes.len() - 1
-                            } else {
-                                ROOT
-                            };
-                            stack.push((child, id));
+                            stack.push((child, enter(&mut nodes, tracking, node, PathRef::Key(k))));
                         }
                     }
                 }
                 Value::Array(items) => {
                     for (i, child) in items.iter_mut().enumerate().filter(|(_, c)| is_walked(c)) {
-                        let id = if tracking {
-                            nodes.push(Node { parent: node, step: PathRef::Index(i) });
-                            nodes.len() - 1
-                        } else {
-                            ROOT
-                        };
-                        stack.push((child, id));
+                        stack.push((child, enter(&mut nodes, tracking, node, PathRef::Index(i))));
                     }
                 }
                 Value::String(s) => {
