@@ -260,9 +260,9 @@ async fn every_page_shows_known_traffic() {
     // Failures: grouped by reason x model x client, with example and drill-down.
     let f = d.ok("/failures").await;
     assert_eq!(f.matches("<tr class=\"failure\">").count(), 2, "validation_failed and not_found");
-    assert!(f.contains("<code class=\"reason\">validation_failed</code>") && f.contains("<code class=\"reason\">not_found</code>"));
+    assert!(f.contains("<code class=\"reason\"><bdi>validation_failed</bdi></code>") && f.contains("<code class=\"reason\"><bdi>not_found</bdi></code>"));
     assert!(f.contains(&format!("href=\"{PREFIX}/requests?client_id={CLIENT}&#38;model=Task\"")));
-    assert!(f.contains(&format!("href=\"{PREFIX}/requests/{mixed}\"><code>01JM0000000000000000000004</code>")));
+    assert!(f.contains(&format!("href=\"{PREFIX}/requests/{mixed}\"><code><bdi>01JM0000000000000000000004</bdi></code>")));
     for w in ["1h", "6h", "24h", "7d"] {
         d.ok(&format!("/failures?window={w}")).await;
         d.ok(&format!("/conflicts?window={w}")).await;
