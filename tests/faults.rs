@@ -85,8 +85,10 @@ impl Host {
 }
 
 fn writer(url: &str, database: &str) -> ClickHouseWriter {
+    // A short schema grace: the drift test's refusals are real drift, not a migration.
     ClickHouseWriter::new(clickhouse::Client::default().with_url(url).with_database(database))
         .with_backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .with_schema_grace(Duration::from_millis(300))
 }
 
 // ---------------------------------------------------------------------------------------

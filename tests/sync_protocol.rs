@@ -1154,17 +1154,20 @@ fn simulate(
             if *op != "create" && live.as_ref().is_some_and(|r| *ts < r.updated_ms) {
                 return Kind::Conflict;
             }
+            // A record's version never moves backwards (a stored row keeps the higher one,
+            // deleted or not).
+            let version = records.get(eid).map_or(*version, |r| r.version.max(*version));
             match (*op, live) {
                 ("create", live) => {
                     let updated_ms = live.map_or(*ts, |r| r.updated_ms.max(*ts));
-                    records.insert(eid.clone(), ModelRecord { title: title.clone(), deleted: false, version: *version, updated_ms });
+                    records.insert(eid.clone(), ModelRecord { title: title.clone(), deleted: false, version, updated_ms });
                 }
                 ("update", Some(r)) => {
                     let updated_ms = r.updated_ms.max(*ts);
-                    records.insert(eid.clone(), ModelRecord { title: title.clone(), deleted: false, version: *version, updated_ms });
+                    records.insert(eid.clone(), ModelRecord { title: title.clone(), deleted: false, version, updated_ms });
                 }
                 ("delete", Some(r)) => {
-                    records.insert(eid.clone(), ModelRecord { deleted: true, version: *version, updated_ms: r.updated_ms.max(*ts), ..r });
+                    records.insert(eid.clone(), ModelRecord { deleted: true, version, updated_ms: r.updated_ms.max(*ts), ..r });
                 }
                 _ => return Kind::NotFound,
             }

@@ -23,6 +23,23 @@ pub enum WriteError {
 /// 6 CANNOT_PARSE_TEXT, 16 NO_SUCH_COLUMN_IN_TABLE.
 const BAD_DATA_CODES: &[u32] = &[117, 53, 27, 6, 16];
 
+/// How long a batch refused for its schema (a column or table the insert names is missing, or
+/// the table's columns are not the row's) keeps being retried before it counts as schema drift
+/// and goes to the dead letters: a migration adding columns while the pipeline writes
+/// (`tether-pro migrate` during a rolling upgrade, or ClickHouse coming back and being
+/// migrated) finishes well within it.
+pub const DEFAULT_SCHEMA_GRACE: Duration = Duration::from_secs(30);
+
+/// A refusal that a migration in progress explains: 16 NO_SUCH_COLUMN_IN_TABLE, or the
+/// client's own check of the row against the table's columns.
+fn is_schema_error(err: &clickhouse::error::Error) -> bool {
+    match err {
+        clickhouse::error::Error::SchemaMismatch(_) => true,
+        clickhouse::error::Error::BadResponse(body) => error_code(body) == Some(16),
+        _ => false,
+    }
+}
+
 /// Classifies a failure: `true` when it is worth retrying.
 pub fn is_retryable(err: &clickhouse::error::Error) -> bool {
     use clickhouse::error::Error as E;
@@ -50,6 +67,7 @@ pub struct ClickHouseWriter {
     min_backoff: Duration,
     max_backoff: Duration,
     insert_timeout: Duration,
+    schema_grace: Duration,
 }
 
 impl ClickHouseWriter {
@@ -60,6 +78,7 @@ impl ClickHouseWriter {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             insert_timeout: Duration::from_millis(crate::config::CaptureConfig::DEFAULT_INSERT_TIMEOUT_MS),
+            schema_grace: DEFAULT_SCHEMA_GRACE,
         }
     }
 
@@ -73,6 +92,12 @@ impl ClickHouseWriter {
 
     pub fn insert_timeout(&self) -> Duration {
         self.insert_timeout
+    }
+
+    /// How long schema refusals are retried (default [`DEFAULT_SCHEMA_GRACE`]).
+    pub fn with_schema_grace(mut self, grace: Duration) -> Self {
+        self.schema_grace = grace;
+        self
     }
 
     pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
@@ -123,6 +148,7 @@ impl ClickHouseWriter {
             .build();
         // Mutations first: a request row is the index of its mutations, so it lands last.
         let mut done_mutations = false;
+        let mut schema_refused_since: Option<Instant> = None;
         loop {
             // Past the shutdown deadline an attempt could only delay the spool or the count.
             if deadline().is_some_and(|d| Instant::now() >= d) {
@@ -145,7 +171,13 @@ impl ClickHouseWriter {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     on_failure(&e);
-                    if !is_retryable(&e) {
+                    if is_schema_error(&e) {
+                        // The client caches each table's columns: read them again next time.
+                        self.client.clear_cached_metadata().await;
+                        if schema_refused_since.get_or_insert_with(Instant::now).elapsed() >= self.schema_grace {
+                            return Err(WriteError::BadData(e.to_string()));
+                        }
+                    } else if !is_retryable(&e) {
                         return Err(WriteError::BadData(e.to_string()));
                     }
                     let delay = delays.next().unwrap_or(self.max_backoff);
@@ -195,6 +227,13 @@ mod tests {
         let busy = clickhouse::error::Error::BadResponse("Code: 202. DB::Exception: Too many simultaneous queries".into());
         assert!(is_retryable(&busy));
         assert!(is_retryable(&clickhouse::error::Error::TimedOut));
+    }
+
+    #[test]
+    fn a_missing_column_is_a_schema_refusal_that_gets_a_grace() {
+        assert!(is_schema_error(&clickhouse::error::Error::BadResponse("Code: 16. DB::Exception: No such column redacted_paths".into())));
+        assert!(is_schema_error(&clickhouse::error::Error::SchemaMismatch("sync_mutations: column redacted_paths is missing".into())));
+        assert!(!is_schema_error(&clickhouse::error::Error::BadResponse("Code: 117. DB::Exception: Cannot parse input".into())));
     }
 
     #[test]
