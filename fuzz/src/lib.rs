@@ -80,7 +80,10 @@ pub fn word_parts(key: &str) -> Vec<String> {
             let camel = prev.is_lowercase() && c.is_uppercase();
             let acronym_end = prev.is_uppercase() && c.is_uppercase() && next.is_some_and(char::is_lowercase);
             let digits = prev.is_numeric() != c.is_numeric();
-            if camel || acronym_end || digits {
+            // `b64` / `base64` stay one part (the qualifiers the rule names).
+            let cur = lowercase(&current.iter().collect::<String>());
+            let b64 = (cur == "b" || cur == "base") && c == '6' && chars.get(i + 1) == Some(&'4') && !chars.get(i + 2).is_some_and(|d| d.is_numeric());
+            if (camel || acronym_end || digits) && !b64 {
                 parts.push(current.drain(..).collect());
             }
         }
@@ -156,7 +159,7 @@ impl Oracle {
         // Escapes and percent-encoding can spell anything: no prediction.
         s.contains(['\\', '%'])
             // `Bearer|Basic|Token <credential>`.
-            || ["bearer ", "basic ", "token "].iter().any(|w| lower.contains(w))
+            || ["bearer ", "basic ", "token ", "bearer\t", "basic\t", "token\t"].iter().any(|w| lower.contains(w))
             // JSON Web Tokens, URL userinfo (`://` then `@`), PEM private keys.
             || s.contains("eyJ")
             || s.find("://").is_some_and(|at| s[at..].contains('@'))

@@ -117,11 +117,19 @@ impl KeyRule {
             if n > 3 && part[n - 1].eq_ignore_ascii_case(&b's') && !part[n - 2].eq_ignore_ascii_case(&b's') && self.ends_with_key_ascii(keys, b, stop - 1) {
                 return true;
             }
-            let qualifier = part.iter().all(u8::is_ascii_digit) || is_qualifier_ascii(part);
-            if !qualifier {
+            let digits = part.iter().all(u8::is_ascii_digit);
+            if !(digits || is_qualifier_ascii(part)) {
                 return false;
             }
             end = start;
+            // `b64` and `base64` are split at the digits: the letters before `64` belong to
+            // the qualifier (found by a review: `password_b64` was not sensitive).
+            if digits
+                && let Some((ls, _)) = prev_part_ascii(b, start).filter(|(_, le)| *le == start)
+                && is_qualifier_ascii(&b[ls..stop])
+            {
+                end = ls;
+            }
         }
     }
 
@@ -146,10 +154,17 @@ impl KeyRule {
             if part.chars().count() > 3 && part.ends_with('s') && !part.ends_with("ss") && self.ends_with_key(&chars, stop - 1) {
                 return true;
             }
-            if !(part.chars().all(|c| c.is_numeric()) || is_qualifier(&part)) {
+            let digits = part.chars().all(|c| c.is_numeric());
+            if !(digits || is_qualifier(&part)) {
                 return false;
             }
             end = start;
+            if digits
+                && let Some((ls, _)) = prev_part(&chars, start).filter(|(_, le)| *le == start)
+                && is_qualifier(&chars[ls..stop].iter().flat_map(|c| c.to_lowercase()).collect::<String>())
+            {
+                end = ls;
+            }
         }
     }
 

@@ -636,7 +636,8 @@ mod tests {
             "passwords", "api_keys", "apiKeys", "APIKey", "privateKey", "private-key", "client_secret", "webhookSecret",
             "secrets", "_token", "XSRF-TOKEN", "csrftoken", "sessionId", "session_id", "PHPSESSID", "JSESSIONID",
             "connect.sid", "mysql_pwd", "passphrase", "credentials", "cookies", "card_cvc", "totp", "token_value",
-            "user[password]", "user[password][confirm]", "Proxy-Authorization",
+            "user[password]", "user[password][confirm]", "Proxy-Authorization", "password_b64", "passwordB64",
+            "secret_base64", "privateKeyBase64", "client_secret_base64", "password_hash_b64", "api_key_b64",
         ] {
             assert!(r.is_sensitive(k), "{k} should be sensitive");
         }

@@ -93,7 +93,7 @@ impl Redactor {
             if let Some(ws) = word_start.take() {
                 let word = &text[ws..i];
                 // `Bearer <credential>`.
-                if c == b' ' && SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(word)) {
+                if (c == b' ' || c == b'\t') && SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(word)) {
                     let cs = skip_inline_space(b, i);
                     let ce = credential_end(b, cs);
                     if looks_like_credential(&b[cs..ce]) {
@@ -125,6 +125,8 @@ impl Redactor {
                         (_, true) => Mode::Json,
                         (_, false) => Mode::Line,
                     };
+                    // `key => value` (Ruby, PHP): the arrow is the separator.
+                    let j = if b[j] == b'=' && b.get(j + 1) == Some(&b'>') { j + 1 } else { j };
                     out.push_str(&text[emitted..=j]);
                     let vstart = skip_inline_space(b, j + 1);
                     out.push_str(&text[j + 1..vstart]);
@@ -159,6 +161,7 @@ impl Redactor {
                 let key = unescape(raw);
                 if self.is_sensitive(&key) {
                     let mode = if b[after] == b':' { Mode::Json } else { Mode::Form };
+                    let after = if b[after] == b'=' && b.get(after + 1) == Some(&b'>') { after + 1 } else { after };
                     out.push_str(&text[emitted..=after]);
                     let vstart = skip_ws(b, after + 1);
                     out.push_str(&text[after + 1..vstart]);
@@ -223,7 +226,7 @@ fn may_hold_credential(b: &[u8]) -> bool {
     if memchr::memchr2_iter(b'J', b'K', b).any(marker) {
         return true;
     }
-    memchr::memchr_iter(b' ', b).any(|space| {
+    memchr::memchr2_iter(b' ', b'\t', b).any(|space| {
         SCHEMES.iter().any(|s| {
             let n = s.len();
             space >= n && s.as_bytes().eq_ignore_ascii_case(&b[space - n..space]) && (space == n || !is_word_byte(b[space - n - 1]))
@@ -275,6 +278,21 @@ fn userinfo_password(b: &[u8], start: usize) -> Option<(usize, usize)> {
     (colon + 1 < at).then_some((colon + 1, at))
 }
 
+/// Where a PEM body stops: at a quote, or at a backslash that is not a `\n` / `\r` line break
+/// written out (as in `.env` files and logs), so an escape such as `\"` keeps its backslash.
+fn pem_body_end(b: &[u8]) -> usize {
+    let mut k = 0;
+    while k < b.len() {
+        match b[k] {
+            b'"' | b'\'' => return k,
+            b'\\' if matches!(b.get(k + 1), Some(b'n' | b'r')) => k += 2,
+            b'\\' => return k,
+            _ => k += 1,
+        }
+    }
+    b.len()
+}
+
 /// PEM private key blocks with their base64 body replaced; `None` when there are none.
 fn redact_pem(text: &str) -> Option<String> {
     const BEGIN: &str = "-----BEGIN ";
@@ -306,7 +324,7 @@ fn redact_pem(text: &str) -> Option<String> {
         // (both found by the redact fuzz target). A block escaped inside a JSON string stops
         // at its first `\n` here and is redacted when the string itself is scanned.
         let end_line = rest.find("-----END").unwrap_or(rest.len());
-        let body_end = rest[..end_line].find(['"', '\'', '\\']).unwrap_or(end_line);
+        let body_end = pem_body_end(&rest.as_bytes()[..end_line]);
         if body_end == 0 {
             continue;
         }
@@ -549,6 +567,12 @@ mod tests {
                 "{\"token\":\"[REDACTED]\"}",
             ),
             ("{\"n\":\"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sEcr3tXY\\u00", "{\"n\":\"[REDACTED]"),
+            // Found by a review: escaped line breaks in a PEM, `=>` pairs, a tab after Bearer.
+            ("PK=-----BEGIN PRIVATE KEY-----\\nMIIEsEcr3t\\r\\n-----END PRIVATE KEY-----", "PK=-----BEGIN PRIVATE KEY-----[REDACTED]-----END PRIVATE KEY-----"),
+            ("{\"password\"=>\"sEcr3t\", \"user\"=>\"bob\"}", "{\"password\"=>\"[REDACTED]\", \"user\"=>\"bob\"}"),
+            ("{:password=>\"sEcr3t\"}", "{:password=>\"[REDACTED]\"}"),
+            ("[password] => sEcr3t\n", "[password] => [REDACTED]\n"),
+            ("sent Bearer\tsEcr3t-9x", "sent Bearer\t[REDACTED]"),
             (
                 "{\"k\":\"x\\\"-----BEGIN RSA PRIVATE KEY-----MIIE\\\"\", \"token\": 1234567}",
                 "{\"k\":\"x\\\"-----BEGIN RSA PRIVATE KEY-----[REDACTED]\\\"\", \"token\": \"[REDACTED]\"}",
