@@ -125,13 +125,7 @@ impl Redactor {
                         (_, true) => Mode::Json,
                         (_, false) => Mode::Line,
                     };
-                    // `key => value` (Ruby, PHP): the arrow is the separator.
-                    let j = if b[j] == b'=' && b.get(j + 1) == Some(&b'>') { j + 1 } else { j };
-                    out.push_str(&text[emitted..=j]);
-                    let vstart = skip_inline_space(b, j + 1);
-                    out.push_str(&text[j + 1..vstart]);
-                    let (vend, structured) = value_extent(b, vstart, mode);
-                    out.push_str(if structured || mode == Mode::Json { REDACTED_JSON } else { REDACTED });
+                    let vend = redact_pair_value(text, emitted, j, mode, skip_inline_space, out);
                     emitted = vend;
                     i = vend;
                     continue;
@@ -161,12 +155,7 @@ impl Redactor {
                 let key = unescape(raw);
                 if self.is_sensitive(&key) {
                     let mode = if b[after] == b':' { Mode::Json } else { Mode::Form };
-                    let after = if b[after] == b'=' && b.get(after + 1) == Some(&b'>') { after + 1 } else { after };
-                    out.push_str(&text[emitted..=after]);
-                    let vstart = skip_ws(b, after + 1);
-                    out.push_str(&text[after + 1..vstart]);
-                    let (vend, structured) = value_extent(b, vstart, mode);
-                    out.push_str(if structured || mode == Mode::Json { REDACTED_JSON } else { REDACTED });
+                    let vend = redact_pair_value(text, emitted, after, mode, skip_ws, out);
                     emitted = vend;
                     i = vend;
                     continue;
@@ -232,6 +221,21 @@ fn may_hold_credential(b: &[u8]) -> bool {
             space >= n && s.as_bytes().eq_ignore_ascii_case(&b[space - n..space]) && (space == n || !is_word_byte(b[space - n - 1]))
         })
     })
+}
+
+/// Writes `text[emitted..]` up to and including the separator at `sep` (`=`, `:`, or the
+/// arrow of `key => value`), then the marker in place of the value after it; returns where
+/// the value ended. `skip` passes the blanks between separator and value.
+fn redact_pair_value(text: &str, emitted: usize, sep: usize, mode: Mode, skip: fn(&[u8], usize) -> usize, out: &mut String) -> usize {
+    let b = text.as_bytes();
+    // `key => value` (Ruby, PHP): the arrow is the separator.
+    let sep = if b[sep] == b'=' && b.get(sep + 1) == Some(&b'>') { sep + 1 } else { sep };
+    out.push_str(&text[emitted..=sep]);
+    let vstart = skip(b, sep + 1);
+    out.push_str(&text[sep + 1..vstart]);
+    let (vend, structured) = value_extent(b, vstart, mode);
+    out.push_str(if structured || mode == Mode::Json { REDACTED_JSON } else { REDACTED });
+    vend
 }
 
 /// Bytes of an HTTP credential (RFC 9110 token68, plus `=` padding).
