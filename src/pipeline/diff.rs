@@ -189,8 +189,10 @@ pub fn json_eq(a: &Value, b: &Value) -> bool {
 /// `123456789012345678901234567890` and `...891` are not (a float comparison would say they
 /// are). Compares the canonical decimal form of the digits as written.
 pub fn numbers_equal(a: &serde_json::Number, b: &serde_json::Number) -> bool {
-    let (a, b) = (a.to_string(), b.to_string());
-    a == b || canonical_decimal(&a) == canonical_decimal(&b)
+    // `as_str`: the digits as sent (arbitrary_precision), no allocation for the common case
+    // of identical spelling.
+    let (a, b) = (a.as_str(), b.as_str());
+    a == b || canonical_decimal(a) == canonical_decimal(b)
 }
 
 /// `(negative, significant digits, exponent)` with the value `±0.d1d2d3… × 10^exponent`, no

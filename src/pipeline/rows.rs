@@ -313,24 +313,22 @@ fn verdicts(resp: &Value, redactor: &Redactor) -> HashMap<String, VecDeque<Verdi
     map
 }
 
-/// A reported state as an object carrying the sync key.
-fn state_object(v: StateValue, entity_id: &str) -> Option<Object> {
-    let mut o = v.into_object()?;
+/// A reported state as an object (in a `Value`, so it is diffed without a copy) carrying the
+/// sync key.
+fn state_object(v: &StateValue, entity_id: &str) -> Option<Value> {
+    let mut o = v.to_object()?;
     if !o.contains_key(SYNC_KEY) {
         o.insert(SYNC_KEY.to_owned(), Value::String(entity_id.to_owned()));
     }
-    Some(o)
+    Some(Value::Object(o))
 }
 
-/// Field diff of two states; the sync key is identity, not a field.
-fn state_diff(before: Option<&Object>, after: Option<&Object>) -> Vec<Change> {
+/// Field diff of two states (objects, or absent); the sync key is identity, not a field.
+fn state_diff(before: Option<&Value>, after: Option<&Value>) -> Vec<Change> {
     let empty = Value::Object(Object::new());
-    let as_value = |o: Option<&Object>| o.map(|o| Value::Object(o.clone()));
-    let (b, a) = (as_value(before), as_value(after));
-    diff::diff(b.as_ref().unwrap_or(&empty), a.as_ref().unwrap_or(&empty))
-        .into_iter()
-        .filter(|c| !matches!(c.path.as_slice(), [diff::PathSegment::Key(k)] if k == SYNC_KEY))
-        .collect()
+    let mut changes = diff::diff(before.unwrap_or(&empty), after.unwrap_or(&empty));
+    changes.retain(|c| !matches!(c.path.as_slice(), [diff::PathSegment::Key(k)] if k == SYNC_KEY));
+    changes
 }
 
 /// Adds what the capture itself found wrong with the request body to the error text.
@@ -497,14 +495,14 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
             if matches!(verdict.outcome, mutation_outcome::REJECTED | mutation_outcome::DUPLICATE) {
                 *reasons.entry(verdict.reason.clone()).or_default() += 1;
             }
-            let payload = m.get("payload").and_then(Value::as_object);
+            let payload = m.get("payload").filter(|p| p.is_object());
             let state = states.get_mut(&mutation_id).and_then(VecDeque::pop_front);
             let has_state = state.is_some();
-            let mut before = state.and_then(|st| st.before.clone()).and_then(|v| state_object(v, &entity_id));
-            let after = state.and_then(|st| st.after.clone()).and_then(|v| state_object(v, &entity_id));
+            let mut before = state.and_then(|st| st.before.as_ref()).and_then(|v| state_object(v, &entity_id));
+            let after = state.and_then(|st| st.after.as_ref()).and_then(|v| state_object(v, &entity_id));
             if before.is_none() && verdict.outcome == mutation_outcome::CONFLICT {
                 // The host told the client its state; that is the "before" of a conflict.
-                before = verdict.data.as_ref().and_then(|d| d.get("server_state")).and_then(Value::as_object).cloned();
+                before = verdict.data.as_ref().and_then(|d| d.get("server_state")).filter(|s| s.is_object()).cloned();
             }
             let mut changes = match verdict.outcome {
                 // Unknown: the client went away, but the host said what it did to the record.
@@ -531,8 +529,8 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
                 reason_data: verdict.data.map(|d| redacted_text(d, s)).unwrap_or_default(),
                 // Filled from the redacted request body below: redacted once, not twice.
                 payload: String::new(),
-                state_before: before.map(|b| redacted_text(Value::Object(b), s)).unwrap_or_default(),
-                state_after: after.map(|a| redacted_text(Value::Object(a), s)).unwrap_or_default(),
+                state_before: before.map(|b| redacted_text(b, s)).unwrap_or_default(),
+                state_after: after.map(|a| redacted_text(a, s)).unwrap_or_default(),
                 has_state,
                 diff: capped(serde_json::to_string(&changes).unwrap_or_else(|_| "[]".into()), s),
                 trace_id: rec.trace_id.clone(),

@@ -27,9 +27,36 @@ pub const QUALIFIERS: &[&str] = &[
     "hex", "old", "new", "current", "prev", "previous", "tmp", "temp",
 ];
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Ids of rules, for the per-thread memo (clones share their rule's id: same keys).
+static NEXT_RULE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Keys remembered per thread at most (then the memo starts over), and the longest key
+/// remembered: a payload repeats a few dozen keys thousands of times, and an adversarial
+/// one cannot grow the memo past this.
+const MEMO_KEYS: usize = 4096;
+const MEMO_KEY_BYTES: usize = 64;
+
+#[derive(Default)]
+struct Memo {
+    rule: u64,
+    verdicts: HashMap<Box<str>, bool, foldhash::fast::RandomState>,
+}
+
+thread_local! {
+    /// The verdicts of keys this thread has seen, for one rule at a time. The rule itself
+    /// was a fifth of the pipeline's instructions (callgrind, issue 15); a lookup is a hash
+    /// and a compare.
+    static MEMO: RefCell<Memo> = RefCell::new(Memo::default());
+}
+
 /// Configured keys, normalized, each stored reversed (matching walks from the end).
 #[derive(Debug, Clone)]
 pub(super) struct KeyRule {
+    id: u64,
     keys: Vec<Box<[char]>>,
     /// The same keys as bytes when every one is ASCII (the fast path for ASCII keys, which is
     /// nearly every key a sync payload has).
@@ -88,7 +115,7 @@ impl KeyRule {
                 by_last_byte[k[0] as usize].push(i as u16);
             }
         }
-        KeyRule { keys: kept, ascii_keys, by_last_byte }
+        KeyRule { id: NEXT_RULE_ID.fetch_add(1, Ordering::Relaxed), keys: kept, ascii_keys, by_last_byte }
     }
 
     #[cfg(test)]
@@ -97,6 +124,31 @@ impl KeyRule {
     }
 
     pub(super) fn is_sensitive(&self, key: &str) -> bool {
+        if key.len() > MEMO_KEY_BYTES {
+            return self.decide(key);
+        }
+        let remembered = MEMO.try_with(|memo| {
+            let mut memo = memo.borrow_mut();
+            if memo.rule != self.id {
+                memo.verdicts.clear();
+                memo.rule = self.id;
+            }
+            if let Some(&verdict) = memo.verdicts.get(key) {
+                return verdict;
+            }
+            let verdict = self.decide(key);
+            if memo.verdicts.len() >= MEMO_KEYS {
+                memo.verdicts.clear();
+            }
+            memo.verdicts.insert(key.into(), verdict);
+            verdict
+        });
+        // No memo while the thread is being torn down.
+        remembered.unwrap_or_else(|_| self.decide(key))
+    }
+
+    /// The rule itself (see the module docs), without the memo.
+    pub(super) fn decide(&self, key: &str) -> bool {
         // An ASCII key against ASCII configured keys: bytes, no Unicode tables. (A non-ASCII
         // key may lowercase to ASCII, e.g. the Kelvin sign, so it takes the general path.)
         match (&self.ascii_keys, key.is_ascii()) {

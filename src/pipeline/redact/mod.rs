@@ -249,6 +249,26 @@ mod tests {
         assert_eq!(r.redact_text("password=x&title=kept"), "password=[REDACTED]&title=kept");
     }
 
+    /// The per-thread memo remembers verdicts for one rule at a time: two redactors with
+    /// different keys, used in turn on one thread, each keep their own answers; keys past the
+    /// memo's limits are decided without it.
+    #[test]
+    fn memoized_verdicts_follow_the_rule_in_use() {
+        let default = Redactor::default();
+        let custom = Redactor::new(["title"]);
+        for _ in 0..3 {
+            assert!(!default.is_sensitive("title") && custom.is_sensitive("title"));
+            assert!(default.is_sensitive("password") && !custom.is_sensitive("password"));
+            assert!(default.clone().is_sensitive("password"), "a clone is the same rule");
+        }
+        let long = format!("{}_password", "x".repeat(100));
+        assert!(default.is_sensitive(&long) && !custom.is_sensitive(&long));
+        for i in 0..5000 {
+            assert!(default.is_sensitive(&format!("k{i}_token")));
+        }
+        assert!(!default.is_sensitive("title"), "still right after the memo started over");
+    }
+
     #[test]
     fn the_ascii_fast_path_agrees_with_the_general_rule() {
         use rand::{Rng, SeedableRng};
