@@ -358,7 +358,7 @@ fn redact_and_diff(c: &mut Criterion) {
         let (rec, settings) = env.get_or_insert_with(|| {
             let rec = representative_record();
             let cfg = CaptureConfig::default();
-            let settings = RowSettings { redactor: cfg.redactor(), body_cap_bytes: cfg.body_cap_bytes, decoded_max_bytes: cfg.decoded_max_bytes };
+            let settings = cfg.row_settings();
             let rows = pipeline::rows::build(&rec, &settings);
             assert_eq!(rows.mutations.len(), BATCH);
             assert_eq!(rows.request.applied_count as usize, BATCH);

@@ -7,7 +7,7 @@
 //! mutations, 30 creates and 20 edits with before/after states, ~10 % carrying credentials),
 //! and prints (Ir(1 + N) − Ir(1)) / N: the setup (the reference server making the record)
 //! cancels out. Arguments: `[BUILDS] [POLICY]`, where POLICY is a `capture.applied` setting
-//! (`full`, `sample:0.1`, `counts`).
+//! (`full`, the default; `sampled`, at the default ratio; `counts`).
 //!
 //! Under `cargo test --all-targets` it builds once and checks the rows are real.
 
@@ -15,8 +15,8 @@ mod support;
 
 use std::hint::black_box;
 
-use tether_pro::config::CaptureConfig;
-use tether_pro::pipeline::{self, RowSettings};
+use tether_pro::config::{AppliedDetail, CaptureConfig};
+use tether_pro::pipeline;
 use tether_pro::sync::SyncServer;
 
 use support::{BATCH, Workload};
@@ -24,8 +24,14 @@ use support::{BATCH, Workload};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let builds: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1);
-    let cfg = CaptureConfig::default();
-    let settings = RowSettings { redactor: cfg.redactor(), body_cap_bytes: cfg.body_cap_bytes, decoded_max_bytes: cfg.decoded_max_bytes };
+    let applied = match args.get(1).map(String::as_str) {
+        None | Some("full") => AppliedDetail::Full,
+        Some("sampled") => AppliedDetail::Sampled,
+        Some("counts") => AppliedDetail::Counts,
+        Some(other) => panic!("unknown capture.applied policy {other:?} (full, sampled, counts)"),
+    };
+    let cfg = CaptureConfig { applied, ..CaptureConfig::default() };
+    let settings = cfg.row_settings();
     let server = SyncServer::in_memory();
     let mut workload = Workload::new(3);
     for _ in 0..2 {

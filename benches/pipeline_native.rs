@@ -169,7 +169,7 @@ fn capture_pushes(capture: &pipeline::Capture, bodies: &[Bytes]) {
 /// text), then `rows::build` and the pipeline's batch cut (rows or bytes).
 fn native_batches(bodies: &[Bytes], cfg: &CaptureConfig) -> Vec<NativeBatch> {
     let server = SyncServer::in_memory();
-    let settings = RowSettings { redactor: cfg.redactor(), body_cap_bytes: cfg.body_cap_bytes, decoded_max_bytes: cfg.decoded_max_bytes };
+    let settings = cfg.row_settings();
     let mut batches = Vec::new();
     let (mut batch, mut row_bytes): (NativeBatch, usize) = Default::default();
     for body in bodies {

@@ -142,10 +142,29 @@ pub struct CaptureConfig {
     /// Nice value of the pipeline thread (Linux): it yields the CPU to the host's request
     /// threads when both want it. 0 keeps the default priority.
     pub pipeline_nice: i32,
+    /// What is kept of an applied mutation (README "Capture policy"): `full` (its payload,
+    /// states and diff, the default), `sampled` (those of a fraction, `applied_sample_ratio`,
+    /// chosen by a hash of the mutation id; the others as `counts`), or `counts` (its row with
+    /// ids, model, operation, outcome and version, which every count and chart needs, but no
+    /// payload, states or diff). Mutations that were not applied (rejected, conflicts,
+    /// duplicates, unprocessed, unknown) are always kept in full.
+    pub applied: AppliedDetail,
+    /// With `applied = "sampled"`: the fraction of applied mutations kept in full, 0 to 1.
+    pub applied_sample_ratio: f64,
     /// The disk spool for batches the write buffer cannot hold (off by default).
     pub spool: SpoolConfig,
     /// Where batches ClickHouse refuses as bad data are kept (on by default).
     pub dead_letter: DeadLetterConfig,
+}
+
+/// What the pipeline keeps of an applied mutation (`capture.applied`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppliedDetail {
+    #[default]
+    Full,
+    Sampled,
+    Counts,
 }
 
 /// The dead-letter directory (`[capture.dead_letter]`): a batch ClickHouse refuses as bad
@@ -202,17 +221,34 @@ impl CaptureConfig {
         crate::pipeline::redact::Redactor::with_defaults(&self.redact_keys, &self.redact_keys_disabled).unwrap_or_default()
     }
 
+    /// How the pipeline builds rows under these settings.
+    pub fn row_settings(&self) -> crate::pipeline::RowSettings {
+        crate::pipeline::RowSettings {
+            redactor: self.redactor(),
+            body_cap_bytes: self.body_cap_bytes,
+            decoded_max_bytes: self.decoded_max_bytes,
+            applied: match self.applied {
+                AppliedDetail::Full => crate::pipeline::rows::KeepApplied::All,
+                AppliedDetail::Sampled => crate::pipeline::rows::KeepApplied::Fraction(self.applied_sample_ratio),
+                AppliedDetail::Counts => crate::pipeline::rows::KeepApplied::None,
+            },
+        }
+    }
+
     pub const DEFAULT_BODY_CAP_BYTES: usize = 64 * 1024;
     pub const DEFAULT_RETAIN_BYTES: usize = 16 * 1024 * 1024;
     pub const DEFAULT_DECODED_MAX_BYTES: usize = 16 * 1024 * 1024;
     pub const DEFAULT_QUEUE_RECORDS: usize = 10_000;
-    pub const DEFAULT_QUEUE_BYTES: usize = 256 * 1024 * 1024;
+    /// With six batches of [`Self::DEFAULT_BATCH_BYTES`], a memory bound of 56 MiB: issue
+    /// 15's budget is the host's resident memory + 64 MiB at saturation.
+    pub const DEFAULT_QUEUE_BYTES: usize = 32 * 1024 * 1024;
     pub const DEFAULT_BATCH_ROWS: usize = 10_000;
-    pub const DEFAULT_BATCH_BYTES: usize = 16 * 1024 * 1024;
+    pub const DEFAULT_BATCH_BYTES: usize = 4 * 1024 * 1024;
     pub const DEFAULT_BATCH_INTERVAL_MS: u64 = 1_000;
     pub const DEFAULT_FLUSH_TIMEOUT_MS: u64 = 5_000;
     pub const DEFAULT_INSERT_TIMEOUT_MS: u64 = 10_000;
     pub const DEFAULT_PIPELINE_NICE: i32 = 19;
+    pub const DEFAULT_APPLIED_SAMPLE_RATIO: f64 = 0.1;
 
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.queue_records >= 1, "capture.queue_records must be at least 1");
@@ -226,6 +262,10 @@ impl CaptureConfig {
         );
         anyhow::ensure!((0..=19).contains(&self.pipeline_nice), "capture.pipeline_nice must be 0..=19");
         anyhow::ensure!(self.body_cap_bytes >= 64, "capture.body_cap_bytes must be at least 64");
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.applied_sample_ratio),
+            "capture.applied_sample_ratio must be between 0 and 1"
+        );
         anyhow::ensure!(self.decoded_max_bytes >= 1024, "capture.decoded_max_bytes must be at least 1024");
         anyhow::ensure!(self.redact_keys.iter().all(|k| !k.trim().is_empty()), "capture.redact_keys has an empty key");
         crate::pipeline::redact::Redactor::with_defaults(&self.redact_keys, &self.redact_keys_disabled)?;
@@ -255,6 +295,8 @@ impl Default for CaptureConfig {
             flush_timeout_ms: Self::DEFAULT_FLUSH_TIMEOUT_MS,
             insert_timeout_ms: Self::DEFAULT_INSERT_TIMEOUT_MS,
             pipeline_nice: Self::DEFAULT_PIPELINE_NICE,
+            applied: AppliedDetail::Full,
+            applied_sample_ratio: Self::DEFAULT_APPLIED_SAMPLE_RATIO,
             spool: SpoolConfig::default(),
             dead_letter: DeadLetterConfig::default(),
         }

@@ -251,7 +251,7 @@ fn check(p: &GenPush, rows: &Rows) -> Result<(), TestCaseError> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn generated_pushes_are_stored_exactly_as_they_happened() {
-    let settings = RowSettings { redactor: Redactor::default(), body_cap_bytes: 1 << 20, decoded_max_bytes: 1 << 20 };
+    let settings = RowSettings { redactor: Redactor::default(), body_cap_bytes: 1 << 20, decoded_max_bytes: 1 << 20, ..Default::default() };
     let built = RefCell::new(Vec::<(GenPush, Rows)>::new());
     let mut runner = TestRunner::new(Config { cases: 256, failure_persistence: None, ..Config::default() });
     runner

@@ -13,7 +13,7 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use opentelemetry::trace::TracerProvider as _;
-use tether_pro::config::CaptureConfig;
+use tether_pro::config::{AppliedDetail, CaptureConfig};
 use tether_pro::pipeline::{self, ClickHouseWriter};
 use tether_pro::sync::{self, SyncServer};
 use tracing::Instrument;
@@ -42,17 +42,39 @@ pub enum Variant {
     /// (c) what a Rust user would otherwise write: a `tracing` span per request with the
     /// body as an attribute, `tracing-opentelemetry`, the SDK's batch span exporter, OTLP.
     OtelPayload,
+    /// (f) the floor: the host plus the cheapest capture that could possibly work. The same
+    /// CaptureLayer + SyncLayer hand bodies and states to the same queue; a thread parses each
+    /// request body once and drops it. Nothing is stored, nothing exported.
+    Floor,
+    /// (b) with `capture.applied = "sampled"` (10 %, the default ratio).
+    TetherSampled,
+    /// (b) with `capture.applied = "counts"`.
+    TetherCounts,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 3] = [Variant::Plain, Variant::Tether, Variant::OtelPayload];
+    pub const ALL: [Variant; 6] =
+        [Variant::Plain, Variant::Tether, Variant::OtelPayload, Variant::Floor, Variant::TetherSampled, Variant::TetherCounts];
 
     pub fn name(self) -> &'static str {
         match self {
             Variant::Plain => "a_plain",
             Variant::Tether => "b_tether_pro",
             Variant::OtelPayload => "c_tracing_otel_payload",
+            Variant::Floor => "f_floor",
+            Variant::TetherSampled => "b_sampled_10pct",
+            Variant::TetherCounts => "b_counts",
         }
+    }
+
+    /// Runs tether-pro's pipeline into ClickHouse (under some capture policy).
+    pub fn is_tether(self) -> bool {
+        matches!(self, Variant::Tether | Variant::TetherSampled | Variant::TetherCounts)
+    }
+
+    /// Exports over OTLP (needs a receiver).
+    pub fn exports(self) -> bool {
+        !matches!(self, Variant::Plain | Variant::Floor)
     }
 
     fn from_name(s: &str) -> Option<Variant> {
@@ -154,8 +176,11 @@ fn serve_variant(variant: Variant) -> anyhow::Result<()> {
             rt.block_on(serve(sync::router(server)))?;
             "flush_ms=0".to_owned()
         }
-        Variant::Tether => serve_tether(&rt, server)?,
+        Variant::Tether => serve_tether(&rt, server, AppliedDetail::Full)?,
+        Variant::TetherSampled => serve_tether(&rt, server, AppliedDetail::Sampled)?,
+        Variant::TetherCounts => serve_tether(&rt, server, AppliedDetail::Counts)?,
         Variant::OtelPayload => serve_otel_payload(&rt, server)?,
+        Variant::Floor => serve_floor(&rt, server)?,
     };
     drop(rt);
     // After every flush: the CPU the whole process used, deferred work included.
@@ -173,8 +198,8 @@ fn process_cpu_us() -> u64 {
 }
 
 /// Wired exactly as the README's "Instrument your sync server" shows.
-fn serve_tether(rt: &tokio::runtime::Runtime, server: SyncServer) -> anyhow::Result<String> {
-    let mut cfg = CaptureConfig::default();
+fn serve_tether(rt: &tokio::runtime::Runtime, server: SyncServer, applied: AppliedDetail) -> anyhow::Result<String> {
+    let mut cfg = CaptureConfig { applied, ..CaptureConfig::default() };
     if let Ok(v) = std::env::var(ENV_QUEUE_BYTES) {
         cfg.queue_bytes = v.parse()?;
         // The byte cap is the one under test: the record cap must not bind first.
@@ -212,6 +237,48 @@ fn serve_tether(rt: &tokio::runtime::Runtime, server: SyncServer) -> anyhow::Res
         t.inserts,
         t.insert_latency_us_sum
     ))
+}
+
+/// The floor: what any capture must do at least. The request thread's part is tether-pro's
+/// own (CaptureLayer, SyncLayer, the queue); the consumer only parses each request body once.
+fn serve_floor(rt: &tokio::runtime::Runtime, server: SyncServer) -> anyhow::Result<String> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cfg = CaptureConfig::default();
+    let stats = Arc::new(tether_pro::capture::CaptureStats::default());
+    let (queue, mut rx) = tether_pro::capture::queue::bounded(cfg.queue_records, cfg.queue_bytes, stats.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let consumer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut taken = Vec::new();
+            let mut parsed = 0u64;
+            loop {
+                let done = stop.load(Ordering::Relaxed);
+                taken.clear();
+                rx.drain(usize::MAX, &mut taken);
+                for (rec, bytes) in taken.drain(..) {
+                    let body = rec.request_body.to_bytes();
+                    if serde_json::from_slice::<serde_json::Value>(&body).is_ok() {
+                        parsed += 1;
+                    }
+                    rx.release(bytes);
+                }
+                if done {
+                    return parsed;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        })
+    };
+    let layer = tether_pro::capture::SyncLayer::new(queue).with_filter(tether_pro::capture::CaptureInterest);
+    tracing_subscriber::registry().with(layer).init();
+    let app = sync::router(server).layer(tether_pro::capture::CaptureLayer::new());
+    rt.block_on(serve(app))?;
+    stop.store(true, Ordering::Relaxed);
+    let parsed = consumer.join().map_err(|_| anyhow::anyhow!("the floor's consumer panicked"))?;
+    let t = stats.totals();
+    Ok(format!("flush_ms=0 enqueued={} dropped={} parsed={parsed}", t.enqueued, t.dropped))
 }
 
 /// The do-it-yourself alternative: `OTEL_EXPORTER_OTLP_*` from the environment, the SDK's

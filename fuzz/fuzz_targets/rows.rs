@@ -166,7 +166,7 @@ fn check(input: Input) {
         error: input.error.clone(),
         client_gone: false,
     };
-    let settings = RowSettings { redactor: Redactor::default(), body_cap_bytes: input.cap, decoded_max_bytes: 1 << 20 };
+    let settings = RowSettings { redactor: Redactor::default(), body_cap_bytes: input.cap, decoded_max_bytes: 1 << 20, ..Default::default() };
     let Rows { request, mutations } = rows::build(&rec, &settings);
 
     // Secrets: every scalar under a configured key in the bodies and the reported states.

@@ -77,7 +77,9 @@ impl<S> SyncLayer<S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    pub(crate) fn new(queue: CaptureQueue) -> Self {
+    /// A layer feeding `queue` (the pipeline makes one; a custom consumer of the queue, such as
+    /// the host-overhead benchmark's floor variant, can too).
+    pub fn new(queue: CaptureQueue) -> Self {
         SyncLayer { queue, get: WithRequestData(Self::get_request_data), _s: PhantomData }
     }
 

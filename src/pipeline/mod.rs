@@ -8,6 +8,7 @@
 pub mod dead_letter;
 pub mod decode;
 pub mod diff;
+pub mod envelope;
 pub mod redact;
 pub mod rows;
 pub mod spool;
@@ -120,11 +121,7 @@ pub fn start_with_telemetry(
     let (queue, rx) = queue::bounded(config.queue_records, config.queue_bytes, stats.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let settings = RowSettings {
-        redactor: config.redactor(),
-        body_cap_bytes: config.body_cap_bytes,
-        decoded_max_bytes: config.decoded_max_bytes,
-    };
+    let settings = config.row_settings();
     let cfg = config.clone();
     let worker_stats = stats.clone();
     telemetry.observe_capture(stats.clone());

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::decode::{self, DecodedBody};
+use super::envelope;
 use super::diff::{self, Change};
 use super::redact::Redactor;
 use super::redact::{PathRef, json_pointer};
@@ -38,6 +39,11 @@ pub struct RequestRow {
     pub request_body: String,
     pub request_body_bytes: u64,
     pub request_body_truncated: bool,
+    /// Positions of the mutations whose `payload` was taken out of `request_body` because
+    /// their mutation row holds it (or, with `detail_kept` false, because the capture policy
+    /// kept none): each payload is stored once. [`super::envelope::rebuild`] puts them back.
+    #[serde(default)]
+    pub request_body_moved: Vec<u32>,
     #[serde(default)]
     pub request_content_encoding: String,
     pub response_body: String,
@@ -77,6 +83,10 @@ pub struct MutationRow {
     pub state_before: String,
     pub state_after: String,
     pub has_state: bool,
+    /// False when the capture policy (`capture.applied`) kept only this row's identity and
+    /// outcome: `payload`, states and `diff` are empty.
+    #[serde(default = "kept")]
+    pub detail_kept: bool,
     pub diff: String,
     pub trace_id: String,
     pub span_id: String,
@@ -96,6 +106,10 @@ pub struct Rows {
     pub mutations: Vec<MutationRow>,
 }
 
+fn kept() -> bool {
+    true
+}
+
 /// How rows are built.
 #[derive(Debug, Clone)]
 pub struct RowSettings {
@@ -104,6 +118,39 @@ pub struct RowSettings {
     pub body_cap_bytes: usize,
     /// Most bytes a compressed body is decoded to (a compression bomb stops here).
     pub decoded_max_bytes: usize,
+    /// Which applied mutations keep their payload, states and diff (`capture.applied`).
+    pub applied: KeepApplied,
+}
+
+impl Default for RowSettings {
+    fn default() -> Self {
+        crate::config::CaptureConfig::default().row_settings()
+    }
+}
+
+/// Which applied mutations keep their detail (payload, states, diff); the others keep their
+/// row. Mutations that were not applied always keep it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KeepApplied {
+    All,
+    /// This fraction, chosen by a hash of the mutation id (so a retried or replayed
+    /// mutation is chosen alike in every process).
+    Fraction(f64),
+    None,
+}
+
+impl KeepApplied {
+    fn keeps(self, mutation_id: &str) -> bool {
+        match self {
+            KeepApplied::All => true,
+            KeepApplied::None => false,
+            KeepApplied::Fraction(f) => {
+                // FNV-1a: stable across processes and builds (std's hasher is not promised to be).
+                let h = mutation_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+                (h as f64) < f * (u64::MAX as f64)
+            }
+        }
+    }
 }
 
 /// Outcome of a request as a whole.
@@ -446,6 +493,7 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
         request_body: String::new(),
         request_body_bytes: rec.request_body.total,
         request_body_truncated: false,
+        request_body_moved: Vec::new(),
         request_content_encoding: req_body.decoded.encoding.clone(),
         response_body: String::new(),
         response_body_bytes: rec.response_body.total,
@@ -498,6 +546,9 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
             let payload = m.get("payload").filter(|p| p.is_object());
             let state = states.get_mut(&mutation_id).and_then(VecDeque::pop_front);
             let has_state = state.is_some();
+            let detail_kept = verdict.outcome != mutation_outcome::APPLIED || s.applied.keeps(&mutation_id);
+            // Without its detail, a state is never parsed.
+            let state = state.filter(|_| detail_kept);
             let mut before = state.and_then(|st| st.before.as_ref()).and_then(|v| state_object(v, &entity_id));
             let after = state.and_then(|st| st.after.as_ref()).and_then(|v| state_object(v, &entity_id));
             if before.is_none() && verdict.outcome == mutation_outcome::CONFLICT {
@@ -511,6 +562,7 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
                 _ => Vec::new(),
             };
             diff::redact_changes(&mut changes, &s.redactor);
+            let diff_text = if detail_kept { capped(serde_json::to_string(&changes).unwrap_or_else(|_| "[]".into()), s) } else { String::new() };
             let (client_timestamp, client_timestamp_raw) = client_timestamp(m, &s.redactor);
             mutations.push(MutationRow {
                 request_id: rec.request_id.clone(),
@@ -532,7 +584,8 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
                 state_before: before.map(|b| redacted_text(b, s)).unwrap_or_default(),
                 state_after: after.map(|a| redacted_text(a, s)).unwrap_or_default(),
                 has_state,
-                diff: capped(serde_json::to_string(&changes).unwrap_or_else(|_| "[]".into()), s),
+                detail_kept,
+                diff: diff_text,
                 trace_id: rec.trace_id.clone(),
                 span_id: rec.span_id.clone(),
                 redacted_paths: Vec::new(),
@@ -553,6 +606,8 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
     }
 
     if let Some(v) = req.as_mut() {
+        // Payloads the policy does not keep go before redaction walks them.
+        request.request_body_moved = envelope::drop_payloads(v, mutations.iter().map(|m| !m.detail_kept));
         // One pass over the whole request; the paths inside each mutation's payload go to
         // that mutation's row.
         let mut on_redacted = |path: &[PathRef<'_>]| {
@@ -567,12 +622,10 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
         for row in &mut mutations {
             row.redacted_paths.sort_unstable();
         }
-        if let Some(list) = v.get("mutations").and_then(Value::as_array) {
-            for (row, m) in mutations.iter_mut().zip(list) {
-                let payload = m.get("payload").filter(|p| p.is_object());
-                row.payload = payload.map_or_else(|| "{}".to_owned(), |p| capped(json_text(p), s));
-            }
-        }
+        // Each payload is stored once: in its mutation row, out of the request body.
+        let moved = envelope::move_payloads(v, &mut mutations, s.body_cap_bytes);
+        request.request_body_moved.extend(moved);
+        request.request_body_moved.sort_unstable();
     }
     if let Some(v) = resp.as_mut() {
         s.redactor.redact_value(v);
@@ -608,7 +661,7 @@ mod tests {
         let resp = r#"{"rejected":[{"mutation_id":"m1","reason":{"api_key":"ak_reason_0123"}}]}"#;
         let mut rec = push_record(req, resp, Vec::new());
         rec.client_version = String::new();
-        let rows = build(&rec, &RowSettings { redactor: Redactor::default(), body_cap_bytes: 65536, decoded_max_bytes: 1 << 20 });
+        let rows = build(&rec, &RowSettings { redactor: Redactor::default(), body_cap_bytes: 65536, decoded_max_bytes: 1 << 20, ..Default::default() });
         let m = &rows.mutations[0];
         assert_eq!(m.model, r#"{"password":"[REDACTED]"}"#);
         assert_eq!(m.reason, r#"{"api_key":"[REDACTED]"}"#);
@@ -654,7 +707,7 @@ mod tests {
         .to_string();
         let resp = serde_json::json!({"applied": [mid]}).to_string();
         let state = MutationState { mutation_id: crate::capture::cap_identifier(&mid).into_owned(), before: None, after: Some(StateValue::Json("{\"a\":1}".into())) };
-        let rows = build(&push_record(&req, &resp, vec![state]), &RowSettings { redactor: Redactor::default(), body_cap_bytes: 65536, decoded_max_bytes: 1 << 20 });
+        let rows = build(&push_record(&req, &resp, vec![state]), &RowSettings { redactor: Redactor::default(), body_cap_bytes: 65536, decoded_max_bytes: 1 << 20, ..Default::default() });
         let m = &rows.mutations[0];
         let capped = |s: &str, len: usize| {
             let (head, tail) = s.split_once('…').unwrap_or((s, ""));
@@ -673,11 +726,110 @@ mod tests {
         assert!(m.mutation_id.starts_with('m') && m.mutation_id.is_char_boundary(m.mutation_id.find('…').unwrap()));
     }
 
+    fn settings(applied: KeepApplied, cap: usize) -> RowSettings {
+        RowSettings { body_cap_bytes: cap, applied, ..RowSettings::default() }
+    }
+
+    fn moved_payloads(rows: &Rows) -> Vec<super::envelope::MovedPayload> {
+        rows.mutations
+            .iter()
+            .map(|m| super::envelope::MovedPayload { position: m.position, payload: m.payload.clone(), detail_kept: m.detail_kept })
+            .collect()
+    }
+
+    /// Issue 15: each payload is stored once. The request row keeps the envelope; the rows
+    /// hold the payloads; rebuilding gives exactly the body that was stored whole before
+    /// (redacted), for object payloads, non-object ones (kept in the envelope), a mutation
+    /// without a payload, an extra field, and a payload longer than the cap (kept in the
+    /// envelope, since the row's copy is cut).
+    #[test]
+    fn each_payload_is_stored_once_and_the_body_rebuilds() {
+        let big = "x".repeat(300);
+        let req = format!(
+            r#"{{"client_id":"c","extra":{{"k":1}},"mutations":[
+            {{"mutation_id":"m0","entity_id":"e0","model":"Task","operation":"create","payload":{{"title":"a","password":"pw-0123"}},"version":1,"timestamp":1}},
+            {{"mutation_id":"m1","entity_id":"e1","model":"Task","operation":"create","payload":"not an object","version":1,"timestamp":1}},
+            {{"mutation_id":"m2","entity_id":"e2","model":"Task","operation":"delete","version":1,"timestamp":1,"note":"no payload"}},
+            {{"mutation_id":"m3","entity_id":"e3","model":"Task","operation":"create","payload":{{"title":"{big}"}},"version":1,"timestamp":1}},
+            {{"mutation_id":"m4","entity_id":"e4","model":"Task","operation":"update","payload":{{}},"version":2,"timestamp":1}}]}}"#
+        );
+        let resp = r#"{"applied":["m0","m1","m2","m3","m4"]}"#;
+        let rec = push_record(&req, resp, Vec::new());
+        let rows = build(&rec, &settings(KeepApplied::All, 256));
+        assert_eq!(rows.request.request_body_moved, [0, 4]);
+        let envelope: Value = serde_json::from_str(&rows.request.request_body).unwrap();
+        let list = envelope["mutations"].as_array().unwrap();
+        assert!(list[0].get("payload").is_none() && list[4].get("payload").is_none());
+        assert_eq!(list[1]["payload"], "not an object");
+        assert!(list[3]["payload"]["title"].as_str().unwrap().len() == 300, "a payload past the cap stays whole in the envelope");
+        assert_eq!(rows.mutations[0].payload, r#"{"password":"[REDACTED]","title":"a"}"#);
+        assert_eq!(rows.mutations[1].payload, "{}");
+        assert!(rows.mutations[3].payload.contains("…[truncated: "), "{}", rows.mutations[3].payload);
+        assert!(!rows.request.request_body.contains("pw-0123"));
+        // Rebuilt, it is the body as the whole-body form stored it: redacted, keys sorted.
+        let mut whole: Value = serde_json::from_str(&req).unwrap();
+        Redactor::default().redact_value(&mut whole);
+        let rebuilt = super::envelope::rebuild(&rows.request.request_body, &rows.request.request_body_moved, &moved_payloads(&rows));
+        assert_eq!(rebuilt, serde_json::to_string(&whole).unwrap());
+        assert!(rows.request.request_body.len() < rebuilt.len());
+    }
+
+    /// The capture policy: applied mutations keep their row (every count needs it) but,
+    /// under `counts`, no payload, states or diff; a sample keeps a fraction chosen by the
+    /// mutation id; mutations that were not applied are always kept whole.
+    #[test]
+    fn the_capture_policy_keeps_rows_and_drops_applied_detail() {
+        let mut mutations = Vec::new();
+        let mut states = Vec::new();
+        for i in 0..200 {
+            mutations.push(format!(
+                r#"{{"mutation_id":"m{i}","entity_id":"e{i}","model":"Task","operation":"update","payload":{{"title":"new {i}"}},"version":2,"timestamp":1}}"#
+            ));
+            states.push(MutationState {
+                mutation_id: format!("m{i}"),
+                before: Some(StateValue::Json(format!(r#"{{"title":"old {i}"}}"#))),
+                after: Some(StateValue::Json(format!(r#"{{"title":"new {i}"}}"#))),
+            });
+        }
+        let req = format!(r#"{{"client_id":"c","mutations":[{}]}}"#, mutations.join(","));
+        let applied: Vec<String> = (1..200).map(|i| format!("\"m{i}\"")).collect();
+        let resp = format!(r#"{{"applied":[{}],"rejected":[{{"mutation_id":"m0","reason":"validation"}}]}}"#, applied.join(","));
+        let rec = push_record(&req, &resp, states);
+
+        let full = build(&rec, &settings(KeepApplied::All, 65536));
+        let counts = build(&rec, &settings(KeepApplied::None, 65536));
+        let sampled = build(&rec, &settings(KeepApplied::Fraction(0.25), 65536));
+        for rows in [&full, &counts, &sampled] {
+            assert_eq!(rows.mutations.len(), 200, "every mutation keeps its row");
+            assert_eq!((rows.request.applied_count, rows.request.rejected_count), (199, 1));
+            assert_eq!(rows.request.request_body_moved.len(), 200, "no payload stays in the envelope");
+            let rejected = &rows.mutations[0];
+            assert!(rejected.detail_kept && rejected.payload.contains("new 0") && rejected.state_before.contains("old 0"));
+        }
+        assert!(full.mutations.iter().all(|m| m.detail_kept && m.diff.contains("old")));
+        let dropped: Vec<&MutationRow> = counts.mutations[1..].iter().collect();
+        assert!(dropped.iter().all(|m| !m.detail_kept && m.payload.is_empty() && m.state_before.is_empty() && m.state_after.is_empty() && m.diff.is_empty()));
+        assert!(dropped.iter().all(|m| m.has_state && m.outcome == mutation_outcome::APPLIED && m.version == 2));
+        let kept = sampled.mutations[1..].iter().filter(|m| m.detail_kept).count();
+        assert!((25..=75).contains(&kept), "about a quarter of 199 kept: {kept}");
+        let again = build(&rec, &settings(KeepApplied::Fraction(0.25), 65536));
+        assert_eq!(
+            sampled.mutations.iter().map(|m| m.detail_kept).collect::<Vec<_>>(),
+            again.mutations.iter().map(|m| m.detail_kept).collect::<Vec<_>>(),
+            "the sample is chosen by mutation id, the same every time"
+        );
+        // The rebuilt body says which payloads were not kept.
+        let rebuilt = super::envelope::rebuild(&counts.request.request_body, &counts.request.request_body_moved, &moved_payloads(&counts));
+        let v: Value = serde_json::from_str(&rebuilt).unwrap();
+        assert_eq!(v["mutations"][0]["payload"]["title"], "new 0");
+        assert_eq!(v["mutations"][5]["payload"], super::envelope::NOT_KEPT);
+    }
+
     #[test]
     fn credentials_in_identifiers_and_paths_inside_payloads() {
         let req = r#"{"client_id":"dev Bearer abc123def456","mutations":[{"mutation_id":"m1","entity_id":"e","model":"Task","operation":"create",
             "payload":{"title":"t","notes":"Authorization: Bearer FAKE-A","metadata":{"callback":"https://example.test/cb?access_token=FAKE-B&x=1","token":"FAKE-T"}},"version":1,"timestamp":1}]}"#;
-        let rows = build(&push_record(req, r#"{"applied":["m1"]}"#, Vec::new()), &RowSettings { redactor: Redactor::default(), body_cap_bytes: 65536, decoded_max_bytes: 1 << 20 });
+        let rows = build(&push_record(req, r#"{"applied":["m1"]}"#, Vec::new()), &RowSettings { redactor: Redactor::default(), body_cap_bytes: 65536, decoded_max_bytes: 1 << 20, ..Default::default() });
         let m = &rows.mutations[0];
         assert_eq!(rows.request.client_id, "dev Bearer [REDACTED]");
         assert_eq!(m.redacted_paths, ["/metadata/callback", "/metadata/token", "/notes"]);

@@ -96,6 +96,7 @@ struct MutationRow {
     outcome: String,
     redacted_paths: Vec<String>,
     redacted_paths_recorded: bool,
+    detail_kept: bool,
 }
 
 impl Replayer {
@@ -129,7 +130,7 @@ impl Replayer {
             .query_raw(
                 "SELECT position, mutation_id, entity_id, model, operation, payload,
                         toUnixTimestamp64Milli(client_timestamp) AS client_ms, version, outcome,
-                        redacted_paths, redacted_paths_recorded
+                        redacted_paths, redacted_paths_recorded, detail_kept
                  FROM sync_mutations WHERE request_id = {id:String} ORDER BY position",
             )
             .param("id", request_id)
@@ -144,6 +145,7 @@ impl Replayer {
                 model: r.model,
                 operation: r.operation,
                 payload: serde_json::from_str(&r.payload).ok(),
+                payload_kept: r.detail_kept,
                 client_timestamp_ms: r.client_ms,
                 version: r.version,
                 original_outcome: r.outcome,

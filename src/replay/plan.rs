@@ -22,8 +22,11 @@ pub struct CapturedMutation {
     pub entity_id: String,
     pub model: String,
     pub operation: String,
-    /// `None` when the stored payload is not a JSON object (cut at the column cap).
+    /// `None` when the stored payload is not a JSON object (cut at the column cap), or was
+    /// not kept (`payload_kept`).
     pub payload: Option<Object>,
+    /// False when the capture policy (`capture.applied`) kept no payload for this mutation.
+    pub payload_kept: bool,
     /// `None` when the captured timestamp was not valid epoch milliseconds (stored NULL).
     pub client_timestamp_ms: Option<i64>,
     pub version: u64,
@@ -234,6 +237,9 @@ pub fn preview(m: &CapturedMutation, current: Option<RecordState>, restamp_ms: O
     let prediction = match (op, &payload) {
         (None, _) => Prediction::Unreplayable(format!("unknown operation {:?}", m.operation)),
         _ if timestamp.is_none() => Prediction::Unreplayable("the captured timestamp was not valid epoch milliseconds: preview restamped to replay it".into()),
+        (_, None) if !m.payload_kept => {
+            Prediction::Unreplayable("its payload was not kept (capture.applied = sampled or counts captures applied mutations without it)".into())
+        }
         (_, None) => Prediction::Unreplayable("the stored payload was cut at the storage cap".into()),
         (Some(Operation::Create), _) => if live.is_some() { Prediction::WouldOverwrite } else { Prediction::WouldCreate },
         (Some(_), _) => match live {
@@ -311,6 +317,7 @@ mod tests {
 
     fn captured(op: &str, ts: i64, payload: Option<Value>) -> CapturedMutation {
         CapturedMutation {
+            payload_kept: true,
             position: 0,
             mutation_id: "M".into(),
             entity_id: "E".into(),

@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 4, name: "redacted_paths", sql: include_str!("migrations/0004_redacted_paths.sql") },
     Migration { version: 5, name: "aggregate_dedup", sql: include_str!("migrations/0005_aggregate_dedup.sql") },
     Migration { version: 6, name: "faithful_capture", sql: include_str!("migrations/0006_faithful_capture.sql") },
+    Migration { version: 7, name: "payload_once", sql: include_str!("migrations/0007_payload_once.sql") },
 ];
 
 /// The columns the capture pipeline inserts, with the types the migrations give them (as
@@ -53,6 +54,7 @@ pub const INSERTED_COLUMNS: &[(&str, &[(&str, &str)])] = &[
             ("request_body", "String"),
             ("request_body_bytes", "UInt64"),
             ("request_body_truncated", "Bool"),
+            ("request_body_moved", "Array(UInt32)"),
             ("request_content_encoding", "LowCardinality(String)"),
             ("response_body", "String"),
             ("response_body_bytes", "UInt64"),
@@ -85,6 +87,7 @@ pub const INSERTED_COLUMNS: &[(&str, &[(&str, &str)])] = &[
             ("state_before", "String"),
             ("state_after", "String"),
             ("has_state", "Bool"),
+            ("detail_kept", "Bool"),
             ("diff", "String"),
             ("trace_id", "String"),
             ("span_id", "String"),

@@ -239,7 +239,7 @@ mod tests {
     fn only_models_the_host_accepted_take_a_label() {
         let provider = SdkMeterProvider::builder().build();
         let telemetry = Telemetry::from_providers(None, Some(&provider));
-        let settings = RowSettings { redactor: Redactor::default(), body_cap_bytes: 1 << 16, decoded_max_bytes: 1 << 20 };
+        let settings = RowSettings { redactor: Redactor::default(), body_cap_bytes: 1 << 16, decoded_max_bytes: 1 << 20, ..Default::default() };
         let junk: Vec<String> = (0..=MAX_MODELS).map(|i| format!("Junk{i}")).collect();
         let rec = push(&junk, false);
         telemetry.record(&rec, &rows::build(&rec, &settings));

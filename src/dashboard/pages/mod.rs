@@ -416,6 +416,13 @@ async fn request_page(
     }
     let first = (page - 1) * size;
     let mutations = if total == 0 { Vec::new() } else { queries::mutations_page(c, r.started_us, &r.request_id, first, size).await? };
+    // Payloads are stored once, in the mutation rows: put them back into the body.
+    let request_body = if r.request_body_moved.is_empty() {
+        r.request_body.clone()
+    } else {
+        let payloads = queries::moved_payloads(c, r.started_us, &r.request_id, &r.request_body_moved).await?;
+        crate::pipeline::envelope::rebuild(&r.request_body, &r.request_body_moved, &payloads)
+    };
     let nav = Nav::new(&prefix(state), "requests", format!("Request {}", r.request_id));
     let page_link = |n: u64| format!("{}{}#mutations", nav.request(&r.request_id), query_string(&[("page", &n.to_string())]));
     let summary = queries::RequestSummary {
@@ -447,7 +454,7 @@ async fn request_page(
         replays,
         replayed_requests,
         error: r.error.clone(),
-        request_body: pretty(&r.request_body),
+        request_body: pretty(&request_body),
         request_size: bytes(r.request_body_bytes),
         request_truncated: r.request_body_truncated,
         response_body: pretty(&r.response_body),

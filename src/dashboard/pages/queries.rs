@@ -52,6 +52,9 @@ pub struct RequestDetail {
     pub request_body: String,
     pub request_body_bytes: u64,
     pub request_body_truncated: bool,
+    /// Positions whose payload is in the mutation rows, not in `request_body`
+    /// ([`crate::pipeline::envelope`]).
+    pub request_body_moved: Vec<u32>,
     pub response_body: String,
     pub response_body_bytes: u64,
     pub response_body_truncated: bool,
@@ -64,7 +67,7 @@ pub struct RequestDetail {
 const DETAIL_COLUMNS: &str = "request_id, kind, client_id, client_version, toUnixTimestamp64Micro(started_at) AS started_us,
     duration_us, http_status, outcome, mutation_count, applied_count, rejected_count, conflict_count, duplicate_count,
     CAST(mapKeys(rejected_by_reason), 'Array(String)') AS reason_keys, mapValues(rejected_by_reason) AS reason_counts,
-    snapshot_count, has_more, request_body, request_body_bytes, request_body_truncated, response_body,
+    snapshot_count, has_more, request_body, request_body_bytes, request_body_truncated, request_body_moved, response_body,
     response_body_bytes, response_body_truncated, error, trace_id, span_id, replay_of";
 
 /// A `sync_mutations` row.
@@ -327,6 +330,39 @@ pub async fn mutations_page(
     .param("limit", limit)
     .fetch_all()
     .await
+}
+
+/// A moved payload as read back for [`crate::pipeline::envelope::rebuild`].
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+struct MovedPayloadRow {
+    position: u32,
+    payload: String,
+    detail_kept: bool,
+}
+
+/// The payloads of a request's mutations at `positions` (the request body's moved payloads).
+pub async fn moved_payloads(
+    c: &clickhouse::Client,
+    started_us: i64,
+    id: &str,
+    positions: &[u32],
+) -> clickhouse::error::Result<Vec<crate::pipeline::envelope::MovedPayload>> {
+    let rows: Vec<MovedPayloadRow> = c
+        .query_raw(
+            "SELECT position, payload, detail_kept FROM sync_mutations
+             WHERE started_at = fromUnixTimestamp64Micro({t:Int64}, 'UTC') AND request_id = {id:String}
+               AND has({positions:Array(UInt32)}, position)
+             ORDER BY position LIMIT 1 BY position",
+        )
+        .param("t", started_us)
+        .param("id", id)
+        .param("positions", positions)
+        .fetch_all()
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| crate::pipeline::envelope::MovedPayload { position: r.position, payload: r.payload, detail_kept: r.detail_kept })
+        .collect())
 }
 
 /// The latest mutations with `outcome` since `from`.
