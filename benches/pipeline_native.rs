@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tether_pro::config::CaptureConfig;
-use tether_pro::pipeline::{self, ClickHouseWriter, MutationRow, RequestRow, RowSettings};
+use tether_pro::pipeline::{self, ClickHouseWriter, MutationRow, RequestRow};
 use tether_pro::protocol::{CLIENT_VERSION_HEADER, PUSH_PATH};
 use tether_pro::sync::{self, SyncServer};
 use tower::ServiceExt;
@@ -111,7 +111,13 @@ fn pipeline_round(url: &str, database: &str, bodies: &[Bytes]) -> Duration {
     // pipeline_nice 0 by default here: on a machine shared with other work, the production
     // default (nice 10, the host first) would measure the scheduler, not the pipeline.
     let nice = env_or("PIPELINE_BENCH_NICE", 0, 0) as i32;
-    let cfg = CaptureConfig { queue_records: 2 * (n - 1), batch_interval_ms: 3_600_000, pipeline_nice: nice, ..CaptureConfig::default() };
+    let cfg = CaptureConfig {
+        queue_records: 2 * (n - 1),
+        batch_interval_ms: 3_600_000,
+        process_interval_ms: 3_600_000,
+        pipeline_nice: nice,
+        ..CaptureConfig::default()
+    };
     let writer = ClickHouseWriter::new(support::server_client(url).with_database(database));
     let (capture, mut guard) = pipeline::start(&cfg, writer).expect("the pipeline starts");
     let stats = capture.stats().clone();

@@ -132,8 +132,12 @@ pub struct CaptureConfig {
     pub batch_rows: usize,
     /// Bytes of row data per insert at most.
     pub batch_bytes: usize,
-    /// How often queued records are written, in milliseconds.
+    /// How often finished rows are inserted, in milliseconds.
     pub batch_interval_ms: u64,
+    /// How often queued records are processed into rows, in milliseconds (at most the batch
+    /// interval): small, so the work is spread out instead of a burst per interval that the
+    /// host's tail latency feels.
+    pub process_interval_ms: u64,
     /// How long shutdown waits for the last records to be written, in milliseconds.
     pub flush_timeout_ms: u64,
     /// Deadline of one ClickHouse insert attempt, in milliseconds; a timed-out attempt is
@@ -245,6 +249,7 @@ impl CaptureConfig {
     pub const DEFAULT_BATCH_ROWS: usize = 10_000;
     pub const DEFAULT_BATCH_BYTES: usize = 4 * 1024 * 1024;
     pub const DEFAULT_BATCH_INTERVAL_MS: u64 = 1_000;
+    pub const DEFAULT_PROCESS_INTERVAL_MS: u64 = 50;
     pub const DEFAULT_FLUSH_TIMEOUT_MS: u64 = 5_000;
     pub const DEFAULT_INSERT_TIMEOUT_MS: u64 = 10_000;
     pub const DEFAULT_PIPELINE_NICE: i32 = 19;
@@ -255,6 +260,7 @@ impl CaptureConfig {
         anyhow::ensure!(self.queue_bytes >= 1024, "capture.queue_bytes must be at least 1024");
         anyhow::ensure!(self.batch_rows >= 1, "capture.batch_rows must be at least 1");
         anyhow::ensure!(self.batch_interval_ms >= 1, "capture.batch_interval_ms must be at least 1");
+        anyhow::ensure!(self.process_interval_ms >= 1, "capture.process_interval_ms must be at least 1");
         anyhow::ensure!(self.insert_timeout_ms >= 1, "capture.insert_timeout_ms must be at least 1");
         anyhow::ensure!(
             !self.dead_letter.enabled || !self.dead_letter.dir.as_os_str().is_empty(),
@@ -292,6 +298,7 @@ impl Default for CaptureConfig {
             batch_rows: Self::DEFAULT_BATCH_ROWS,
             batch_bytes: Self::DEFAULT_BATCH_BYTES,
             batch_interval_ms: Self::DEFAULT_BATCH_INTERVAL_MS,
+            process_interval_ms: Self::DEFAULT_PROCESS_INTERVAL_MS,
             flush_timeout_ms: Self::DEFAULT_FLUSH_TIMEOUT_MS,
             insert_timeout_ms: Self::DEFAULT_INSERT_TIMEOUT_MS,
             pipeline_nice: Self::DEFAULT_PIPELINE_NICE,

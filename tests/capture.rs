@@ -149,7 +149,12 @@ async fn a_mixed_push_yields_exact_request_and_mutation_rows() {
     );
     assert_eq!(r["rejected_by_reason"], json!({"duplicate": 1, "not_found": 1, "validation_failed": 1}));
     assert_eq!(parse(&r["response_body"]), resp, "stored response is the host's answer");
-    assert_eq!(parse(&r["request_body"])["mutations"][0]["payload"]["title"], "Buy oat milk");
+    // Each payload stored once (issue 15): the request row keeps the envelope, the mutation
+    // rows the payloads, and together they give the body back.
+    let envelope = parse(&r["request_body"]);
+    assert_eq!(envelope["mutations"][0]["mutation_id"], "01JM0000000000000000000003");
+    assert!(envelope["mutations"].as_array().unwrap().iter().all(|m| m.get("payload").is_none()), "{envelope}");
+    assert_eq!(r["request_body_moved"], json!([0, 1, 2, 3, 4]));
     assert_eq!(r["request_body_truncated"], false);
     assert_eq!(reqs[0]["outcome"], "ok");
     assert_eq!(reqs[0]["applied_count"], 2);
@@ -165,6 +170,17 @@ async fn a_mixed_push_yields_exact_request_and_mutation_rows() {
         outcomes,
         vec![("applied", ""), ("rejected", "validation_failed"), ("rejected", "not_found"), ("conflict", "conflict"), ("duplicate", "duplicate")]
     );
+    let moved: Vec<tether_pro::pipeline::envelope::MovedPayload> = muts
+        .iter()
+        .map(|m| tether_pro::pipeline::envelope::MovedPayload {
+            position: m["position"].as_u64().unwrap() as u32,
+            payload: m["payload"].as_str().unwrap().to_owned(),
+            detail_kept: m["detail_kept"].as_bool().unwrap(),
+        })
+        .collect();
+    let rebuilt = parse(&json!(tether_pro::pipeline::envelope::rebuild(r["request_body"].as_str().unwrap(), &[0, 1, 2, 3, 4], &moved)));
+    assert_eq!(rebuilt["mutations"][0]["payload"]["title"], "Buy oat milk");
+    assert_eq!(rebuilt["mutations"].as_array().unwrap().len(), 5);
     // Applied update: before and after from the host, and the field diff.
     let m = &muts[0];
     assert_eq!(m["has_state"], true);
@@ -519,4 +535,46 @@ async fn a_host_that_reports_no_state_still_gets_mutation_rows_with_outcomes() {
     );
     let r = ch.rows("SELECT outcome, rejected_by_reason FROM sync_requests").await;
     assert_eq!(r[0], json!({"outcome": "partial", "rejected_by_reason": {"error": 1}}));
+}
+
+/// Issue 15's capture policy, end to end: under `capture.applied = "counts"` every mutation
+/// still has its row (the aggregates and every count agree with a full capture), applied
+/// ones without payload, states or diff, failed ones whole; the request row keeps only the
+/// envelope. Under `"sampled"` with ratio 1 everything is kept, with 0 nothing applied is.
+#[tokio::test(flavor = "current_thread")]
+async fn the_capture_policy_keeps_every_row_and_the_detail_it_names() {
+    for (applied, ratio, kept_applied) in [
+        (tether_pro::config::AppliedDetail::Counts, 0.1, false),
+        (tether_pro::config::AppliedDetail::Sampled, 1.0, true),
+        (tether_pro::config::AppliedDetail::Sampled, 0.0, false),
+    ] {
+        let mut h = harness(CaptureConfig { applied, applied_sample_ratio: ratio, ..fast_config() }).await;
+        h.push(json!({"client_id": CLIENT, "mutations": [
+            mutation("01JM0000000000000000000001", T1, "create", json!({"title": "Buy milk"}), 1_000),
+        ]}))
+        .await;
+        h.push(json!({"client_id": CLIENT, "mutations": [
+            mutation("01JM0000000000000000000002", T1, "update", json!({"title": "Buy oat milk"}), 2_000),
+            mutation("01JM0000000000000000000003", "01JAAAAAAAAAAAAAAAAAAAAAA9", "update", json!({"title": "gone"}), 2_000),
+        ]}))
+        .await;
+        h.flush();
+        let muts = h.ch.rows("SELECT mutation_id, outcome, detail_kept, payload, state_before, state_after, diff, has_state FROM sync_mutations ORDER BY mutation_id").await;
+        assert_eq!(muts.len(), 3, "{applied:?}: a row per mutation");
+        for m in &muts[..2] {
+            assert_eq!(m["outcome"], "applied");
+            assert_eq!(m["detail_kept"], kept_applied, "{applied:?} {ratio}: {m}");
+            assert_eq!(m["has_state"], true, "the host reported its states either way");
+            let empty = m["payload"] == "" && m["state_after"] == "" && m["diff"] == "";
+            assert_eq!(empty, !kept_applied, "{applied:?} {ratio}: {m}");
+        }
+        let failed = &muts[2];
+        assert_eq!((failed["outcome"].as_str(), failed["detail_kept"].as_bool()), (Some("rejected"), Some(true)));
+        assert_eq!(parse(&failed["payload"]), json!({"title": "gone"}), "a failed mutation keeps its payload");
+        let reqs = h.ch.rows("SELECT request_body, request_body_moved FROM sync_requests ORDER BY started_at").await;
+        assert_eq!(reqs[1]["request_body_moved"], json!([0, 1]));
+        assert!(!reqs[1]["request_body"].as_str().unwrap().contains("Buy oat milk"), "{}", reqs[1]["request_body"]);
+        assert_eq!(h.ch.count("SELECT sum(mutations) FROM sync_mutations_5m").await, 3);
+        assert_eq!(h.ch.count("SELECT sum(applied) FROM sync_requests_5m").await, 2);
+    }
 }

@@ -241,6 +241,8 @@ async fn every_page_shows_known_traffic() {
     assert!(detail.contains("<code><bdi>validation_failed</bdi></code>: 1") && detail.contains("<code><bdi>not_found</bdi></code>: 1") && detail.contains("<code><bdi>duplicate</bdi></code>: 1"));
     assert!(detail.contains("<details>") && detail.contains("Request body") && detail.contains("Response body"));
     assert!(detail.contains("&#34;Buy oat milk&#34;"), "pretty request JSON");
+    // The stored envelope has no payloads (issue 15); the page puts them back.
+    assert!(detail.contains("&#34;payload&#34;: {"), "the request body shows the payloads from the mutation rows");
     assert!(detail.contains("page 1 of 1"));
     assert_eq!(values_after(&detail, "<article class=\"mutation o-"), vec!["applied", "rejected", "rejected", "conflict", "duplicate"]);
     assert!(detail.contains(&format!("href=\"{PREFIX}/clients/{CLIENT}\"")));

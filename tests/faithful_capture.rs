@@ -231,7 +231,7 @@ async fn invalid_timestamps_are_null_with_the_raw_value_and_the_future_is_reject
     let m = e.mutation_rows(&row["request_id"], 3).await;
     let raws: Vec<(&Value, &str)> = m.iter().map(|m| (&m["client_timestamp"], m["client_timestamp_raw"].as_str().unwrap())).collect();
     assert_eq!(raws, vec![(&Value::Null, "\"2024-05-18T10:00:00Z\""), (&Value::Null, "1716000000000.5"), (&Value::Null, "")]);
-    assert_eq!(parse(&row["request_body"])["mutations"][1]["timestamp"].to_string(), "1716000000000.5", "raw value in the stored body");
+    assert_eq!(parse(&row["request_body"])["mutations"][1]["timestamp"].to_string(), "1716000000000.5", "raw value in the stored envelope");
 }
 
 /// The issue's input: `{"big":123456789012345678901234567890}` was stored as
@@ -249,7 +249,12 @@ async fn big_and_odd_numbers_keep_their_digits_everywhere() {
     let row = e.request_row("replay_of = 'numbers'").await;
     let m = &e.mutation_rows(&row["request_id"], 1).await[0];
     assert_eq!(m["outcome"], "applied");
-    for (column, text) in [("payload", m["payload"].as_str()), ("state_after", m["state_after"].as_str()), ("diff", m["diff"].as_str()), ("request_body", row["request_body"].as_str())] {
+    // The request body keeps its envelope; the payload is in the mutation row (issue 15), and
+    // the body put back together keeps the digits too.
+    assert_eq!(row["request_body_moved"], json!([0]));
+    let moved = [tether_pro::pipeline::envelope::MovedPayload { position: 0, payload: m["payload"].as_str().unwrap().to_owned(), detail_kept: true }];
+    let rebuilt = tether_pro::pipeline::envelope::rebuild(row["request_body"].as_str().unwrap(), &[0], &moved);
+    for (column, text) in [("payload", m["payload"].as_str()), ("state_after", m["state_after"].as_str()), ("diff", m["diff"].as_str()), ("rebuilt request_body", Some(rebuilt.as_str()))] {
         let text = text.unwrap();
         for digits in ["123456789012345678901234567890", "0.1000000000000000055511151231257827", "1e+2"] {
             assert!(text.contains(digits), "{column} lost {digits}: {text}");

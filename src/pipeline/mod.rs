@@ -240,7 +240,7 @@ async fn process_loop(
     // Records are processed as they come, a tick at a time, and batches handed over once an
     // interval: processing a whole interval's records in one burst was what the host's p99
     // felt (issue 15).
-    let tick = interval.min(PROCESS_TICK);
+    let tick = interval.min(Duration::from_millis(cfg.process_interval_ms));
     let mut next_hand_over = Instant::now() + interval;
     let wake = rx.wake.clone();
     let mut taken = Vec::new();
@@ -249,10 +249,11 @@ async fn process_loop(
     // away), and only a full batch that finds no room is spilled to disk or dropped.
     let mut batch = Batch::default();
     loop {
-        let mut stopping = false;
+        let (mut stopping, mut woken) = (false, false);
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
-            _ = wake.notified() => {}
+            // The queue passed half full: process and write now.
+            _ = wake.notified() => woken = true,
             _ = shutdown.changed() => stopping = true,
         }
         if stopping || *shutdown.borrow() {
@@ -297,7 +298,7 @@ async fn process_loop(
             out.hand_over_waiting(batch).await;
             return;
         }
-        if Instant::now() >= next_hand_over {
+        if woken || Instant::now() >= next_hand_over {
             if out.has_room() {
                 out.hand_over(std::mem::take(&mut batch));
             }
@@ -306,9 +307,6 @@ async fn process_loop(
     }
 }
 
-/// How often the processing stage takes what the queue holds (at most; the batch interval
-/// when it is shorter).
-pub const PROCESS_TICK: Duration = Duration::from_millis(50);
 
 /// Where finished batches go: the write buffer, else the disk spool, else counted as dropped.
 struct Outlet {

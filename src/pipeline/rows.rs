@@ -145,8 +145,15 @@ impl KeepApplied {
             KeepApplied::All => true,
             KeepApplied::None => false,
             KeepApplied::Fraction(f) => {
-                // FNV-1a: stable across processes and builds (std's hasher is not promised to be).
-                let h = mutation_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+                // FNV-1a, then MurmurHash3's 64-bit finalizer so the high bits of short,
+                // similar ids are mixed: stable across processes and builds (std's hasher is
+                // not promised to be).
+                let mut h = mutation_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+                h ^= h >> 33;
+                h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+                h ^= h >> 33;
+                h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+                h ^= h >> 33;
                 (h as f64) < f * (u64::MAX as f64)
             }
         }
@@ -750,21 +757,19 @@ mod tests {
             {{"mutation_id":"m0","entity_id":"e0","model":"Task","operation":"create","payload":{{"title":"a","password":"pw-0123"}},"version":1,"timestamp":1}},
             {{"mutation_id":"m1","entity_id":"e1","model":"Task","operation":"create","payload":"not an object","version":1,"timestamp":1}},
             {{"mutation_id":"m2","entity_id":"e2","model":"Task","operation":"delete","version":1,"timestamp":1,"note":"no payload"}},
-            {{"mutation_id":"m3","entity_id":"e3","model":"Task","operation":"create","payload":{{"title":"{big}"}},"version":1,"timestamp":1}},
-            {{"mutation_id":"m4","entity_id":"e4","model":"Task","operation":"update","payload":{{}},"version":2,"timestamp":1}}]}}"#
+            {{"mutation_id":"m3","entity_id":"e3","model":"Task","operation":"update","payload":{{}},"version":2,"timestamp":1}}]}}"#
         );
-        let resp = r#"{"applied":["m0","m1","m2","m3","m4"]}"#;
+        let resp = r#"{"applied":["m0","m1","m2","m3"]}"#;
         let rec = push_record(&req, resp, Vec::new());
-        let rows = build(&rec, &settings(KeepApplied::All, 256));
-        assert_eq!(rows.request.request_body_moved, [0, 4]);
+        let rows = build(&rec, &settings(KeepApplied::All, 65536));
+        assert_eq!(rows.request.request_body_moved, [0, 3]);
         let envelope: Value = serde_json::from_str(&rows.request.request_body).unwrap();
         let list = envelope["mutations"].as_array().unwrap();
-        assert!(list[0].get("payload").is_none() && list[4].get("payload").is_none());
+        assert!(list[0].get("payload").is_none() && list[3].get("payload").is_none());
         assert_eq!(list[1]["payload"], "not an object");
-        assert!(list[3]["payload"]["title"].as_str().unwrap().len() == 300, "a payload past the cap stays whole in the envelope");
+        assert_eq!(list[2]["note"], "no payload");
         assert_eq!(rows.mutations[0].payload, r#"{"password":"[REDACTED]","title":"a"}"#);
-        assert_eq!(rows.mutations[1].payload, "{}");
-        assert!(rows.mutations[3].payload.contains("…[truncated: "), "{}", rows.mutations[3].payload);
+        assert_eq!((rows.mutations[1].payload.as_str(), rows.mutations[2].payload.as_str()), ("{}", "{}"));
         assert!(!rows.request.request_body.contains("pw-0123"));
         // Rebuilt, it is the body as the whole-body form stored it: redacted, keys sorted.
         let mut whole: Value = serde_json::from_str(&req).unwrap();
@@ -772,6 +777,17 @@ mod tests {
         let rebuilt = super::envelope::rebuild(&rows.request.request_body, &rows.request.request_body_moved, &moved_payloads(&rows));
         assert_eq!(rebuilt, serde_json::to_string(&whole).unwrap());
         assert!(rows.request.request_body.len() < rebuilt.len());
+
+        // A payload longer than the column cap stays in the body (the row's copy is cut, so it
+        // could not be put back); the body is then cut at the cap as before, and shown as is.
+        let req = format!(
+            r#"{{"client_id":"c","mutations":[{{"mutation_id":"m0","entity_id":"e0","model":"Task","operation":"create","payload":{{"title":"{big}"}},"version":1,"timestamp":1}}]}}"#
+        );
+        let rows = build(&push_record(&req, r#"{"applied":["m0"]}"#, Vec::new()), &settings(KeepApplied::All, 256));
+        assert!(rows.request.request_body_moved.is_empty());
+        assert!(rows.mutations[0].payload.contains("…[truncated: "), "{}", rows.mutations[0].payload);
+        assert!(rows.request.request_body_truncated && rows.request.request_body.starts_with(r#"{"client_id":"c","mutations":[{"#));
+        assert_eq!(super::envelope::rebuild(&rows.request.request_body, &[], &[]), rows.request.request_body);
     }
 
     /// The capture policy: applied mutations keep their row (every count needs it) but,
@@ -806,7 +822,7 @@ mod tests {
             let rejected = &rows.mutations[0];
             assert!(rejected.detail_kept && rejected.payload.contains("new 0") && rejected.state_before.contains("old 0"));
         }
-        assert!(full.mutations.iter().all(|m| m.detail_kept && m.diff.contains("old")));
+        assert!(full.mutations[1..].iter().all(|m| m.detail_kept && m.diff.contains("old")));
         let dropped: Vec<&MutationRow> = counts.mutations[1..].iter().collect();
         assert!(dropped.iter().all(|m| !m.detail_kept && m.payload.is_empty() && m.state_before.is_empty() && m.state_after.is_empty() && m.diff.is_empty()));
         assert!(dropped.iter().all(|m| m.has_state && m.outcome == mutation_outcome::APPLIED && m.version == 2));

@@ -232,6 +232,7 @@ mod tests {
             request_body: "{\"a\":\"[REDACTED]\"}".into(),
             request_body_bytes: 10,
             request_body_truncated: false,
+            request_body_moved: Vec::new(),
             request_content_encoding: String::new(),
             response_body: String::new(),
             response_body_bytes: 0,
