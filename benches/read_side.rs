@@ -91,6 +91,18 @@ async fn main() -> anyhow::Result<()> {
     } else {
         println!("reusing the {present} requests in database {db}");
     }
+    // A migration that materializes projections on existing rows runs in the background:
+    // measure once it is done.
+    loop {
+        let pending: u64 = c
+            .query_raw("SELECT count() FROM system.mutations WHERE database = currentDatabase() AND NOT is_done")
+            .fetch_one()
+            .await?;
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let requests: u64 = c.query_raw("SELECT count() FROM sync_requests").fetch_one().await?;
     let mutations: u64 = c.query_raw("SELECT count() FROM sync_mutations").fetch_one().await?;
     let (bytes, parts): (u64, u64) = c
@@ -181,7 +193,7 @@ async fn main() -> anyhow::Result<()> {
 /// each, one at a time).
 async fn print_profile(url: &str, db: &str, window: Window) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
-    let params = [("from", window.from.timestamp().to_string()), ("to", window.to.timestamp().to_string())];
+    let params: Vec<(&str, String)> = metrics::params(&window).iter().map(|(k, v)| (*k, v.to_string())).collect();
     for (label, source) in [("aggregates", Source::Aggregates), ("raw rows", Source::RawRows)] {
         println!("  statements from {label} (server time, rows and bytes read, peak memory):");
         let q = source.queries();

@@ -195,8 +195,9 @@ pub enum Source {
     RawRows,
 }
 
-/// The statements behind one answer, each taking `{from:Int64}` and `{to:Int64}` (Unix
-/// seconds, five-minute aligned). Public so that benchmarks can profile them one by one.
+/// The statements behind one answer. They take `{from:Int64}` and `{to:Int64}` (Unix
+/// seconds, five-minute aligned) and the whole hours inside them, `{hour_from:Int64}` and
+/// `{hour_to:Int64}` (see [`params`]). Public so that benchmarks can profile them one by one.
 #[derive(Debug, Clone)]
 pub struct Queries {
     pub kinds: String,
@@ -214,19 +215,52 @@ impl Source {
     }
 }
 
+/// The query parameters for `window`: its bounds and the whole hours inside it (an empty
+/// range at `from` when it holds no whole hour).
+pub fn params(window: &Window) -> [(&'static str, i64); 4] {
+    const HOUR: i64 = 3600;
+    let (from, to) = (window.from.timestamp(), window.to.timestamp());
+    let first_hour = (from + HOUR - 1).div_euclid(HOUR) * HOUR;
+    let end_hour = to.div_euclid(HOUR) * HOUR;
+    let (hour_from, hour_to) = if first_hour < end_hour { (first_hour, end_hour) } else { (from, from) };
+    [("from", from), ("to", to), ("hour_from", hour_from), ("hour_to", hour_to)]
+}
+
 const AGG_WINDOW: &str = "bucket >= toDateTime({from:Int64}, 'UTC') AND bucket < toDateTime({to:Int64}, 'UTC')";
 const QUANTILES_MERGE: &str = "arrayMap(q -> toFloat64(q), quantilesTDigestMerge(0.5, 0.95, 0.99)(duration_quantiles)) AS quantiles";
+/// The sums of a top list, spelled exactly as the projections of migration 7 spell them so
+/// that ClickHouse answers from the projections.
+fn top_sums(names: [&str; 3]) -> String {
+    let [m, c, r] = names;
+    format!("sum(mutations) AS {m}, sumIf(mutations, outcome = 'conflict') AS {c}, sumIf(mutations, outcome = 'rejected') AS {r}")
+}
 
 // Aliases reuse the column names (`sum(requests) AS requests`): these run with
 // `prefer_column_name_to_alias` so that expressions read the columns, not the aliases.
 fn aggregate_queries() -> Queries {
-    let top = |key: &str| {
-        format!(
-            "SELECT {key} AS key, sum(mutations) AS mutations, sumIf(mutations, outcome = 'conflict') AS conflicts,
-                    sumIf(mutations, outcome = 'rejected') AS rejections
-             FROM sync_mutations_5m WHERE {AGG_WINDOW} GROUP BY key ORDER BY sum(mutations) DESC, key LIMIT {TOP_N}"
-        )
-    };
+    // Models are few: the (bucket, model) projection is a few rows per bucket.
+    let top_models = format!(
+        "SELECT model AS key, {} FROM sync_mutations_5m WHERE {AGG_WINDOW}
+         GROUP BY key ORDER BY sum(mutations) DESC, key LIMIT {TOP_N}",
+        top_sums(["mutations", "conflicts", "rejections"])
+    );
+    // Clients are many: whole hours from the (hour, client) projection, the partial hours at
+    // either end from the (bucket, client) one, then the two added up per client.
+    let top_clients = format!(
+        "SELECT key, sum(m) AS mutations, sum(c) AS conflicts, sum(r) AS rejections FROM (
+             SELECT client_id AS key, {sums} FROM sync_mutations_5m
+             WHERE toStartOfHour(bucket) >= toDateTime({{hour_from:Int64}}, 'UTC') AND toStartOfHour(bucket) < toDateTime({{hour_to:Int64}}, 'UTC')
+             GROUP BY key
+             UNION ALL
+             SELECT client_id AS key, {sums} FROM sync_mutations_5m
+             WHERE (bucket >= toDateTime({{from:Int64}}, 'UTC') AND bucket < toDateTime({{hour_from:Int64}}, 'UTC'))
+                OR (bucket >= toDateTime({{hour_to:Int64}}, 'UTC') AND bucket < toDateTime({{to:Int64}}, 'UTC'))
+             GROUP BY key
+         ) GROUP BY key ORDER BY mutations DESC, key LIMIT {TOP_N}",
+        sums = top_sums(["m", "c", "r"])
+    );
+    // The per-kind and per-bucket sums and quantile merges are spelled as the kinds_5m and
+    // health_5m projections spell them: ClickHouse merges far fewer t-digest states.
     Queries {
         kinds: format!(
             "SELECT kind, sum(requests) AS requests, sumIf(requests, outcome = 'error') AS failed,
@@ -239,8 +273,8 @@ fn aggregate_queries() -> Queries {
                     sum(mutations) AS mutations, sum(conflicts) AS conflicts, sum(rejected) AS rejected, {QUANTILES_MERGE}
              FROM sync_requests_5m WHERE {AGG_WINDOW} GROUP BY bucket ORDER BY bucket"
         ),
-        top_models: top("model"),
-        top_clients: top("client_id"),
+        top_models,
+        top_clients,
     }
 }
 
@@ -282,10 +316,11 @@ pub async fn compute(state: &DashboardState, window: Window) -> Result<Metrics, 
 /// Computes the metrics for `window` from `source`. The four statements are independent and
 /// run concurrently: the answer waits for the slowest, not for the sum of round trips.
 pub async fn compute_from(state: &DashboardState, window: Window, source: Source) -> Result<Metrics, DashboardError> {
-    let (from, to) = (window.from.timestamp(), window.to.timestamp());
     let q = source.queries();
+    let p = params(&window);
     let c = &state.client.clone().with_setting("prefer_column_name_to_alias", "1");
-    let run = |sql: &str| c.query_raw(sql).param("from", from).param("to", to);
+    // A statement ignores parameters it does not use.
+    let run = |sql: &str| p.iter().fold(c.query_raw(sql), |q, (k, v)| q.param(k, *v));
     let (kinds, buckets, top_models, top_clients) = tokio::try_join!(
         run(&q.kinds).fetch_all::<KindRow>(),
         run(&q.buckets).fetch_all::<BucketRow>(),
