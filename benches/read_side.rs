@@ -91,18 +91,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         println!("reusing the {present} requests in database {db}");
     }
-    // A migration that materializes projections on existing rows runs in the background:
-    // measure once it is done.
-    loop {
-        let pending: u64 = c
-            .query_raw("SELECT count() FROM system.mutations WHERE database = currentDatabase() AND NOT is_done")
-            .fetch_one()
-            .await?;
-        if pending == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    settle(&c).await?;
     let requests: u64 = c.query_raw("SELECT count() FROM sync_requests").fetch_one().await?;
     let mutations: u64 = c.query_raw("SELECT count() FROM sync_mutations").fetch_one().await?;
     let (bytes, parts): (u64, u64) = c
@@ -173,7 +162,12 @@ async fn main() -> anyhow::Result<()> {
     .await;
 
     println!();
-    println!("read side at {mutations} mutations / {requests} requests, window {} .. {} (median of {runs} runs):", window.from, window.to);
+    println!(
+        "read side at {mutations} mutations / {requests} requests, window {} .. {} (median of {runs} runs; load average {} when done):",
+        window.from,
+        window.to,
+        load()
+    );
     println!("  metrics API (aggregates)          {:>9.1} ms", ms(api));
     println!("  same answer from raw rows         {:>9.1} ms   raw / aggregates = {:.1}x", ms(raw), raw.as_secs_f64() / api.as_secs_f64());
     println!("  request detail (pages' lookup)    {:>9.1} ms", ms(detail));
@@ -187,6 +181,32 @@ async fn main() -> anyhow::Result<()> {
         server.query_raw("DROP DATABASE {db:Identifier}").param("db", &db).execute().await?;
     }
     Ok(())
+}
+
+/// Waits for this database's background work to end before measuring: mutations (a migration
+/// that materializes projections on existing rows) and the merges that follow a bulk load of
+/// gigabytes, which would otherwise compete with the queries for the same cores. Merges are
+/// waited for at most ten minutes; a live server is never fully quiet either.
+async fn settle(c: &clickhouse::Client) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let busy = |sql: &'static str| async move { c.query_raw(sql).fetch_one::<u64>().await };
+    loop {
+        let mutations = busy("SELECT count() FROM system.mutations WHERE database = currentDatabase() AND NOT is_done").await?;
+        let merges = busy("SELECT count() FROM system.merges WHERE database = currentDatabase()").await?;
+        if mutations == 0 && (merges == 0 || t.elapsed() > Duration::from_secs(600)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if t.elapsed() > Duration::from_secs(2) {
+        println!("waited {:.0} s for background merges and mutations to end", t.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+/// The 1-minute load average, printed next to the figures (the machine may be shared).
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_owned)).unwrap_or_else(|| "?".into())
 }
 
 /// What each statement of both answers reads and how long ClickHouse spends on it (one run
