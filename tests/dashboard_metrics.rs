@@ -190,3 +190,75 @@ async fn every_response_carries_the_security_headers() {
         assert_eq!(h.get("x-frame-options").unwrap(), "DENY");
     }
 }
+
+/// Many clients and models over several hours, and a window that starts and ends inside an
+/// hour: the answer comes from the projections of migration 8 (top clients: whole hours per
+/// client, the partial hours per five minutes) and every number equals the raw rows' answer.
+#[tokio::test]
+async fn top_lists_from_the_projections_equal_the_raw_rows() {
+    use tether_pro::dashboard::metrics::{self, MetricsQuery, Source};
+    let ch = clickhouse().await;
+    ch.migrate().await;
+    let start = format!("{} 09:00:00", day());
+    // 600 pushes every 40 s from 09:00 to 15:40, 1..7 mutations each, 37 clients, 4 models.
+    ch.rows(&format!(
+        "INSERT INTO sync_requests (request_id, kind, client_id, started_at, duration_us, http_status, outcome, mutation_count, applied_count, rejected_count, conflict_count)
+         SELECT concat('r', toString(number)), 'push', concat('c', toString(number * 7 % 37)), toDateTime64('{start}', 6, 'UTC') + toIntervalSecond(number * 40),
+                1000 + number, 200, 'ok', 1 + number % 7, 1 + number % 7, 0, 0
+         FROM numbers(600)"
+    ))
+    .await;
+    ch.rows(&format!(
+        "INSERT INTO sync_mutations (request_id, started_at, position, mutation_id, model, operation, client_id, outcome, reason)
+         SELECT concat('r', toString(n)), toDateTime64('{start}', 6, 'UTC') + toIntervalSecond(n * 40), p, concat('m', toString(n), '-', toString(p)),
+                ['Task', 'Note', 'Project', 'Tag'][1 + (n + p) % 4], 'update', concat('c', toString(n * 7 % 37)),
+                multiIf((n + p) % 11 = 0, 'conflict', (n + p) % 13 = 0, 'rejected', 'applied'), ''
+         FROM (SELECT number AS n, arrayJoin(range(1 + number % 7)) AS p FROM numbers(600))"
+    ))
+    .await;
+    let state = dashboard::DashboardState::new(ch.client());
+    let q = MetricsQuery { window: None, from: Some(format!("{}T09:25:00Z", day())), to: Some(format!("{}T13:40:00Z", day())) };
+    let window = q.window(chrono::Utc::now()).unwrap();
+    let params = metrics::params(&window);
+    assert_eq!((params[2].1 - params[0].1, params[1].1 - params[3].1), (35 * 60, 40 * 60), "whole hours 10:00..13:00");
+    let api = metrics::compute(&state, window).await.unwrap();
+    let raw = metrics::compute_from(&state, window, Source::RawRows).await.unwrap();
+    assert_eq!(api.top_models, raw.top_models);
+    assert_eq!(api.top_clients, raw.top_clients);
+    assert_eq!(api.top_clients.len(), 10);
+    assert_eq!(api, raw, "every number, percentiles included (few rows: the t-digests are exact)");
+
+    // ClickHouse answers from the projections of migration 8, not from the tables' rows.
+    let explain = |sql: String| {
+        let c = ch.client().with_setting("prefer_column_name_to_alias", "1");
+        async move {
+            let lines: Vec<String> = params.iter().fold(c.query_raw(&format!("EXPLAIN {sql}")), |q, (k, v)| q.param(k, *v)).fetch_all().await.unwrap();
+            lines.join("\n")
+        }
+    };
+    let queries = Source::Aggregates.queries();
+    let kinds = explain(queries.kinds).await;
+    assert!(kinds.contains("ReadFromMergeTree (kinds_5m)"), "{kinds}");
+    let buckets = explain(queries.buckets).await;
+    assert!(buckets.contains("ReadFromMergeTree (health_5m)"), "{buckets}");
+    let models = explain(queries.top_models).await;
+    assert!(models.contains("ReadFromMergeTree (top_models_5m)"), "{models}");
+    let clients = explain(queries.top_clients).await;
+    // Which of the two client projections answers the whole hours depends on their sizes
+    // (here both are one granule); neither half may read the table's own rows.
+    let reads: Vec<&str> = clients.lines().filter(|l| l.contains("ReadFromMergeTree")).collect();
+    assert_eq!(reads.len(), 2, "{clients}");
+    assert!(reads.iter().all(|l| l.contains("(top_clients_1h)") || l.contains("(top_clients_5m)")), "{clients}");
+}
+
+#[test]
+fn a_window_without_a_whole_hour_reads_five_minute_buckets_only() {
+    use tether_pro::dashboard::metrics::{MetricsQuery, params};
+    let q = MetricsQuery { window: None, from: Some("2026-01-01T10:05:00Z".into()), to: Some("2026-01-01T10:55:00Z".into()) };
+    let w = q.window(chrono::Utc::now()).unwrap();
+    let p = params(&w);
+    assert_eq!(p[2].1, p[3].1, "empty hour range: {p:?}");
+    let q = MetricsQuery { window: None, from: Some("2026-01-01T10:00:00Z".into()), to: Some("2026-01-01T12:00:00Z".into()) };
+    let p = params(&q.window(chrono::Utc::now()).unwrap());
+    assert_eq!((p[2].1, p[3].1), (p[0].1, p[1].1), "an hour-aligned window is all whole hours: {p:?}");
+}

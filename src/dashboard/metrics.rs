@@ -1,6 +1,7 @@
 //! `GET /metrics`: totals, throughput, latency, rates, top models and clients, and the
-//! five-minute health strip over a window. Answered from the five-minute aggregate tables
-//! only (never raw rows), with parameterised queries.
+//! five-minute health strip over a window. The API answers from the five-minute aggregate
+//! tables only (never raw rows), with parameterised queries; the same answer computed from
+//! the raw rows ([`Source::RawRows`]) is the reference that tests and benchmarks hold it to.
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use serde::{Deserialize, Serialize};
@@ -180,51 +181,152 @@ struct BucketRow {
     quantiles: Vec<f64>,
 }
 
-const WINDOW: &str = "bucket >= toDateTime({from:Int64}, 'UTC') AND bucket < toDateTime({to:Int64}, 'UTC')";
-
 fn us_to_ms(v: Option<&f64>) -> f64 {
     v.map_or(0.0, |us| if us.is_finite() { (us / 1000.0 * 1000.0).round() / 1000.0 } else { 0.0 })
 }
 
-/// Computes the metrics for `window`.
-pub async fn compute(state: &DashboardState, window: Window) -> Result<Metrics, DashboardError> {
+/// Where the numbers come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The five-minute aggregate tables: what the API serves.
+    Aggregates,
+    /// The raw rows: the reference the aggregates must equal, for tests and benchmarks. It
+    /// scans every row of the window; never serve it.
+    RawRows,
+}
+
+/// The statements behind one answer. They take `{from:Int64}` and `{to:Int64}` (Unix
+/// seconds, five-minute aligned) and the whole hours inside them, `{hour_from:Int64}` and
+/// `{hour_to:Int64}` (see [`params`]). Public so that benchmarks can profile them one by one.
+#[derive(Debug, Clone)]
+pub struct Queries {
+    pub kinds: String,
+    pub buckets: String,
+    pub top_models: String,
+    pub top_clients: String,
+}
+
+impl Source {
+    pub fn queries(self) -> Queries {
+        match self {
+            Source::Aggregates => aggregate_queries(),
+            Source::RawRows => raw_queries(),
+        }
+    }
+}
+
+/// The query parameters for `window`: its bounds and the whole hours inside it (an empty
+/// range at `from` when it holds no whole hour).
+pub fn params(window: &Window) -> [(&'static str, i64); 4] {
+    const HOUR: i64 = 3600;
     let (from, to) = (window.from.timestamp(), window.to.timestamp());
-    // Aliases reuse the column names (`sum(requests) AS requests`): make expressions read the
-    // columns, not the aliases.
-    let c = &state.client.clone().with_setting("prefer_column_name_to_alias", "1");
-    let kinds: Vec<KindRow> = c
-        .query_raw(&format!(
+    let first_hour = (from + HOUR - 1).div_euclid(HOUR) * HOUR;
+    let end_hour = to.div_euclid(HOUR) * HOUR;
+    let (hour_from, hour_to) = if first_hour < end_hour { (first_hour, end_hour) } else { (from, from) };
+    [("from", from), ("to", to), ("hour_from", hour_from), ("hour_to", hour_to)]
+}
+
+const AGG_WINDOW: &str = "bucket >= toDateTime({from:Int64}, 'UTC') AND bucket < toDateTime({to:Int64}, 'UTC')";
+const QUANTILES_MERGE: &str = "arrayMap(q -> toFloat64(q), quantilesTDigestMerge(0.5, 0.95, 0.99)(duration_quantiles)) AS quantiles";
+/// The sums of a top list, spelled exactly as the projections of migration 8 spell them so
+/// that ClickHouse answers from the projections.
+fn top_sums(names: [&str; 3]) -> String {
+    let [m, c, r] = names;
+    format!("sum(mutations) AS {m}, sumIf(mutations, outcome = 'conflict') AS {c}, sumIf(mutations, outcome = 'rejected') AS {r}")
+}
+
+// Aliases reuse the column names (`sum(requests) AS requests`): these run with
+// `prefer_column_name_to_alias` so that expressions read the columns, not the aliases.
+fn aggregate_queries() -> Queries {
+    // Models are few: the (bucket, model) projection is a few rows per bucket.
+    let top_models = format!(
+        "SELECT model AS key, {} FROM sync_mutations_5m WHERE {AGG_WINDOW}
+         GROUP BY key ORDER BY sum(mutations) DESC, key LIMIT {TOP_N}",
+        top_sums(["mutations", "conflicts", "rejections"])
+    );
+    // Clients are many: whole hours from the (hour, client) projection, the partial hours at
+    // either end from the (bucket, client) one, then the two added up per client.
+    let top_clients = format!(
+        "SELECT key, sum(m) AS mutations, sum(c) AS conflicts, sum(r) AS rejections FROM (
+             SELECT client_id AS key, {sums} FROM sync_mutations_5m
+             WHERE toStartOfHour(bucket) >= toDateTime({{hour_from:Int64}}, 'UTC') AND toStartOfHour(bucket) < toDateTime({{hour_to:Int64}}, 'UTC')
+             GROUP BY key
+             UNION ALL
+             SELECT client_id AS key, {sums} FROM sync_mutations_5m
+             WHERE (bucket >= toDateTime({{from:Int64}}, 'UTC') AND bucket < toDateTime({{hour_from:Int64}}, 'UTC'))
+                OR (bucket >= toDateTime({{hour_to:Int64}}, 'UTC') AND bucket < toDateTime({{to:Int64}}, 'UTC'))
+             GROUP BY key
+         ) GROUP BY key ORDER BY mutations DESC, key LIMIT {TOP_N}",
+        sums = top_sums(["m", "c", "r"])
+    );
+    // The per-kind and per-bucket sums and quantile merges are spelled as the kinds_5m and
+    // health_5m projections spell them: ClickHouse merges far fewer t-digest states.
+    Queries {
+        kinds: format!(
             "SELECT kind, sum(requests) AS requests, sumIf(requests, outcome = 'error') AS failed,
                     sum(mutations) AS mutations, sum(applied) AS applied, sum(rejected) AS rejected,
-                    sum(conflicts) AS conflicts, sum(duplicates) AS duplicates, sum(snapshots) AS snapshots,
-                    arrayMap(q -> toFloat64(q), quantilesTDigestMerge(0.5, 0.95, 0.99)(duration_quantiles)) AS quantiles
-             FROM sync_requests_5m WHERE {WINDOW} GROUP BY kind"
-        ))
-        .param("from", from)
-        .param("to", to)
-        .fetch_all()
-        .await?;
-    let buckets: Vec<BucketRow> = c
-        .query_raw(&format!(
+                    sum(conflicts) AS conflicts, sum(duplicates) AS duplicates, sum(snapshots) AS snapshots, {QUANTILES_MERGE}
+             FROM sync_requests_5m WHERE {AGG_WINDOW} GROUP BY kind"
+        ),
+        buckets: format!(
             "SELECT toUInt32(bucket) AS bucket, sum(requests) AS requests, sumIf(requests, outcome = 'error') AS failed,
-                    sum(mutations) AS mutations, sum(conflicts) AS conflicts, sum(rejected) AS rejected,
-                    arrayMap(q -> toFloat64(q), quantilesTDigestMerge(0.5, 0.95, 0.99)(duration_quantiles)) AS quantiles
-             FROM sync_requests_5m WHERE {WINDOW} GROUP BY bucket ORDER BY bucket"
-        ))
-        .param("from", from)
-        .param("to", to)
-        .fetch_all()
-        .await?;
-    let top = |key: &'static str| {
-        let sql = format!(
-            "SELECT {key} AS key, sum(mutations) AS mutations, sumIf(mutations, outcome = 'conflict') AS conflicts,
-                    sumIf(mutations, outcome = 'rejected') AS rejections
-             FROM sync_mutations_5m WHERE {WINDOW} GROUP BY key ORDER BY sum(mutations) DESC, key LIMIT {TOP_N}"
-        );
-        c.query_raw(&sql).param("from", from).param("to", to).fetch_all::<TopEntry>()
+                    sum(mutations) AS mutations, sum(conflicts) AS conflicts, sum(rejected) AS rejected, {QUANTILES_MERGE}
+             FROM sync_requests_5m WHERE {AGG_WINDOW} GROUP BY bucket ORDER BY bucket"
+        ),
+        top_models,
+        top_clients,
+    }
+}
+
+const RAW_WINDOW: &str =
+    "started_at >= fromUnixTimestamp64Micro({from:Int64} * 1000000, 'UTC') AND started_at < fromUnixTimestamp64Micro({to:Int64} * 1000000, 'UTC')";
+const QUANTILES_RAW: &str = "arrayMap(q -> toFloat64(q), quantilesTDigest(0.5, 0.95, 0.99)(duration_us)) AS quantiles";
+
+fn raw_queries() -> Queries {
+    let top = |key: &str| {
+        format!(
+            "SELECT toString({key}) AS key, count() AS mutations, countIf(outcome = 'conflict') AS conflicts,
+                    countIf(outcome = 'rejected') AS rejections
+             FROM sync_mutations WHERE {RAW_WINDOW} GROUP BY key ORDER BY mutations DESC, key LIMIT {TOP_N}"
+        )
     };
-    let top_models = top("model").await?;
-    let top_clients = top("client_id").await?;
+    Queries {
+        kinds: format!(
+            "SELECT toString(kind) AS kind, count() AS requests, countIf(outcome = 'error') AS failed,
+                    sum(mutation_count) AS mutations, sum(applied_count) AS applied, sum(rejected_count) AS rejected,
+                    sum(conflict_count) AS conflicts, sum(duplicate_count) AS duplicates, sum(snapshot_count) AS snapshots, {QUANTILES_RAW}
+             FROM sync_requests WHERE {RAW_WINDOW} GROUP BY kind"
+        ),
+        buckets: format!(
+            "SELECT toUInt32(toStartOfFiveMinutes(toDateTime(started_at, 'UTC'))) AS bucket, count() AS requests,
+                    countIf(outcome = 'error') AS failed, sum(mutation_count) AS mutations, sum(conflict_count) AS conflicts,
+                    sum(rejected_count) AS rejected, {QUANTILES_RAW}
+             FROM sync_requests WHERE {RAW_WINDOW} GROUP BY bucket ORDER BY bucket"
+        ),
+        top_models: top("model"),
+        top_clients: top("client_id"),
+    }
+}
+
+/// Computes the metrics for `window` from the aggregates: what the API serves.
+pub async fn compute(state: &DashboardState, window: Window) -> Result<Metrics, DashboardError> {
+    compute_from(state, window, Source::Aggregates).await
+}
+
+/// Computes the metrics for `window` from `source`. The four statements are independent and
+/// run concurrently: the answer waits for the slowest, not for the sum of round trips.
+pub async fn compute_from(state: &DashboardState, window: Window, source: Source) -> Result<Metrics, DashboardError> {
+    let q = source.queries();
+    let p = params(&window);
+    let c = &state.client.clone().with_setting("prefer_column_name_to_alias", "1");
+    // A statement ignores parameters it does not use.
+    let run = |sql: &str| p.iter().fold(c.query_raw(sql), |q, (k, v)| q.param(k, *v));
+    let (kinds, buckets, top_models, top_clients) = tokio::try_join!(
+        run(&q.kinds).fetch_all::<KindRow>(),
+        run(&q.buckets).fetch_all::<BucketRow>(),
+        run(&q.top_models).fetch_all::<TopEntry>(),
+        run(&q.top_clients).fetch_all::<TopEntry>(),
+    )?;
 
     let mut totals = Totals::default();
     let mut latency = LatencyByKind::default();

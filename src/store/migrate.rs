@@ -26,6 +26,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 5, name: "aggregate_dedup", sql: include_str!("migrations/0005_aggregate_dedup.sql") },
     Migration { version: 6, name: "faithful_capture", sql: include_str!("migrations/0006_faithful_capture.sql") },
     Migration { version: 7, name: "payload_once", sql: include_str!("migrations/0007_payload_once.sql") },
+    Migration { version: 8, name: "metrics_projections", sql: include_str!("migrations/0008_metrics_projections.sql") },
 ];
 
 /// The columns the capture pipeline inserts, with the types the migrations give them (as
