@@ -39,9 +39,12 @@ struct Env {
 }
 
 async fn env() -> Env {
+    env_with(CaptureConfig { batch_interval_ms: 50, ..CaptureConfig::default() }).await
+}
+
+async fn env_with(cfg: CaptureConfig) -> Env {
     let ch = clickhouse().await;
     ch.migrate().await;
-    let cfg = CaptureConfig { batch_interval_ms: 50, ..CaptureConfig::default() };
     let (capture, guard) = pipeline::start(&cfg, ClickHouseWriter::new(ch.client())).unwrap();
     let subscriber = tracing_subscriber::registry().with(capture.layer());
     let _subscriber = tracing::subscriber::set_default(subscriber);
@@ -691,4 +694,28 @@ async fn the_overview_page_shows_the_capture_pipelines_health() {
     let without = serve(dashboard::mount(DashboardState::new(e.ch.client()))).await;
     let html = e.http.get(format!("{without}{PREFIX}")).send().await.unwrap().text().await.unwrap();
     assert!(html.contains("does not run in the capturing process"), "{html}");
+}
+
+/// Issue 15's capture policy on the page (found by review: an applied mutation without its
+/// detail read "No field changes." and "not reported"): under `capture.applied = "counts"`
+/// the applied mutation's card says its detail was not kept, the rebuilt request body says so
+/// at its payload, and the rejected one shows everything.
+#[tokio::test(flavor = "current_thread")]
+async fn a_mutation_whose_detail_was_not_kept_says_so() {
+    let cfg = CaptureConfig { batch_interval_ms: 50, applied: tether_pro::config::AppliedDetail::Counts, ..CaptureConfig::default() };
+    let mut e = env_with(cfg).await;
+    let applied = ulid();
+    e.push(CLIENT, vec![
+        mutation(&applied, &ulid(), "Task", "create", json!({"title": "kept only as a row"}), 1_000),
+        mutation(&ulid(), &ulid(), "Task", "update", json!({"title": "refused and kept whole"}), 1_000),
+    ])
+    .await;
+    let d = e.dashboard().await;
+    let id = e.request_ids().await.remove(0);
+    let page = d.ok(&format!("/requests/{id}")).await;
+    assert!(page.contains("Payload, states and diff not kept"), "{page}");
+    assert!(!page.contains("No field changes."), "an applied mutation without its diff claims no change");
+    assert!(!page.contains("kept only as a row"), "the payload was not kept, so it cannot be shown");
+    assert!(page.contains("&#34;[not kept: capture.applied]&#34;"), "the rebuilt request body marks the payload");
+    assert!(page.contains("refused and kept whole"), "a rejected mutation keeps its payload");
 }

@@ -7,7 +7,8 @@
 //!
 //! A payload stays in the envelope when it is not an object (the mutation row stores `{}`
 //! for those) or when its text is longer than the column cap (the row's copy is cut, so it
-//! could not be put back). A body that did not parse whole is stored as it came.
+//! could not be put back). A body that did not parse whole is stored as it came, and so is
+//! one whose envelope alone is past the cap (stored cut, with its payloads, as before).
 
 use serde_json::Value;
 
@@ -68,6 +69,30 @@ pub fn move_payloads(body: &mut Value, rows: &mut [MutationRow], cap: usize) -> 
     moved
 }
 
+/// Puts the moved payloads back into the (redacted) body from the rows: for a body that must
+/// be stored whole after all (its envelope alone is past the cap).
+pub fn restore_payloads(body: &mut Value, moved: &[u32], rows: &[MutationRow]) {
+    let payloads: Vec<MovedPayload> = rows
+        .iter()
+        .filter(|r| moved.contains(&r.position))
+        .map(|r| MovedPayload { position: r.position, payload: r.payload.clone(), detail_kept: r.detail_kept })
+        .collect();
+    let Some(list) = mutation_list(body) else { return };
+    for p in &payloads {
+        if let Some(fields) = list.get_mut(p.position as usize).and_then(Value::as_object_mut) {
+            fields.insert("payload".to_owned(), payload_value(p));
+        }
+    }
+}
+
+fn payload_value(p: &MovedPayload) -> Value {
+    if p.detail_kept {
+        serde_json::from_str(&p.payload).unwrap_or_else(|_| Value::String(p.payload.clone()))
+    } else {
+        Value::String(NOT_KEPT.to_owned())
+    }
+}
+
 /// One moved payload as read back: its mutation's position, the row's `payload` and
 /// `detail_kept`.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,8 +114,7 @@ pub fn rebuild(envelope: &str, moved: &[u32], payloads: &[MovedPayload]) -> Stri
             let Some(fields) = list.get_mut(position as usize).and_then(Value::as_object_mut) else { continue };
             let found = payloads.iter().find(|p| p.position == position);
             let payload = match found {
-                Some(p) if p.detail_kept => serde_json::from_str(&p.payload).unwrap_or_else(|_| Value::String(p.payload.clone())),
-                Some(_) => Value::String(NOT_KEPT.to_owned()),
+                Some(p) => payload_value(p),
                 None => Value::String("[missing: the mutation row was not found]".to_owned()),
             };
             fields.insert("payload".to_owned(), payload);

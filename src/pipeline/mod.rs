@@ -489,17 +489,32 @@ async fn write_loop(
     }
 }
 
-/// Gives the memory of a written batch back to the operating system. glibc keeps freed
-/// memory in its arenas, so a burst of captured records would otherwise stay in the host's
-/// resident memory for good (issue 15 measured it over the queue and batch bounds). Once per
-/// written batch; a no-op where the allocator is not glibc's.
+/// Gives freed memory back to the operating system, at most once per [`TRIM_EVERY`]. glibc
+/// keeps freed memory in its arenas, so a burst of captured records would otherwise stay in
+/// the host's resident memory for good (issue 15 measured it over the queue and batch
+/// bounds). Rate-limited because `malloc_trim` walks every arena holding its lock, and this
+/// thread runs at a low priority: a host thread allocating meanwhile would wait for it. A
+/// no-op where the allocator is not glibc's.
 fn return_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory at the top of the heaps; no pointers change.
-    unsafe {
-        libc::malloc_trim(0);
+    {
+        use std::sync::Mutex;
+        static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < TRIM_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        // SAFETY: malloc_trim returns free pages of the heaps to the kernel (madvise); it
+        // moves no allocation and invalidates no pointer.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 }
+
+/// How often [`return_freed_memory`] trims at most.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// Writes the oldest spooled batch with its own token, and removes it once written (or set
 /// aside when unreadable; moved to the dead-letter directory when refused as bad data).

@@ -638,6 +638,15 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
         s.redactor.redact_value(v);
     }
     (request.request_body, request.request_body_truncated) = body_text(&rec.request_body, &req_body, s);
+    if request.request_body_truncated && !request.request_body_moved.is_empty() {
+        // Even the envelope is past the cap: cut, it would not parse, and the payloads could
+        // not be put back. Store the body whole and cut, as before the envelope, so what is
+        // shown is its first part with the payloads in it.
+        if let Some(v) = req_body.value.as_mut() {
+            envelope::restore_payloads(v, &std::mem::take(&mut request.request_body_moved), &mutations);
+            (request.request_body, request.request_body_truncated) = body_text(&rec.request_body, &req_body, s);
+        }
+    }
     (request.response_body, request.response_body_truncated) = body_text(&rec.response_body, &resp_body, s);
     body_notes(&mut request.error, &req_body, &mutations);
     Rows { request, mutations }
@@ -788,6 +797,24 @@ mod tests {
         assert!(rows.mutations[0].payload.contains("…[truncated: "), "{}", rows.mutations[0].payload);
         assert!(rows.request.request_body_truncated && rows.request.request_body.starts_with(r#"{"client_id":"c","mutations":[{"#));
         assert_eq!(super::envelope::rebuild(&rows.request.request_body, &[], &[]), rows.request.request_body);
+
+        // Found by review: 60 mutations whose envelope alone is past the cap. Cut, it would
+        // not parse, so the payloads could never be put back: the body is stored whole and
+        // cut as before, payloads in it, nothing listed as moved; the rows keep theirs.
+        let list: Vec<String> = (0..60)
+            .map(|i| format!(r#"{{"mutation_id":"m{i}","entity_id":"e{i}","model":"Task","operation":"create","payload":{{"title":"p{i}"}},"version":1,"timestamp":1}}"#))
+            .collect();
+        let req = format!(r#"{{"client_id":"c","mutations":[{}]}}"#, list.join(","));
+        let ids: Vec<String> = (0..60).map(|i| format!("\"m{i}\"")).collect();
+        let resp = format!(r#"{{"applied":[{}]}}"#, ids.join(","));
+        for applied in [KeepApplied::All, KeepApplied::None] {
+            let rows = build(&push_record(&req, &resp, Vec::new()), &settings(applied, 2048));
+            assert!(rows.request.request_body_truncated, "{applied:?}");
+            assert!(rows.request.request_body_moved.is_empty(), "{applied:?}");
+            let shown = if applied == KeepApplied::All { r#""payload":{"title":"p0"}"# } else { super::envelope::NOT_KEPT };
+            assert!(rows.request.request_body.contains(shown), "{applied:?}: {}", rows.request.request_body);
+            assert_eq!(rows.mutations[59].payload, if applied == KeepApplied::All { r#"{"title":"p59"}"# } else { "" });
+        }
     }
 
     /// The capture policy: applied mutations keep their row (every count needs it) but,

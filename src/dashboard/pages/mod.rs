@@ -381,6 +381,10 @@ async fn request_detail(
     respond(&state, r)
 }
 
+/// Most of a rebuilt request body a page shows (the envelope fits the column cap; with its
+/// payloads back it can be far larger). Each payload is also on its mutation's card.
+const REBUILT_BODY_SHOWN_BYTES: usize = 1 << 20;
+
 async fn request_page(
     state: &DashboardState,
     id: Result<Path<String>, PathRejection>,
@@ -417,11 +421,13 @@ async fn request_page(
     let first = (page - 1) * size;
     let mutations = if total == 0 { Vec::new() } else { queries::mutations_page(c, r.started_us, &r.request_id, first, size).await? };
     // Payloads are stored once, in the mutation rows: put them back into the body.
-    let request_body = if r.request_body_moved.is_empty() {
+    let request_body = if r.request_body_moved.is_empty() || r.request_body_truncated {
         r.request_body.clone()
     } else {
         let payloads = queries::moved_payloads(c, r.started_us, &r.request_id, &r.request_body_moved).await?;
-        crate::pipeline::envelope::rebuild(&r.request_body, &r.request_body_moved, &payloads)
+        let rebuilt = crate::pipeline::envelope::rebuild(&r.request_body, &r.request_body_moved, &payloads);
+        let len = rebuilt.len() as u64;
+        crate::pipeline::rows::cap_text(rebuilt, REBUILT_BODY_SHOWN_BYTES, len).0
     };
     let nav = Nav::new(&prefix(state), "requests", format!("Request {}", r.request_id));
     let page_link = |n: u64| format!("{}{}#mutations", nav.request(&r.request_id), query_string(&[("page", &n.to_string())]));

@@ -92,12 +92,14 @@ pub struct Mutation {
     pub state_before: String,
     pub state_after: String,
     pub has_state: bool,
+    /// False: the capture policy kept this applied mutation without payload, states or diff.
+    pub detail_kept: bool,
     pub diff: String,
 }
 
 const MUTATION_COLUMNS: &str = "request_id, toUnixTimestamp64Micro(started_at) AS started_us, position, mutation_id,
     entity_id, model, operation, client_id, toUnixTimestamp64Milli(client_timestamp) AS client_ts_ms, client_timestamp_raw AS client_ts_raw, version, outcome,
-    reason, reason_data, payload, state_before, state_after, has_state, diff";
+    reason, reason_data, payload, state_before, state_after, has_state, detail_kept, diff";
 
 /// The few columns of a mutation a short list shows.
 #[derive(Debug, Clone, clickhouse::Row, Deserialize)]

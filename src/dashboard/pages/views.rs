@@ -431,6 +431,8 @@ pub struct MutationView {
     pub before: String,
     pub after: String,
     pub has_state: bool,
+    /// False: `capture.applied` kept this applied mutation without payload, states or diff.
+    pub detail_kept: bool,
     pub diff: DiffView,
     /// Diffs exist for applied mutations (before -> after) and conflicts (server -> client).
     pub show_diff: bool,
@@ -455,8 +457,9 @@ impl MutationView {
             before: pretty(&m.state_before),
             after: pretty(&m.state_after),
             has_state: m.has_state,
+            detail_kept: m.detail_kept,
             diff: diff_view(&m.diff),
-            show_diff: matches!(m.outcome.as_str(), "applied" | "conflict") || !matches!(m.diff.as_str(), "" | "[]"),
+            show_diff: m.detail_kept && (matches!(m.outcome.as_str(), "applied" | "conflict") || !matches!(m.diff.as_str(), "" | "[]")),
         }
     }
 }
