@@ -189,9 +189,13 @@ impl CaptureQueue {
             s.queue_bytes.fetch_sub(bytes, Ordering::Relaxed);
             return self.drop_one();
         }
-        permit.send(build());
+        // Counted before the send: once sent, the pipeline may drain it (and count it out)
+        // before this thread runs on, and a depth counted after would wrap below zero (a
+        // debug build panicked on the host's thread; found by the fault tests once the
+        // pipeline drained every 50 ms).
+        let depth = s.queue_depth.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         s.enqueued.fetch_add(1, Ordering::Relaxed);
-        let depth = s.queue_depth.fetch_add(1, Ordering::Relaxed) + 1;
+        permit.send(build());
         // One wake-up when the queue passes half full; otherwise the pipeline's own
         // interval collects records, so the host never pays for a wake per request.
         if depth as usize == self.max_records / 2 + 1 || before < self.max_bytes / 2 && before + bytes >= self.max_bytes / 2 {
@@ -273,6 +277,24 @@ mod tests {
 
     fn offer(q: &CaptureQueue, body: usize) -> bool {
         q.offer(approx_bytes(body, 0, 0), || record(body))
+    }
+
+    /// A record drained the moment it is sent must not take the depth below zero: counted
+    /// after the send, it could, and a debug build panicked on the host's thread (CI's fault
+    /// tests, once the pipeline drained every 50 ms). So a record is counted in before it can
+    /// be drained: while it is being built (just before the send), it already is.
+    #[test]
+    fn a_record_is_counted_in_before_the_pipeline_can_drain_it() {
+        let stats = Arc::new(CaptureStats::default());
+        let (q, mut rx) = bounded(10, usize::MAX, stats.clone());
+        let seen = stats.clone();
+        assert!(q.offer(approx_bytes(1, 0, 0), || {
+            assert_eq!((seen.queue_depth.load(Ordering::Relaxed), seen.enqueued.load(Ordering::Relaxed)), (1, 1));
+            record(1)
+        }));
+        let mut taken = Vec::new();
+        assert_eq!(rx.drain(10, &mut taken), 1);
+        assert_eq!(stats.totals().queue_depth, 0);
     }
 
     #[test]
