@@ -222,11 +222,7 @@ fn check(p: &GenPush, rows: &Rows) -> Result<(), TestCaseError> {
     }
     // The body as the dashboard shows it: the envelope with the payloads the mutation rows hold
     // put back (each payload is stored once, issue 15).
-    let moved: Vec<envelope::MovedPayload> = rows
-        .mutations
-        .iter()
-        .map(|m| envelope::MovedPayload { position: m.position, payload: m.payload.clone(), detail_kept: m.detail_kept })
-        .collect();
+    let moved: Vec<envelope::MovedPayload> = rows.mutations.iter().map(envelope::MovedPayload::of).collect();
     let body = envelope::rebuild(&r.request_body, &r.request_body_moved, &moved);
     for (i, (g, m)) in p.mutations.iter().zip(&rows.mutations).enumerate() {
         prop_assert_eq!(&m.mutation_id, &mutation_id(i));

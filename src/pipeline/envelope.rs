@@ -72,22 +72,18 @@ pub fn move_payloads(body: &mut Value, rows: &mut [MutationRow], cap: usize) -> 
 /// Puts the moved payloads back into the (redacted) body from the rows: for a body that must
 /// be stored whole after all (its envelope alone is past the cap).
 pub fn restore_payloads(body: &mut Value, moved: &[u32], rows: &[MutationRow]) {
-    let payloads: Vec<MovedPayload> = rows
-        .iter()
-        .filter(|r| moved.contains(&r.position))
-        .map(|r| MovedPayload { position: r.position, payload: r.payload.clone(), detail_kept: r.detail_kept })
-        .collect();
     let Some(list) = mutation_list(body) else { return };
-    for p in &payloads {
-        if let Some(fields) = list.get_mut(p.position as usize).and_then(Value::as_object_mut) {
-            fields.insert("payload".to_owned(), payload_value(p));
+    for row in rows.iter().filter(|r| moved.contains(&r.position)) {
+        if let Some(fields) = list.get_mut(row.position as usize).and_then(Value::as_object_mut) {
+            fields.insert("payload".to_owned(), payload_value(&row.payload, row.detail_kept));
         }
     }
 }
 
-fn payload_value(p: &MovedPayload) -> Value {
-    if p.detail_kept {
-        serde_json::from_str(&p.payload).unwrap_or_else(|_| Value::String(p.payload.clone()))
+/// A payload as shown in a rebuilt body: its JSON, or the marker when it was not kept.
+fn payload_value(payload: &str, detail_kept: bool) -> Value {
+    if detail_kept {
+        serde_json::from_str(payload).unwrap_or_else(|_| Value::String(payload.to_owned()))
     } else {
         Value::String(NOT_KEPT.to_owned())
     }
@@ -95,11 +91,18 @@ fn payload_value(p: &MovedPayload) -> Value {
 
 /// One moved payload as read back: its mutation's position, the row's `payload` and
 /// `detail_kept`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Deserialize)]
 pub struct MovedPayload {
     pub position: u32,
     pub payload: String,
     pub detail_kept: bool,
+}
+
+impl MovedPayload {
+    /// The payload of a mutation row as [`rebuild`] takes it.
+    pub fn of(row: &MutationRow) -> Self {
+        MovedPayload { position: row.position, payload: row.payload.clone(), detail_kept: row.detail_kept }
+    }
 }
 
 /// The body as captured (redacted), from its stored envelope and the moved payloads. An
@@ -114,7 +117,7 @@ pub fn rebuild(envelope: &str, moved: &[u32], payloads: &[MovedPayload]) -> Stri
             let Some(fields) = list.get_mut(position as usize).and_then(Value::as_object_mut) else { continue };
             let found = payloads.iter().find(|p| p.position == position);
             let payload = match found {
-                Some(p) => payload_value(p),
+                Some(p) => payload_value(&p.payload, p.detail_kept),
                 None => Value::String("[missing: the mutation row was not found]".to_owned()),
             };
             fields.insert("payload".to_owned(), payload);

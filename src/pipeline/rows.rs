@@ -747,10 +747,7 @@ mod tests {
     }
 
     fn moved_payloads(rows: &Rows) -> Vec<super::envelope::MovedPayload> {
-        rows.mutations
-            .iter()
-            .map(|m| super::envelope::MovedPayload { position: m.position, payload: m.payload.clone(), detail_kept: m.detail_kept })
-            .collect()
+        rows.mutations.iter().map(super::envelope::MovedPayload::of).collect()
     }
 
     /// Issue 15: each payload is stored once. The request row keeps the envelope; the rows

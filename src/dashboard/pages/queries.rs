@@ -334,14 +334,6 @@ pub async fn mutations_page(
     .await
 }
 
-/// A moved payload as read back for [`crate::pipeline::envelope::rebuild`].
-#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
-struct MovedPayloadRow {
-    position: u32,
-    payload: String,
-    detail_kept: bool,
-}
-
 /// The payloads of a request's mutations at `positions` (the request body's moved payloads).
 pub async fn moved_payloads(
     c: &clickhouse::Client,
@@ -349,22 +341,17 @@ pub async fn moved_payloads(
     id: &str,
     positions: &[u32],
 ) -> clickhouse::error::Result<Vec<crate::pipeline::envelope::MovedPayload>> {
-    let rows: Vec<MovedPayloadRow> = c
-        .query_raw(
-            "SELECT position, payload, detail_kept FROM sync_mutations
-             WHERE started_at = fromUnixTimestamp64Micro({t:Int64}, 'UTC') AND request_id = {id:String}
-               AND has({positions:Array(UInt32)}, position)
-             ORDER BY position LIMIT 1 BY position",
-        )
-        .param("t", started_us)
-        .param("id", id)
-        .param("positions", positions)
-        .fetch_all()
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| crate::pipeline::envelope::MovedPayload { position: r.position, payload: r.payload, detail_kept: r.detail_kept })
-        .collect())
+    c.query_raw(
+        "SELECT position, payload, detail_kept FROM sync_mutations
+         WHERE started_at = fromUnixTimestamp64Micro({t:Int64}, 'UTC') AND request_id = {id:String}
+           AND has({positions:Array(UInt32)}, position)
+         ORDER BY position LIMIT 1 BY position",
+    )
+    .param("t", started_us)
+    .param("id", id)
+    .param("positions", positions)
+    .fetch_all()
+    .await
 }
 
 /// The latest mutations with `outcome` since `from`.
