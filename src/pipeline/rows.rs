@@ -523,6 +523,12 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
             (Some(v), true) => verdicts(v, &s.redactor),
             _ => HashMap::new(),
         };
+        // An id the response names more than once (the client sent it twice in one push) is
+        // matched to its positions in body order, which may not be the host's order: whatever
+        // verdict such a row gets, it keeps its detail, so a capture policy never drops a
+        // payload the host refused (found by a fresh-eyes test: `applied` and `rejected` for
+        // one id, the refused payload was dropped as applied).
+        let ambiguous: std::collections::HashSet<String> = verdicts.iter().filter(|(_, v)| v.len() > 1).map(|(id, _)| id.clone()).collect();
         let mut states: HashMap<String, VecDeque<&MutationState>> = HashMap::new();
         for st in &rec.states {
             states.entry(identifier(&st.mutation_id, &s.redactor)).or_default().push_back(st);
@@ -553,7 +559,7 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
             let payload = m.get("payload").filter(|p| p.is_object());
             let state = states.get_mut(&mutation_id).and_then(VecDeque::pop_front);
             let has_state = state.is_some();
-            let detail_kept = verdict.outcome != mutation_outcome::APPLIED || s.applied.keeps(&mutation_id);
+            let detail_kept = verdict.outcome != mutation_outcome::APPLIED || ambiguous.contains(&mutation_id) || s.applied.keeps(&mutation_id);
             // Without its detail, a state is never parsed.
             let state = state.filter(|_| detail_kept);
             let mut before = state.and_then(|st| st.before.as_ref()).and_then(|v| state_object(v, &entity_id));
@@ -863,6 +869,23 @@ mod tests {
         let v: Value = serde_json::from_str(&rebuilt).unwrap();
         assert_eq!(v["mutations"][0]["payload"]["title"], "new 0");
         assert_eq!(v["mutations"][5]["payload"], super::envelope::NOT_KEPT);
+    }
+
+    /// A fresh user's input: one mutation id twice in a push, the host answering `applied`
+    /// and `rejected` for it. Which position got which verdict cannot be told from the
+    /// response, so under `capture.applied = "counts"` both keep their payloads (the refused
+    /// one was dropped as applied), and the counts stay one applied, one rejected.
+    #[test]
+    fn a_mutation_id_answered_twice_keeps_both_payloads_under_any_policy() {
+        let req = r#"{"client_id":"c","mutations":[
+            {"mutation_id":"M","entity_id":"E","model":"Task","operation":"update","payload":{"notes":"REJ-PAYLOAD"},"version":1,"timestamp":1},
+            {"mutation_id":"M","entity_id":"E","model":"Task","operation":"create","payload":{"notes":"APPLIED-PAYLOAD"},"version":1,"timestamp":1},
+            {"mutation_id":"N","entity_id":"F","model":"Task","operation":"create","payload":{"notes":"ONCE"},"version":1,"timestamp":1}]}"#;
+        let resp = r#"{"applied":["M","N"],"rejected":[{"mutation_id":"M","reason":"not_found"}]}"#;
+        let rows = build(&push_record(req, resp, Vec::new()), &settings(KeepApplied::None, 65536));
+        assert_eq!((rows.request.applied_count, rows.request.rejected_count), (2, 1));
+        let kept: Vec<(bool, &str)> = rows.mutations.iter().map(|m| (m.detail_kept, m.payload.as_str())).collect();
+        assert_eq!(kept, [(true, r#"{"notes":"REJ-PAYLOAD"}"#), (true, r#"{"notes":"APPLIED-PAYLOAD"}"#), (false, "")]);
     }
 
     #[test]
