@@ -245,7 +245,7 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let dash_client = server_client(&ch_url, &config.clickhouse).with_database(db);
     // Replay goes through the same instrumented router the simulated clients use.
     let replay = config.replay.live_enabled.then(|| {
-        let target = tether_pro::replay::InProcessTarget { app: sync_app.clone(), server: sync_server.clone() };
+        let target = tether_pro::sync::InProcessTarget { app: sync_app.clone(), server: sync_server.clone() };
         dashboard::replay::ReplayState::new(tether_pro::replay::Replayer::new(dash_client.clone(), std::sync::Arc::new(target)).with_redactor(config.capture.redactor()))
     });
     let dash_app = dashboard::app_in_process(&config.serve, dash_client, replay, Some(capture.stats().clone()));

@@ -22,6 +22,21 @@ pub const SYNC_KEY: &str = "tether_id";
 /// A JSON object: payloads and record states.
 pub type Object = Map<String, Value>;
 
+/// A record's current state, as a state lookup answers it (the reference server's
+/// `GET /tether/state/{model}/{entity_id}`; replay reads the host's record through it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordState {
+    pub model: String,
+    pub entity_id: String,
+    pub deleted: bool,
+    pub version: u64,
+    /// RFC 3339, UTC.
+    pub updated_at: String,
+    pub updated_at_us: i64,
+    /// Fields with the sync key, as a conflict's `server_state` shows them.
+    pub state: Object,
+}
+
 /// `null` and absent both mean "empty object" for payloads.
 fn object_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Object, D::Error> {
     Ok(Option::<Object>::deserialize(d)?.unwrap_or_default())

@@ -271,7 +271,7 @@ impl tether_pro::replay::ReplayTarget for HostileTarget {
         }))
     }
     async fn push(&self, req: &tether_pro::protocol::PushRequest, v: &str, replay_of: &str) -> anyhow::Result<(u16, Option<tether_pro::protocol::PushResponse>)> {
-        tether_pro::replay::InProcessTarget { app: self.app.clone(), server: SyncServer::in_memory() }.push(req, v, replay_of).await
+        tether_pro::sync::InProcessTarget { app: self.app.clone(), server: SyncServer::in_memory() }.push(req, v, replay_of).await
     }
 }
 

@@ -28,7 +28,8 @@ use tether_pro::config::ServeConfig;
 use tether_pro::dashboard::{self, replay::ReplayState};
 use tether_pro::pipeline::{Capture, CaptureGuard};
 use tether_pro::protocol::{PushRequest, PushResponse};
-use tether_pro::replay::{InProcessTarget, ReplayTarget, Replayer};
+use tether_pro::replay::{ReplayTarget, Replayer};
+use tether_pro::sync::InProcessTarget;
 use tether_pro::sync::{RecordState, SyncServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -13,7 +13,8 @@ use common::TestClickHouse;
 use serde_json::{Value, json};
 use tether_pro::pipeline::{Capture, CaptureGuard};
 use tether_pro::protocol::{PushRequest, PushResponse};
-use tether_pro::replay::{ApplyOptions, HttpTarget, InProcessTarget, Prediction, ReplayError, ReplayTarget, Replayer, SentInstead, Substitution};
+use tether_pro::sync::InProcessTarget;
+use tether_pro::replay::{ApplyOptions, HttpTarget, Prediction, ReplayError, ReplayTarget, Replayer, SentInstead, Substitution};
 use tether_pro::sync::{RecordState, SyncServer};
 
 const CLIENT: &str = "01JCCCCCCCCCCCCCCCCCCCCCC1";

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod config;
 mod error;
 pub mod health;
 pub mod metrics;
@@ -17,6 +18,7 @@ use axum::Router;
 use axum::http::{HeaderName, HeaderValue, header};
 use tower_http::set_header::SetResponseHeaderLayer;
 
+pub use config::ServeConfig;
 pub use error::DashboardError;
 pub use health::HealthThresholds;
 
@@ -98,19 +100,19 @@ pub fn mount(state: DashboardState) -> Router {
 
 /// The dashboard as `tether-pro serve` runs it: mounted under `serve.prefix`, auth from the
 /// configuration around every route, and `/` redirecting to the dashboard.
-pub fn app(serve: &crate::config::ServeConfig, client: clickhouse::Client) -> Router {
+pub fn app(serve: &ServeConfig, client: clickhouse::Client) -> Router {
     app_with_replay(serve, client, None)
 }
 
 /// [`app`] with replay routes (only pass `Some` when `replay.live_enabled`).
-pub fn app_with_replay(serve: &crate::config::ServeConfig, client: clickhouse::Client, replay: Option<replay::ReplayState>) -> Router {
+pub fn app_with_replay(serve: &ServeConfig, client: clickhouse::Client, replay: Option<replay::ReplayState>) -> Router {
     app_in_process(serve, client, replay, None)
 }
 
 /// [`app_with_replay`] in the capturing process: `capture` (the pipeline's counters) puts
 /// its health on the overview page.
 pub fn app_in_process(
-    serve: &crate::config::ServeConfig,
+    serve: &ServeConfig,
     client: clickhouse::Client,
     replay: Option<replay::ReplayState>,
     capture: Option<std::sync::Arc<crate::capture::CaptureStats>>,

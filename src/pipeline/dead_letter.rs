@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::spool::SpooledBatch;
-use crate::config::DeadLetterConfig;
+use super::config::DeadLetterConfig;
 
 /// Longest ClickHouse error text kept with a batch.
 const ERROR_CAP: usize = 2048;

@@ -5,6 +5,7 @@
 //! host only for CPU, and with no tracing subscriber, so its own work (HTTP to ClickHouse,
 //! retries) never traces into the host's telemetry. Its few messages go to stderr.
 
+pub mod config;
 pub mod dead_letter;
 pub mod decode;
 pub mod diff;
@@ -27,7 +28,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::capture::queue::{self, QueueReceiver};
 use crate::capture::{CaptureInterest, CaptureLayer, CaptureLimits, CaptureQueue, CaptureStats, SyncLayer};
-use crate::config::CaptureConfig;
+use config::CaptureConfig;
 pub use rows::{MutationRow, RequestRow, RowSettings, Rows};
 
 use crate::telemetry::Telemetry;
@@ -114,6 +115,20 @@ pub fn start_with_telemetry(
     writer: ClickHouseWriter,
     telemetry: Telemetry,
 ) -> anyhow::Result<(Capture, CaptureGuard)> {
+    start_after(config, writer, telemetry, None)
+}
+
+/// Work the pipeline thread does before its first record, e.g. migrating the schema: the
+/// host's start never waits for ClickHouse, and records queue (bounded) meanwhile.
+pub type BeforeStart = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// [`start_with_telemetry`], running `before` on the pipeline thread first.
+pub fn start_after(
+    config: &CaptureConfig,
+    writer: ClickHouseWriter,
+    telemetry: Telemetry,
+    before: Option<BeforeStart>,
+) -> anyhow::Result<(Capture, CaptureGuard)> {
     config.validate()?;
     let writer = writer.with_insert_timeout(Duration::from_millis(config.insert_timeout_ms));
     let dead_letters = dead_letter::DeadLetters::new(&config.dead_letter);
@@ -153,7 +168,12 @@ pub fn start_with_telemetry(
         let _no_tracing = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
         lower_priority(cfg.pipeline_nice);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("pipeline runtime");
-        rt.block_on(run(rx, writer, settings, cfg, worker_stats, shutdown_rx, telemetry, spool, dead_letters));
+        rt.block_on(async move {
+            if let Some(before) = before {
+                before.await;
+            }
+            run(rx, writer, settings, cfg, worker_stats, shutdown_rx, telemetry, spool, dead_letters).await
+        });
         let _ = done_tx.send(());
     })?;
     let timeout = Duration::from_millis(config.flush_timeout_ms);

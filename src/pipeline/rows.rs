@@ -124,7 +124,7 @@ pub struct RowSettings {
 
 impl Default for RowSettings {
     fn default() -> Self {
-        crate::config::CaptureConfig::default().row_settings()
+        super::config::CaptureConfig::default().row_settings()
     }
 }
 

@@ -24,7 +24,7 @@ use ulid::Ulid;
 
 use super::rows::{MutationRow, RequestRow};
 use crate::capture::CaptureStats;
-use crate::config::SpoolConfig;
+use super::config::SpoolConfig;
 
 /// Format version written into every file; a file of another version is set aside, not read.
 const VERSION: u32 = 1;

@@ -77,7 +77,7 @@ impl ClickHouseWriter {
             client,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
-            insert_timeout: Duration::from_millis(crate::config::CaptureConfig::DEFAULT_INSERT_TIMEOUT_MS),
+            insert_timeout: Duration::from_millis(super::config::CaptureConfig::DEFAULT_INSERT_TIMEOUT_MS),
             schema_grace: DEFAULT_SCHEMA_GRACE,
         }
     }

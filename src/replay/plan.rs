@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::pipeline::diff::{self, Change};
 use crate::pipeline::redact::{REDACTED, Redactor};
 use crate::protocol::{Mutation, Object, Operation, SYNC_KEY};
-use crate::sync::RecordState;
+use crate::protocol::RecordState;
 
 /// One mutation of a captured push, as stored.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,15 +1,11 @@
-//! Where a replay goes: the host's normal push path, like any client push. Two targets: the
-//! host's own router in process (when the dashboard is mounted inside the host's app), and
-//! HTTP (for the standalone `tether-pro serve`).
+//! Where a replay goes: the host's normal push path, like any client push. The trait, and the
+//! HTTP target (for the standalone `tether-pro serve`, or any remote Tether server). The
+//! reference server's in-process target lives with it (`sync::InProcessTarget`).
 
 use async_trait::async_trait;
-use axum::body::Body;
-use http_body_util::BodyExt as _;
-use tower::ServiceExt as _;
 
 use crate::capture::REPLAY_OF_HEADER;
-use crate::protocol::{CLIENT_VERSION_HEADER, PUSH_PATH, PushRequest, PushResponse};
-use crate::sync::{RecordState, SyncServer};
+use crate::protocol::{CLIENT_VERSION_HEADER, PushRequest, PushResponse, RecordState};
 
 /// The host as a replay sees it: a state lookup and a push.
 #[async_trait]
@@ -19,34 +15,6 @@ pub trait ReplayTarget: Send + Sync + 'static {
     /// Sends `req` through the host's push path, marked as a replay of `replay_of`. Returns the
     /// HTTP status and the parsed answer (when it was one).
     async fn push(&self, req: &PushRequest, client_version: &str, replay_of: &str) -> anyhow::Result<(u16, Option<PushResponse>)>;
-}
-
-/// The reference server in process: pushes go through `app` (the host's router with its
-/// capture layer), state comes from the server.
-#[derive(Clone)]
-pub struct InProcessTarget {
-    pub app: axum::Router,
-    pub server: SyncServer,
-}
-
-#[async_trait]
-impl ReplayTarget for InProcessTarget {
-    async fn state(&self, model: &str, entity_id: &str) -> anyhow::Result<Option<RecordState>> {
-        let (server, model, entity_id) = (self.server.clone(), model.to_owned(), entity_id.to_owned());
-        Ok(tokio::task::spawn_blocking(move || server.state_blocking(&model, &entity_id)).await??)
-    }
-
-    async fn push(&self, req: &PushRequest, client_version: &str, replay_of: &str) -> anyhow::Result<(u16, Option<PushResponse>)> {
-        let request = http::Request::post(PUSH_PATH)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(CLIENT_VERSION_HEADER, client_version)
-            .header(REPLAY_OF_HEADER, replay_of)
-            .body(Body::from(serde_json::to_vec(req)?))?;
-        let resp = self.app.clone().oneshot(request).await?;
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        Ok((status, serde_json::from_slice(&bytes).ok()))
-    }
 }
 
 /// A host over HTTP: its push URL and a state lookup URL template with `{model}` and

@@ -7,7 +7,7 @@
 use clickhouse::Client;
 use serde::Deserialize;
 
-use crate::config::RetentionConfig;
+use super::config::RetentionConfig;
 
 /// One embedded migration. `{retention_days}` and `{aggregate_retention_days}` are filled
 /// from the configuration (validated integers, never user text).

@@ -1,9 +1,11 @@
 //! ClickHouse: schema, migrations, writer, reads, and the embedded local server.
 
+pub mod config;
+#[cfg(feature = "cli")]
 pub mod local;
 pub mod migrate;
 
-use crate::config::ClickHouseConfig;
+use config::{ClickHouseConfig, Compression};
 
 /// A client for the server (not bound to a database: the database may not exist yet).
 pub fn server_client(url: &str, cfg: &ClickHouseConfig) -> clickhouse::Client {
@@ -12,7 +14,7 @@ pub fn server_client(url: &str, cfg: &ClickHouseConfig) -> clickhouse::Client {
         c = c.with_password(&cfg.password);
     }
     match cfg.compression.resolve(url) {
-        crate::config::Compression::None => c.with_compression(clickhouse::Compression::None),
+        Compression::None => c.with_compression(clickhouse::Compression::None),
         _ => c.with_compression(clickhouse::Compression::Lz4),
     }
 }

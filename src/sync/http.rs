@@ -8,27 +8,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use super::SyncServer;
-use crate::protocol::{Object, PULL_PATH, PUSH_PATH, PullRequest, PullResponse, PushRequest, PushResponse};
+use crate::protocol::{PULL_PATH, PUSH_PATH, PullRequest, PullResponse, PushRequest, PushResponse};
+
+pub use crate::protocol::RecordState;
 
 /// Path of the read-only state lookup (replay previews use it).
 pub const STATE_PATH: &str = "/tether/state/{model}/{entity_id}";
-
-/// A record's current state, as the state lookup answers it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecordState {
-    pub model: String,
-    pub entity_id: String,
-    pub deleted: bool,
-    pub version: u64,
-    /// RFC 3339, UTC.
-    pub updated_at: String,
-    pub updated_at_us: i64,
-    /// Fields with the sync key, as a conflict's `server_state` shows them.
-    pub state: Object,
-}
 
 /// Errors the server answers with; every variant is a JSON body `{"error", "message"}`.
 #[derive(Debug, thiserror::Error)]

@@ -8,11 +8,15 @@ pub mod engine;
 pub mod http;
 pub mod models;
 pub mod resolver;
+#[cfg(feature = "replay")]
+mod replay_target;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 pub use engine::{EffectOutcome, MutationEffect, PushResult};
+#[cfg(feature = "replay")]
+pub use replay_target::InProcessTarget;
 pub use http::{RecordState, SyncError, router};
 pub use models::{FieldKind, FieldSpec, ModelSpec, Schema};
 pub use resolver::{ClientWins, ConflictResolver, MergeFields, PayloadMapper, Resolution, ServerRecord, ServerWins};

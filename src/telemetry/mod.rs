@@ -149,6 +149,11 @@ impl TelemetryGuard {
     /// The longest [`shutdown`](Self::shutdown) waits for the collector, for both signals.
     pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 
+    /// A guard with nothing to shut down (telemetry off).
+    pub fn disabled() -> Self {
+        TelemetryGuard { tracer_provider: None, meter_provider: None, runtime: None, shutdown_timeout: Self::SHUTDOWN_TIMEOUT }
+    }
+
     pub fn with_shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
         self
