@@ -8,8 +8,9 @@ use tether_pro::config::Config;
 use tether_pro::dashboard;
 use tether_pro::sim::{self, CancellationToken, SimConfig, SimStats, SimTotals};
 use tether_pro::store::local::{LocalClickHouse, LocalClickHouseOptions};
-use tether_pro::pipeline::{self, Capture, ClickHouseWriter};
-use tether_pro::telemetry::{self, Telemetry};
+use tether_pro::pipeline::Capture;
+use tether_pro::{TetherPro, TetherProGuard};
+use tether_pro::telemetry::Telemetry;
 use tether_pro::store::{migrate, server_client};
 use tracing_subscriber::Layer;
 use tether_pro::sync::{self, Storage, SyncServer};
@@ -105,9 +106,9 @@ async fn sync_server(config: Config, args: SyncServerArgs) -> anyhow::Result<()>
             Ok(Err(e)) => eprintln!("tether-pro: could not migrate ClickHouse at {url} (capturing anyway): {e:#}"),
             Err(_) => eprintln!("tether-pro: ClickHouse at {url} did not answer within 10 s (capturing anyway)"),
         }
-        let (capture, _, capture_guards) = start_capture(&config, &url, "tether-sync")?;
-        app = app.layer(capture.http_layer());
-        guards = Some(capture_guards);
+        let (tether, guard) = start_capture(&config, &url, "tether-sync")?;
+        app = app.layer(tether.http_layer());
+        guards = Some(guard);
         println!("capturing into {url} database `{db}`");
     } else {
         init_tracing(None, &Telemetry::disabled());
@@ -115,11 +116,8 @@ async fn sync_server(config: Config, args: SyncServerArgs) -> anyhow::Result<()>
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     println!("reference Tether sync server on http://{}", listener.local_addr()?);
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
-    if let Some((mut guard, mut telemetry_guard)) = guards {
-        tokio::task::block_in_place(|| {
-            guard.shutdown();
-            telemetry_guard.shutdown();
-        });
+    if let Some(mut guard) = guards {
+        guard.shutdown();
     }
     Ok(())
 }
@@ -195,7 +193,8 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     println!("ClickHouse at {ch_url}, database `{db}` (migrations applied now: {:?})", report.applied);
 
     // 2. Capture: the pipeline into ClickHouse, the tracing layer, the tower layer.
-    let (capture, telemetry, (mut guard, mut telemetry_guard)) = start_capture(&config, &ch_url, "tether-sync-demo")?;
+    let (tether, mut guard) = start_capture(&config, &ch_url, "tether-sync-demo")?;
+    let (capture, telemetry) = (tether.capture(), tether.telemetry());
     match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if telemetry.traces_enabled() || telemetry.metrics_enabled() => println!(
             "OpenTelemetry: exporting {}{}to {endpoint}",
@@ -261,10 +260,7 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     stop_server.cancel();
     server_task.await??;
     dash_task.await??;
-    tokio::task::block_in_place(|| {
-        guard.shutdown();
-        telemetry_guard.shutdown();
-    });
+    guard.shutdown();
     let secs = started.elapsed().as_secs_f64();
     println!("done in {secs:.1}s: {}", summary(&totals));
     let c = capture.stats().totals();
@@ -283,12 +279,13 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
 
 /// OpenTelemetry from the `OTEL_*` variables, the pipeline into `url`, and the global
 /// subscriber with the capture and OTel layers: the README's "Instrument your sync server".
-fn start_capture(config: &Config, url: &str, service: &str) -> anyhow::Result<(Capture, Telemetry, (pipeline::CaptureGuard, telemetry::TelemetryGuard))> {
-    let (telemetry, telemetry_guard) = telemetry::init(service)?;
-    let writer = ClickHouseWriter::new(server_client(url, &config.clickhouse).with_database(&config.clickhouse.database));
-    let (capture, guard) = pipeline::start_with_telemetry(&config.capture, writer, telemetry.clone())?;
-    init_tracing(Some(&capture), &telemetry);
-    Ok((capture, telemetry, (guard, telemetry_guard)))
+fn start_capture(config: &Config, url: &str, service: &str) -> anyhow::Result<(TetherPro, TetherProGuard)> {
+    let mut config = config.clone();
+    config.clickhouse.url = Some(url.to_owned());
+    // The callers have migrated (and report it) already.
+    let (tether, guard) = TetherPro::builder().config(config).service_name(service).migrate(false).spawn()?;
+    init_tracing(Some(tether.capture()), tether.telemetry());
+    Ok((tether, guard))
 }
 
 /// A dashboard reachable from other machines with no auth deserves a loud warning.
