@@ -66,11 +66,16 @@ impl TetherPro {
 
     /// The `tracing` layers, capture and (when traces are exported) OpenTelemetry, as one
     /// layer to add to the host's registry beside its own.
-    pub fn tracing_layer<S>(&self) -> impl Layer<S> + Send + Sync + 'static + use<S>
+    pub fn tracing_layer<S>(&self) -> Box<dyn Layer<S> + Send + Sync + 'static>
     where
         S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
     {
-        self.capture.layer().and_then(self.telemetry.layer())
+        // Never an absent `Option` layer: its level hint (`OFF`) can win over the capture
+        // filter's, and a registry holding only these layers then disabled every span.
+        match self.telemetry.layer() {
+            Some(otel) => self.capture.layer().and_then(otel).boxed(),
+            None => self.capture.layer().boxed(),
+        }
     }
 
     /// Capture's counters: captured, written, spooled, dropped by reason (also exported as

@@ -8,9 +8,7 @@ use tether_pro::config::Config;
 use tether_pro::dashboard;
 use tether_pro::sim::{self, CancellationToken, SimConfig, SimStats, SimTotals};
 use tether_pro::store::local::{LocalClickHouse, LocalClickHouseOptions};
-use tether_pro::pipeline::Capture;
 use tether_pro::{TetherPro, TetherProGuard};
-use tether_pro::telemetry::Telemetry;
 use tether_pro::store::{migrate, server_client};
 use tracing_subscriber::Layer;
 use tether_pro::sync::{self, Storage, SyncServer};
@@ -20,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
     if !matches!(cli.command, Command::Demo(_) | Command::SyncServer(_)) {
-        init_tracing(None, &Telemetry::disabled());
+        init_tracing(None);
     }
     match cli.command {
         Command::Demo(args) => demo(config, args).await,
@@ -111,7 +109,7 @@ async fn sync_server(config: Config, args: SyncServerArgs) -> anyhow::Result<()>
         guards = Some(guard);
         println!("capturing into {url} database `{db}`");
     } else {
-        init_tracing(None, &Telemetry::disabled());
+        init_tracing(None);
     }
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     println!("reference Tether sync server on http://{}", listener.local_addr()?);
@@ -284,7 +282,7 @@ fn start_capture(config: &Config, url: &str, service: &str) -> anyhow::Result<(T
     config.clickhouse.url = Some(url.to_owned());
     // The callers have migrated (and report it) already.
     let (tether, guard) = TetherPro::builder().config(config).service_name(service).migrate(false).spawn()?;
-    init_tracing(Some(tether.capture()), tether.telemetry());
+    init_tracing(Some(&tether));
     Ok((tether, guard))
 }
 
@@ -300,12 +298,15 @@ fn warn_if_open(config: &Config, addr: &std::net::SocketAddr) {
 
 /// Logs to stderr (`RUST_LOG` filters), plus the capture layer when there is one, plus the
 /// OpenTelemetry layer when traces are exported.
-fn init_tracing(capture: Option<&Capture>, telemetry: &Telemetry) {
+fn init_tracing(tether: Option<&TetherPro>) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,tether_pro=info".into());
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter);
-    tracing_subscriber::registry().with(capture.map(|c| c.layer())).with(telemetry.layer()).with(fmt).init();
+    // A list, not `Option` layers: an absent one's level hint (OFF) could disable the rest.
+    let mut layers = vec![fmt.boxed()];
+    layers.extend(tether.map(|t| t.tracing_layer()));
+    tracing_subscriber::registry().with(layers).init();
 }
 
 async fn shutdown_signal() {

@@ -117,7 +117,10 @@ async fn the_mount_dashboard_example_serves_the_dashboard_only_behind_the_hosts_
             assert_eq!((body["totals"]["applied"].as_u64(), body["totals"]["rejected"].as_u64()), (Some(1), Some(1)), "{body}");
             break;
         }
-        assert!(Instant::now() < deadline, "the dashboard never showed the push: {status} {body}");
+        if Instant::now() > deadline {
+            let raw = ch.rows("SELECT kind, outcome, started_at, now64() AS now FROM sync_requests").await;
+            panic!("the dashboard never showed the push: {status} {}\ncapture: {:?}\nraw rows: {raw:?}", body["totals"], tether.capture_stats().totals());
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -139,6 +142,19 @@ fn the_builder_refuses_a_bad_configuration_with_a_typed_error() {
     let mut config = Config::default();
     config.capture.enabled = false;
     assert!(TetherPro::builder().config(config).telemetry(false).spawn().is_ok());
+}
+
+#[test]
+fn a_registry_holding_only_the_builders_layer_enables_capture_spans() {
+    // The first cut composed capture with an absent telemetry layer (`Option::None`), whose
+    // level hint `OFF` won: with no other layer, the global maximum level became OFF and
+    // capture spans were disabled at their callsites (a push not captured, 1 run in 3).
+    let mut config = Config::default();
+    config.capture.enabled = false;
+    let (tether, _guard) = TetherPro::builder().config(config).telemetry(false).spawn().unwrap();
+    let registry = tracing_subscriber::registry().with(tether.tracing_layer());
+    let hint = tracing::Subscriber::max_level_hint(&registry);
+    assert!(hint.is_none_or(|h| h >= tracing::level_filters::LevelFilter::INFO), "level hint {hint:?} disables capture spans");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -211,7 +211,17 @@ impl<S> Filter<S> for CaptureInterest {
     fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
         is_capture_span(meta)
     }
+    /// `sometimes`, never `always`, for capture spans: with `always` the macros skip
+    /// `enabled()`, and `Filtered` can then read a per-layer verdict that a previous,
+    /// unrelated `enabled()` call on this thread left behind (tokio-rs/tracing#2519, #2704,
+    /// the fix proposed upstream in #3572). One `enabled()` call per request.
     fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> tracing::subscriber::Interest {
-        if is_capture_span(meta) { tracing::subscriber::Interest::always() } else { tracing::subscriber::Interest::never() }
+        if is_capture_span(meta) { tracing::subscriber::Interest::sometimes() } else { tracing::subscriber::Interest::never() }
+    }
+
+    /// Capture spans are `INFO`: said explicitly, so the registry's level hint never drops
+    /// below it because of this filter.
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::INFO)
     }
 }
