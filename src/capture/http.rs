@@ -24,7 +24,7 @@ use super::layer::with_request_data;
 use super::record::{CapturedBody, RequestKind};
 use super::{CAPTURE_TARGET, REPLAY_OF_HEADER, RequestId, SPAN_PULL, SPAN_PUSH};
 use crate::protocol::{CLIENT_VERSION_HEADER, PULL_PATH, PUSH_PATH};
-use crate::telemetry::ids;
+use super::ids;
 
 /// How much of each body `CaptureLayer` keeps for the pipeline.
 #[derive(Debug, Clone, Copy)]

@@ -5,6 +5,7 @@
 //! and returns: no parsing, redaction, I/O, locks held across awaits, or unbounded growth.
 
 pub mod http;
+pub mod ids;
 pub mod layer;
 pub mod queue;
 pub mod record;

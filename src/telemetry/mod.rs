@@ -18,7 +18,6 @@
 //! goes into OTLP.
 
 pub mod export;
-pub mod ids;
 mod instruments;
 mod record;
 
@@ -34,7 +33,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan;
 
 pub use export::TelemetryStats;
-pub use ids::TetherIdGenerator;
+pub use crate::capture::ids::TetherIdGenerator;
 pub(crate) use instruments::Instruments;
 
 use crate::capture::CaptureStats;

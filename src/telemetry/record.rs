@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use opentelemetry::trace::{Span as _, SpanBuilder, SpanId, SpanKind, Status, TraceContextExt, TraceId, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 
-use super::{Telemetry, ids};
+use super::Telemetry;
 use crate::capture::{CaptureRecord, RequestKind};
 use crate::pipeline::Rows;
 use crate::protocol::{PULL_PATH, PUSH_PATH};
@@ -150,7 +150,7 @@ impl Telemetry {
             None => Context::new(),
         };
         let builder = SpanBuilder::from_name(name).with_kind(SpanKind::Server).with_start_time(start).with_attributes(attrs);
-        let mut span = ids::with_preset_ids(trace_id, span_id, || tracer.build_with_context(builder, &parent));
+        let mut span = crate::capture::ids::with_preset_ids(trace_id, span_id, || tracer.build_with_context(builder, &parent));
         // Events for what went wrong only: applied mutations are counted on the span (and
         // every mutation is in ClickHouse); an event each doubled the export for nothing.
         let not_applied = rows.mutations.iter().filter(|m| m.outcome != crate::pipeline::rows::mutation_outcome::APPLIED);

@@ -1,4 +1,5 @@
-//! Span ids chosen at request time, used when the span is built later.
+//! Span ids minted at request time by the capture layer, used when the pipeline builds the
+//! server span later (capture owns the minting; telemetry installs the generator).
 //!
 //! The `tether.push`/`tether.pull` server span is exported by the pipeline, after the bodies
 //! are parsed (so it carries counts and outcome without any parsing on the request thread).
