@@ -153,6 +153,64 @@ async fn the_openapi_document_describes_the_metrics_api() {
     for k in ["window", "totals", "throughput", "latency", "rates", "top_models", "top_clients", "thresholds", "health"] {
         assert!(props.get(k).is_some(), "{k} undocumented");
     }
+    let params: Vec<&str> = doc["paths"]["/metrics"]["get"]["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(params, ["window", "from", "to"]);
+    assert_eq!(doc["components"]["schemas"]["WindowSpan"]["enum"], json!(["1h", "6h", "24h", "7d"]));
+}
+
+/// A validator for `doc`'s response schema `status` of `GET /metrics`, strict: every object
+/// schema refuses properties it does not document, so an undocumented field fails too.
+fn response_validator(doc: &Value, status: &str) -> jsonschema::Validator {
+    let mut components = doc["components"].clone();
+    for schema in components["schemas"].as_object_mut().unwrap().values_mut() {
+        if schema["type"] == "object" {
+            schema["additionalProperties"] = json!(false);
+        }
+    }
+    let response = doc["paths"]["/metrics"]["get"]["responses"][status]["content"]["application/json"]["schema"].clone();
+    assert!(response.is_object(), "no {status} schema");
+    let mut schema = json!({"$schema": "https://json-schema.org/draft/2020-12/schema", "components": components});
+    schema.as_object_mut().unwrap().extend(response.as_object().unwrap().clone());
+    jsonschema::validator_for(&schema).expect("the OpenAPI schemas are valid JSON Schema")
+}
+
+fn errors(v: &jsonschema::Validator, instance: &Value) -> Vec<String> {
+    v.iter_errors(instance).map(|e| format!("{e} at {}", e.instance_path())).collect()
+}
+
+#[tokio::test]
+async fn real_answers_validate_against_the_generated_openapi_document() {
+    let ch = clickhouse().await;
+    known_rows(&ch).await;
+    let base = serve(dashboard::mount(dashboard::DashboardState::new(ch.client()))).await;
+    let (_, doc) = get(&format!("{base}/tether/dashboard/openapi.json")).await;
+    let ok = response_validator(&doc, "200");
+    let bad = response_validator(&doc, "400");
+    // Answers with traffic (every list non-empty), an empty default window, a bad request.
+    let (status, metrics) = get(&format!("{base}/tether/dashboard/metrics?{}", range())).await;
+    assert_eq!(status, 200);
+    assert!(!metrics["top_models"].as_array().unwrap().is_empty() && !metrics["health"].as_array().unwrap().is_empty());
+    assert_eq!(errors(&ok, &metrics), Vec::<String>::new(), "{metrics}");
+    let (status, empty) = get(&format!("{base}/tether/dashboard/metrics?window=1h")).await;
+    assert_eq!(status, 200);
+    assert_eq!(errors(&ok, &empty), Vec::<String>::new(), "{empty}");
+    let (status, refused) = get(&format!("{base}/tether/dashboard/metrics?window=2h")).await;
+    assert_eq!(status, 400);
+    assert_eq!(errors(&bad, &refused), Vec::<String>::new(), "{refused}");
+    // The validator is not vacuous: a wrong type, a missing field, an undocumented field and
+    // an unknown status all fail.
+    let mut wrong = metrics.clone();
+    wrong["totals"]["pushes"] = json!("3");
+    assert!(!errors(&ok, &wrong).is_empty());
+    let mut missing = metrics.clone();
+    missing["rates"].as_object_mut().unwrap().remove("failure_rate");
+    assert!(!errors(&ok, &missing).is_empty());
+    let mut extra = metrics.clone();
+    extra["totals"]["secret_field"] = json!(1);
+    assert!(!errors(&ok, &extra).is_empty());
+    let mut status_word = metrics.clone();
+    status_word["health"][0]["status"] = json!("fine");
+    assert!(!errors(&ok, &status_word).is_empty());
 }
 
 #[tokio::test]
@@ -262,3 +320,4 @@ fn a_window_without_a_whole_hour_reads_five_minute_buckets_only() {
     let p = params(&q.window(chrono::Utc::now()).unwrap());
     assert_eq!((p[2].1, p[3].1), (p[0].1, p[1].1), "an hour-aligned window is all whole hours: {p:?}");
 }
+

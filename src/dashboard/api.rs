@@ -1,20 +1,52 @@
-//! JSON routes: the metrics API and its OpenAPI document.
+//! JSON routes: the metrics API and its OpenAPI document, generated from the types the API
+//! answers with (utoipa), so the document cannot drift from the answers.
 
-use axum::extract::{Query, State};
+use std::sync::OnceLock;
+
 use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
+use utoipa::OpenApi;
 
+use super::error::ErrorBody;
 use super::metrics::{self, Metrics, MetricsQuery};
 use super::{DashboardError, DashboardState};
 
-/// The OpenAPI 3.1 document of the JSON API.
-pub const OPENAPI: &str = include_str!("openapi.json");
+/// The OpenAPI 3.1 document of the JSON API (paths relative to the dashboard root).
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tether-pro metrics API",
+        version = "1",
+        description = "Sync health of a Tether server, answered from five-minute aggregates. Failure rate = failed requests (outcome error: non-2xx or transport failure) / requests. Conflict rate = conflicting mutations / mutations. Rejection rate = rejected mutations (duplicates excluded) / mutations. A health bucket is idle with no requests; failing when its failure rate is at least thresholds.failing_failure_rate; degraded when its failure rate is at least thresholds.degraded_failure_rate, its conflict rate at least thresholds.degraded_conflict_rate, or its p95 above thresholds.degraded_p95_ms; ok otherwise."
+    ),
+    paths(metrics_api),
+    components(schemas(Metrics, ErrorBody, metrics::WindowSpan))
+)]
+pub struct ApiDoc;
+
+/// The document as served at `/openapi.json`.
+pub fn openapi_json() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serializes"))
+}
 
 pub fn router() -> Router<DashboardState> {
     Router::new().route("/metrics", get(metrics_api)).route("/openapi.json", get(openapi))
 }
 
+/// Totals, throughput, latency, rates, top models and clients, and the five-minute health strip.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    params(MetricsQuery),
+    responses(
+        (status = 200, description = "The metrics of the window", body = Metrics),
+        (status = 400, description = "Bad parameters (unknown name, bad window or time, window over 31 days)", body = ErrorBody),
+        (status = 503, description = "ClickHouse unavailable", body = ErrorBody),
+    )
+)]
 async fn metrics_api(
     State(state): State<DashboardState>,
     query: Result<Query<MetricsQuery>, QueryRejection>,
@@ -25,5 +57,5 @@ async fn metrics_api(
 }
 
 async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi_json())
 }

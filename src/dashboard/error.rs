@@ -5,6 +5,12 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+/// The body of every error answer: what went wrong, never internals.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DashboardError {
     #[error("{0}")]
@@ -25,6 +31,6 @@ impl IntoResponse for DashboardError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         };
-        (status, Json(serde_json::json!({"error": self.to_string()}))).into_response()
+        (status, Json(ErrorBody { error: self.to_string() })).into_response()
     }
 }

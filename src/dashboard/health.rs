@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// When a bucket is `degraded` or `failing`. A bucket with no requests is `idle`; one that
 /// crosses no threshold is `ok`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthThresholds {
     /// Failed requests / requests at or above which a bucket is `failing`.
@@ -23,7 +23,8 @@ impl Default for HealthThresholds {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A five-minute bucket's status under [`HealthThresholds`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Ok,

@@ -17,23 +17,46 @@ pub const MAX_WINDOW_DAYS: i64 = 31;
 pub const TOP_N: u64 = 10;
 
 /// Query string of the metrics API.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct MetricsQuery {
-    /// `1h`, `6h`, `24h` (default) or `7d`, ending now.
+    /// A window ending with the current five-minute bucket (default `24h`). Not with
+    /// `from`/`to`.
+    #[param(value_type = Option<WindowSpan>)]
     pub window: Option<String>,
-    /// RFC 3339 start (with `to`, instead of `window`).
+    /// RFC 3339 start, aligned down to five minutes (with `to`, instead of `window`).
+    #[param(value_type = Option<String>, format = DateTime)]
     pub from: Option<String>,
-    /// RFC 3339 end.
+    /// RFC 3339 end, aligned up to five minutes (with `from`). At most 31 days after `from`.
+    #[param(value_type = Option<String>, format = DateTime)]
     pub to: Option<String>,
 }
 
+/// The windows `window` accepts (documentation only: parsed by [`MetricsQuery::window`]).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum WindowSpan {
+    #[schema(rename = "1h")]
+    Hour,
+    #[schema(rename = "6h")]
+    SixHours,
+    #[schema(rename = "24h")]
+    Day,
+    #[schema(rename = "7d")]
+    Week,
+}
+
 /// The resolved window: `[from, to)`, aligned to five-minute buckets.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Window {
+    /// Start, inclusive.
     pub from: DateTime<Utc>,
+    /// End, exclusive.
     pub to: DateTime<Utc>,
+    /// Length in seconds (the divisor of the per-second figures).
     pub seconds: i64,
+    /// Width of a health bucket in seconds (300).
     pub bucket_seconds: i64,
 }
 
@@ -78,7 +101,8 @@ impl MetricsQuery {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// Counts over the window, from the five-minute aggregates (they equal the raw rows').
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Totals {
     pub requests: u64,
     pub pushes: u64,
@@ -93,20 +117,24 @@ pub struct Totals {
     pub failed_requests: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// Mean rates over the window: totals / `window.seconds`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Throughput {
     pub requests_per_second: f64,
     pub mutations_per_second: f64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// Request duration quantiles in milliseconds (t-digest states merged over the window; 0
+/// with no requests).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Latency {
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// Ratios over the window, 0 to 1 (0 when the denominator is 0).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Rates {
     /// Conflicts / mutations.
     pub conflict_rate: f64,
@@ -116,41 +144,51 @@ pub struct Rates {
     pub rejection_rate: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
+/// One model or client in a top list, by mutations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row, utoipa::ToSchema)]
 pub struct TopEntry {
+    /// The model name or client id (as stored: capped and redacted).
     pub key: String,
     pub mutations: u64,
     pub conflicts: u64,
     pub rejections: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One five-minute bucket of the health strip.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HealthBucket {
+    /// Start of the bucket (five minutes long).
     pub start: DateTime<Utc>,
     pub requests: u64,
     pub failed_requests: u64,
     pub mutations: u64,
     pub conflicts: u64,
     pub rejected: u64,
+    /// Request p95 latency in milliseconds.
     pub p95_ms: f64,
     pub status: Status,
 }
 
 /// The metrics API's answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Metrics {
     pub window: Window,
     pub totals: Totals,
     pub throughput: Throughput,
     pub latency: LatencyByKind,
     pub rates: Rates,
+    /// At most 10 models, most mutations first.
     pub top_models: Vec<TopEntry>,
+    /// At most 10 clients, most mutations first.
     pub top_clients: Vec<TopEntry>,
+    /// The thresholds the health strip was judged by.
     pub thresholds: HealthThresholds,
+    /// Every five-minute bucket of the window, oldest first.
     pub health: Vec<HealthBucket>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// Latency of pushes and of pulls.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LatencyByKind {
     pub push: Latency,
     pub pull: Latency,
