@@ -72,7 +72,7 @@ pub fn router(state: DashboardState) -> Router {
     let replay = if state.replay.is_some() { replay::router() } else { Router::new() };
     Router::new()
         .merge(api::router())
-        .merge(pages::router())
+        .merge(pages::router(&state))
         .merge(replay)
         .with_state(state)
         .layer(SetResponseHeaderLayer::overriding(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)))
