@@ -259,7 +259,7 @@ struct HostileTarget {
 
 #[async_trait::async_trait]
 impl tether_pro::replay::ReplayTarget for HostileTarget {
-    async fn state(&self, model: &str, entity_id: &str) -> anyhow::Result<Option<tether_pro::sync::RecordState>> {
+    async fn state(&self, model: &str, entity_id: &str) -> Result<Option<tether_pro::sync::RecordState>, tether_pro::replay::TargetError> {
         Ok(Some(tether_pro::sync::RecordState {
             model: model.to_owned(),
             entity_id: entity_id.to_owned(),
@@ -270,7 +270,7 @@ impl tether_pro::replay::ReplayTarget for HostileTarget {
             state: json!({"title": hostile("current title"), hostile("current key"): hostile("current value")}).as_object().unwrap().clone(),
         }))
     }
-    async fn push(&self, req: &tether_pro::protocol::PushRequest, v: &str, replay_of: &str) -> anyhow::Result<(u16, Option<tether_pro::protocol::PushResponse>)> {
+    async fn push(&self, req: &tether_pro::protocol::PushRequest, v: &str, replay_of: &str) -> Result<(u16, Option<tether_pro::protocol::PushResponse>), tether_pro::replay::TargetError> {
         tether_pro::sync::InProcessTarget { app: self.app.clone(), server: SyncServer::in_memory() }.push(req, v, replay_of).await
     }
 }

@@ -189,10 +189,10 @@ struct Counting {
 
 #[async_trait]
 impl ReplayTarget for Counting {
-    async fn state(&self, model: &str, entity_id: &str) -> anyhow::Result<Option<RecordState>> {
+    async fn state(&self, model: &str, entity_id: &str) -> Result<Option<RecordState>, tether_pro::replay::TargetError> {
         self.inner.state(model, entity_id).await
     }
-    async fn push(&self, req: &PushRequest, v: &str, replay_of: &str) -> anyhow::Result<(u16, Option<PushResponse>)> {
+    async fn push(&self, req: &PushRequest, v: &str, replay_of: &str) -> Result<(u16, Option<PushResponse>), tether_pro::replay::TargetError> {
         self.pushes.fetch_add(1, Ordering::SeqCst);
         self.inner.push(req, v, replay_of).await
     }

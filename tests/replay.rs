@@ -134,10 +134,10 @@ struct Checking {
 
 #[async_trait]
 impl ReplayTarget for Checking {
-    async fn state(&self, model: &str, entity_id: &str) -> anyhow::Result<Option<RecordState>> {
+    async fn state(&self, model: &str, entity_id: &str) -> Result<Option<RecordState>, tether_pro::replay::TargetError> {
         self.inner.state(model, entity_id).await
     }
-    async fn push(&self, req: &PushRequest, v: &str, replay_of: &str) -> anyhow::Result<(u16, Option<PushResponse>)> {
+    async fn push(&self, req: &PushRequest, v: &str, replay_of: &str) -> Result<(u16, Option<PushResponse>), tether_pro::replay::TargetError> {
         self.pushes.fetch_add(1, Ordering::SeqCst);
         for m in &req.mutations {
             let n = self.ch.count(&format!("SELECT count() FROM replay_links WHERE clone_mutation_id = '{}' AND status = 'pending'", m.mutation_id)).await;
@@ -350,4 +350,34 @@ async fn the_preview_shows_nothing_secret_and_resends_exactly_what_was_not_redac
     let links = http.get(format!("{base}/replay/{id}/links.json")).send().await.unwrap().text().await.unwrap();
     assert!(!links.contains("FAKE-C"));
     drop(h.guard);
+}
+
+/// The HTTP target says why it failed, as a typed error: a host that is not there, a state
+/// lookup that answers an error status, and an answer that is not a record.
+#[tokio::test(flavor = "current_thread")]
+async fn the_http_target_reports_each_failure_as_its_own_error() {
+    use axum::routing::get;
+    use tether_pro::replay::TargetError;
+    let app = axum::Router::new()
+        .route("/broken/{model}/{entity_id}", get(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom") }))
+        .route("/garbage/{model}/{entity_id}", get(|| async { "not a record" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let target = |template: String| HttpTarget { http: reqwest::Client::new(), push_url: format!("{base}/tether/push"), state_url_template: template };
+
+    let broken = target(format!("{base}/broken/{{model}}/{{entity_id}}")).state("Task", "t1").await;
+    assert!(matches!(broken, Err(TargetError::StateLookup { status: 500 })), "{broken:?}");
+    let garbage = target(format!("{base}/garbage/{{model}}/{{entity_id}}")).state("Task", "t1").await;
+    assert!(matches!(garbage, Err(TargetError::BadAnswer(_))), "{garbage:?}");
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        format!("http://127.0.0.1:{port}")
+    };
+    let away = HttpTarget { http: reqwest::Client::new(), push_url: format!("{closed}/tether/push"), state_url_template: format!("{closed}/s/{{model}}/{{entity_id}}") };
+    assert!(matches!(away.state("Task", "t1").await, Err(TargetError::Unreachable(_))));
+    let push = PushRequest { client_id: "c".into(), mutations: Vec::new() };
+    assert!(matches!(away.push(&push, "1.0", "r1").await, Err(TargetError::Unreachable(_))));
 }

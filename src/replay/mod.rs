@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use links::LinkRow;
 pub use plan::{CapturedMutation, Prediction, PreviewEntry, SentInstead, Substitution};
-pub use target::{HttpTarget, ReplayTarget};
+pub use target::{HttpTarget, ReplayTarget, TargetError};
 
 use crate::pipeline::redact::Redactor;
 use crate::protocol::{PushRequest, RejectionReason};

@@ -7,14 +7,41 @@ use async_trait::async_trait;
 use crate::capture::REPLAY_OF_HEADER;
 use crate::protocol::{CLIENT_VERSION_HEADER, PushRequest, PushResponse, RecordState};
 
+/// Why a target could not look a record up or take a push. Its text is redacted with the
+/// capture's redactor before it is shown or stored (a transport error can quote a URL with
+/// credentials in it).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TargetError {
+    /// The host could not be reached, or its connection failed before an answer.
+    #[error("the host could not be reached: {0}")]
+    Unreachable(String),
+    /// The state lookup answered something other than a record or 404.
+    #[error("the host's state lookup answered HTTP {status}")]
+    StateLookup {
+        /// The HTTP status it answered.
+        status: u16,
+    },
+    /// The host answered with a body that is not what the Tether protocol describes.
+    #[error("the host's answer could not be read: {0}")]
+    BadAnswer(String),
+    /// Any other failure inside the target (e.g. the in-process store).
+    #[error("{0}")]
+    Other(String),
+}
+
 /// The host as a replay sees it: a state lookup and a push.
 #[async_trait]
 pub trait ReplayTarget: Send + Sync + 'static {
     /// The record's current state (`None`: the host never had it).
-    async fn state(&self, model: &str, entity_id: &str) -> anyhow::Result<Option<RecordState>>;
+    async fn state(&self, model: &str, entity_id: &str) -> Result<Option<RecordState>, TargetError>;
     /// Sends `req` through the host's push path, marked as a replay of `replay_of`. Returns the
-    /// HTTP status and the parsed answer (when it was one).
-    async fn push(&self, req: &PushRequest, client_version: &str, replay_of: &str) -> anyhow::Result<(u16, Option<PushResponse>)>;
+    /// HTTP status and the parsed answer (`None` when the body was not a push response).
+    async fn push(&self, req: &PushRequest, client_version: &str, replay_of: &str) -> Result<(u16, Option<PushResponse>), TargetError>;
+}
+
+fn unreachable(e: reqwest::Error) -> TargetError {
+    TargetError::Unreachable(e.to_string())
 }
 
 /// A host over HTTP: its push URL and a state lookup URL template with `{model}` and
@@ -37,16 +64,17 @@ fn path_segment(s: &str) -> String {
 
 #[async_trait]
 impl ReplayTarget for HttpTarget {
-    async fn state(&self, model: &str, entity_id: &str) -> anyhow::Result<Option<RecordState>> {
+    async fn state(&self, model: &str, entity_id: &str) -> Result<Option<RecordState>, TargetError> {
         let url = self.state_url_template.replace("{model}", &path_segment(model)).replace("{entity_id}", &path_segment(entity_id));
-        let resp = self.http.get(url).send().await?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
+        let resp = self.http.get(url).send().await.map_err(unreachable)?;
+        match resp.status() {
+            reqwest::StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => Ok(Some(resp.json().await.map_err(|e| TargetError::BadAnswer(e.to_string()))?)),
+            s => Err(TargetError::StateLookup { status: s.as_u16() }),
         }
-        Ok(Some(resp.error_for_status()?.json().await?))
     }
 
-    async fn push(&self, req: &PushRequest, client_version: &str, replay_of: &str) -> anyhow::Result<(u16, Option<PushResponse>)> {
+    async fn push(&self, req: &PushRequest, client_version: &str, replay_of: &str) -> Result<(u16, Option<PushResponse>), TargetError> {
         let resp = self
             .http
             .post(&self.push_url)
@@ -54,7 +82,8 @@ impl ReplayTarget for HttpTarget {
             .header(REPLAY_OF_HEADER, replay_of)
             .json(req)
             .send()
-            .await?;
+            .await
+            .map_err(unreachable)?;
         let status = resp.status().as_u16();
         Ok((status, resp.json().await.ok()))
     }

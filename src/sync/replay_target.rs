@@ -9,7 +9,7 @@ use tower::ServiceExt as _;
 use super::SyncServer;
 use crate::capture::REPLAY_OF_HEADER;
 use crate::protocol::{CLIENT_VERSION_HEADER, PUSH_PATH, PushRequest, PushResponse, RecordState};
-use crate::replay::ReplayTarget;
+use crate::replay::{ReplayTarget, TargetError};
 
 /// The reference server in process: pushes go through `app` (the host's router with its
 /// capture layer), state comes from the server.
@@ -21,20 +21,22 @@ pub struct InProcessTarget {
 
 #[async_trait]
 impl ReplayTarget for InProcessTarget {
-    async fn state(&self, model: &str, entity_id: &str) -> anyhow::Result<Option<RecordState>> {
+    async fn state(&self, model: &str, entity_id: &str) -> Result<Option<RecordState>, TargetError> {
         let (server, model, entity_id) = (self.server.clone(), model.to_owned(), entity_id.to_owned());
-        Ok(tokio::task::spawn_blocking(move || server.state_blocking(&model, &entity_id)).await??)
+        let other = |e: &dyn std::fmt::Display| TargetError::Other(e.to_string());
+        tokio::task::spawn_blocking(move || server.state_blocking(&model, &entity_id)).await.map_err(|e| other(&e))?.map_err(|e| other(&e))
     }
 
-    async fn push(&self, req: &PushRequest, client_version: &str, replay_of: &str) -> anyhow::Result<(u16, Option<PushResponse>)> {
+    async fn push(&self, req: &PushRequest, client_version: &str, replay_of: &str) -> Result<(u16, Option<PushResponse>), TargetError> {
         let request = http::Request::post(PUSH_PATH)
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(CLIENT_VERSION_HEADER, client_version)
             .header(REPLAY_OF_HEADER, replay_of)
-            .body(Body::from(serde_json::to_vec(req)?))?;
-        let resp = self.app.clone().oneshot(request).await?;
+            .body(Body::from(serde_json::to_vec(req).map_err(|e| TargetError::Other(e.to_string()))?))
+            .map_err(|e| TargetError::Other(e.to_string()))?;
+        let resp = self.app.clone().oneshot(request).await.map_err(|e| TargetError::Unreachable(e.to_string()))?;
         let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await?.to_bytes();
+        let bytes = resp.into_body().collect().await.map_err(|e| TargetError::Unreachable(e.to_string()))?.to_bytes();
         Ok((status, serde_json::from_slice(&bytes).ok()))
     }
 }
