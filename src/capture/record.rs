@@ -9,21 +9,7 @@ use chrono::{DateTime, Utc};
 
 use crate::protocol::Object;
 
-/// Push or pull.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RequestKind {
-    Push,
-    Pull,
-}
-
-impl RequestKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RequestKind::Push => "push",
-            RequestKind::Pull => "pull",
-        }
-    }
-}
+pub use crate::store::schema::RequestKind;
 
 /// A body as it streamed past: the first `retain cap` bytes, and the true size.
 #[derive(Debug, Clone, Default)]
@@ -78,37 +64,6 @@ impl CapturedBody {
 pub enum StateValue {
     Object(Object),
     Json(String),
-}
-
-impl StateValue {
-    /// The state as an object (`None` when the text is not a JSON object). Text with broken
-    /// strings (lone surrogates, invalid UTF-8) is read with them as U+FFFD, like bodies.
-    pub fn into_object(self) -> Option<Object> {
-        match self {
-            StateValue::Object(o) => Some(o),
-            StateValue::Json(text) => parse_object(&text),
-        }
-    }
-
-    /// [`Self::into_object`] from a borrowed state: JSON text is parsed straight from the
-    /// record (no copy of the text); only an object state is cloned.
-    pub fn to_object(&self) -> Option<Object> {
-        match self {
-            StateValue::Object(o) => Some(o.clone()),
-            StateValue::Json(text) => parse_object(text),
-        }
-    }
-}
-
-fn parse_object(text: &str) -> Option<Object> {
-    let value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(_) => crate::pipeline::decode::parse_lenient(text.as_bytes())?.value,
-    };
-    match value {
-        serde_json::Value::Object(o) => Some(o),
-        _ => None,
-    }
 }
 
 /// Before/after state a host reported for one mutation.

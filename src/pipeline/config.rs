@@ -154,7 +154,7 @@ impl CaptureConfig {
     pub const DEFAULT_BATCH_INTERVAL_MS: u64 = 1_000;
     pub const DEFAULT_PROCESS_INTERVAL_MS: u64 = 50;
     pub const DEFAULT_FLUSH_TIMEOUT_MS: u64 = 5_000;
-    pub const DEFAULT_INSERT_TIMEOUT_MS: u64 = 10_000;
+    pub const DEFAULT_INSERT_TIMEOUT_MS: u64 = crate::store::writer::DEFAULT_INSERT_TIMEOUT.as_millis() as u64;
     pub const DEFAULT_PIPELINE_NICE: i32 = 19;
     pub const DEFAULT_APPLIED_SAMPLE_RATIO: f64 = 0.1;
 

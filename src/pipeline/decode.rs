@@ -3,6 +3,8 @@
 //! and a lenient second JSON pass that recovers a push whose strings are broken (a lone UTF-16
 //! surrogate escape, invalid UTF-8) so its envelope is still stored.
 
+use crate::capture::StateValue;
+use crate::protocol::Object;
 use std::io::Read;
 
 use bytes::Bytes;
@@ -177,6 +179,39 @@ fn mutations_containing(text: &str, offsets: &[usize]) -> Vec<usize> {
         .map(|(i, _)| i)
         .collect()
 }
+
+// Parsing a reported state is the pipeline's work (the host's thread only hands the text over).
+impl StateValue {
+    /// The state as an object (`None` when the text is not a JSON object). Text with broken
+    /// strings (lone surrogates, invalid UTF-8) is read with them as U+FFFD, like bodies.
+    pub fn into_object(self) -> Option<Object> {
+        match self {
+            StateValue::Object(o) => Some(o),
+            StateValue::Json(text) => parse_object(&text),
+        }
+    }
+
+    /// [`Self::into_object`] from a borrowed state: JSON text is parsed straight from the
+    /// record (no copy of the text); only an object state is cloned.
+    pub fn to_object(&self) -> Option<Object> {
+        match self {
+            StateValue::Object(o) => Some(o.clone()),
+            StateValue::Json(text) => parse_object(text),
+        }
+    }
+}
+
+fn parse_object(text: &str) -> Option<Object> {
+    let value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(_) => parse_lenient(text.as_bytes())?.value,
+    };
+    match value {
+        serde_json::Value::Object(o) => Some(o),
+        _ => None,
+    }
+}
+
 
 #[cfg(test)]
 mod tests {

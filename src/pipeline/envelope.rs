@@ -12,7 +12,8 @@
 
 use serde_json::Value;
 
-use super::rows::MutationRow;
+pub use crate::store::rows::MovedPayload;
+use crate::store::rows::MutationRow;
 
 /// Stands in for a payload the capture policy did not keep, in a rebuilt body.
 pub const NOT_KEPT: &str = "[not kept: capture.applied]";
@@ -86,22 +87,6 @@ fn payload_value(payload: &str, detail_kept: bool) -> Value {
         serde_json::from_str(payload).unwrap_or_else(|_| Value::String(payload.to_owned()))
     } else {
         Value::String(NOT_KEPT.to_owned())
-    }
-}
-
-/// One moved payload as read back: its mutation's position, the row's `payload` and
-/// `detail_kept`.
-#[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Deserialize)]
-pub struct MovedPayload {
-    pub position: u32,
-    pub payload: String,
-    pub detail_kept: bool,
-}
-
-impl MovedPayload {
-    /// The payload of a mutation row as [`rebuild`] takes it.
-    pub fn of(row: &MutationRow) -> Self {
-        MovedPayload { position: row.position, payload: row.payload.clone(), detail_kept: row.detail_kept }
     }
 }
 

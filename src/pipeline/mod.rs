@@ -13,7 +13,6 @@ pub mod envelope;
 pub mod redact;
 pub mod rows;
 pub mod spool;
-pub mod writer;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -33,7 +32,7 @@ pub use rows::{MutationRow, RequestRow, RowSettings, Rows};
 
 use crate::telemetry::Telemetry;
 pub use spool::{Spool, SpooledBatch};
-pub use writer::{ClickHouseWriter, WriteError};
+pub use crate::store::writer::{ClickHouseWriter, WriteError};
 
 /// A running capture pipeline: hands out layers and reports its counters.
 #[derive(Clone)]

@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::decode::{self, DecodedBody};
@@ -16,99 +15,7 @@ use super::redact::{PathRef, json_pointer};
 use crate::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind, StateValue, cap_identifier};
 use crate::protocol::{Object, SYNC_KEY};
 
-/// A `sync_requests` row (columns in table order).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
-pub struct RequestRow {
-    pub request_id: String,
-    pub kind: String,
-    pub client_id: String,
-    pub client_version: String,
-    #[serde(with = "clickhouse::serde::chrono::datetime64::micros")]
-    pub started_at: DateTime<Utc>,
-    pub duration_us: u64,
-    pub http_status: u16,
-    pub outcome: String,
-    pub mutation_count: u32,
-    pub applied_count: u32,
-    pub rejected_count: u32,
-    pub conflict_count: u32,
-    pub duplicate_count: u32,
-    pub rejected_by_reason: Vec<(String, u32)>,
-    pub snapshot_count: u32,
-    pub has_more: bool,
-    pub request_body: String,
-    pub request_body_bytes: u64,
-    pub request_body_truncated: bool,
-    /// Positions of the mutations whose `payload` was taken out of `request_body` because
-    /// their mutation row holds it (or, with `detail_kept` false, because the capture policy
-    /// kept none): each payload is stored once. [`super::envelope::rebuild`] puts them back.
-    #[serde(default)]
-    pub request_body_moved: Vec<u32>,
-    #[serde(default)]
-    pub request_content_encoding: String,
-    pub response_body: String,
-    pub response_body_bytes: u64,
-    pub response_body_truncated: bool,
-    #[serde(default)]
-    pub response_content_encoding: String,
-    pub error: String,
-    pub trace_id: String,
-    pub span_id: String,
-    pub replay_of: String,
-}
-
-/// A `sync_mutations` row (columns in table order).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
-pub struct MutationRow {
-    pub request_id: String,
-    #[serde(with = "clickhouse::serde::chrono::datetime64::micros")]
-    pub started_at: DateTime<Utc>,
-    pub position: u32,
-    pub mutation_id: String,
-    pub entity_id: String,
-    pub model: String,
-    pub operation: String,
-    pub client_id: String,
-    /// `None` when the timestamp was missing or not a valid epoch-milliseconds integer.
-    #[serde(with = "clickhouse::serde::chrono::datetime64::millis::option")]
-    pub client_timestamp: Option<DateTime<Utc>>,
-    /// The timestamp as sent (JSON text) when it was not valid; empty when valid.
-    #[serde(default)]
-    pub client_timestamp_raw: String,
-    pub version: u64,
-    pub outcome: String,
-    pub reason: String,
-    pub reason_data: String,
-    pub payload: String,
-    pub state_before: String,
-    pub state_after: String,
-    pub has_state: bool,
-    /// False when the capture policy (`capture.applied`) kept only this row's identity and
-    /// outcome: `payload`, states and `diff` are empty.
-    #[serde(default = "kept")]
-    pub detail_kept: bool,
-    pub diff: String,
-    pub trace_id: String,
-    pub span_id: String,
-    /// JSON Pointers (RFC 6901) into `payload` of every value redaction changed: replaced whole
-    /// (a sensitive key) or a string whose credentials were cut out. Replay restores exactly
-    /// these and nothing else.
-    pub redacted_paths: Vec<String>,
-    /// True for rows whose `redacted_paths` were recorded (rows stored before migration 4
-    /// have false: their paths are unknown).
-    pub redacted_paths_recorded: bool,
-}
-
-/// The rows of one record.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rows {
-    pub request: RequestRow,
-    pub mutations: Vec<MutationRow>,
-}
-
-fn kept() -> bool {
-    true
-}
+pub use crate::store::rows::{MutationRow, RequestRow, Rows};
 
 /// How rows are built.
 #[derive(Debug, Clone)]
@@ -160,38 +67,8 @@ impl KeepApplied {
     }
 }
 
-/// Outcome of a request as a whole.
-pub mod outcome {
-    pub const OK: &str = "ok";
-    pub const PARTIAL: &str = "partial";
-    pub const REJECTED: &str = "rejected";
-    pub const CONFLICT: &str = "conflict";
-    pub const ERROR: &str = "error";
-    /// The client went away before it had the answer: what the host did is not known from
-    /// the response (the mutations' states may still be known).
-    pub const UNKNOWN: &str = "unknown";
-}
-
-/// Outcome of one mutation.
-pub mod mutation_outcome {
-    pub const APPLIED: &str = "applied";
-    pub const REJECTED: &str = "rejected";
-    pub const CONFLICT: &str = "conflict";
-    pub const DUPLICATE: &str = "duplicate";
-    /// The host answered the push as a whole with an error, or did not mention the mutation.
-    pub const UNPROCESSED: &str = "unprocessed";
-    /// The client went away before the answer (reason [`super::reason::CLIENT_DISCONNECTED`]).
-    pub const UNKNOWN: &str = "unknown";
-}
-
-/// Reasons tether-pro itself assigns (the host's reasons are stored as it sent them).
-pub mod reason {
-    /// The client closed the connection before it had the response.
-    pub const CLIENT_DISCONNECTED: &str = "client_disconnected";
-    /// The mutation held a broken string (lone UTF-16 surrogate, invalid UTF-8), stored as
-    /// U+FFFD; the host refused the push.
-    pub const INVALID_STRING: &str = "invalid_string";
-}
+pub use crate::store::schema::reason;
+use crate::store::schema::{MutationOutcome, RequestOutcome};
 
 /// A body made ready for rows: decoded, and parsed when it is whole JSON.
 struct ParsedBody {
@@ -340,7 +217,7 @@ fn client_timestamp(m: &Value, r: &Redactor) -> (Option<DateTime<Utc>>, String) 
 
 /// What the response said about one mutation.
 struct Verdict {
-    outcome: &'static str,
+    outcome: MutationOutcome,
     reason: String,
     data: Option<Value>,
 }
@@ -350,16 +227,16 @@ fn verdicts(resp: &Value, redactor: &Redactor) -> HashMap<String, VecDeque<Verdi
     if let Some(applied) = resp.get("applied").and_then(Value::as_array) {
         for id in applied.iter().filter_map(Value::as_str) {
             map.entry(identifier(id, redactor)).or_default().push_back(Verdict {
-                outcome: mutation_outcome::APPLIED,
+                outcome: MutationOutcome::Applied,
                 reason: String::new(),
                 data: None,
             });
         }
     }
-    for (key, default_outcome) in [("rejected", mutation_outcome::REJECTED), ("conflicts", mutation_outcome::CONFLICT)] {
+    for (key, default_outcome) in [("rejected", MutationOutcome::Rejected), ("conflicts", MutationOutcome::Conflict)] {
         for r in resp.get(key).and_then(Value::as_array).into_iter().flatten() {
             let reason = str_field(r, "reason", redactor);
-            let outcome = if reason == "duplicate" { mutation_outcome::DUPLICATE } else { default_outcome };
+            let outcome = if reason == "duplicate" { MutationOutcome::Duplicate } else { default_outcome };
             let data = r.get("data").filter(|d| !d.is_null()).cloned();
             map.entry(str_field(r, "mutation_id", redactor)).or_default().push_back(Verdict { outcome, reason, data });
         }
@@ -414,17 +291,17 @@ fn body_notes(error: &mut String, req: &ParsedBody, mutations: &[MutationRow]) {
     *error = cap_text(std::mem::take(error), 4096, 0).0;
 }
 
-fn request_outcome(success: bool, synced: u32, conflicts: u32, failed: u32) -> &'static str {
+fn request_outcome(success: bool, synced: u32, conflicts: u32, failed: u32) -> RequestOutcome {
     if !success {
-        outcome::ERROR
+        RequestOutcome::Error
     } else if failed == 0 {
-        outcome::OK
+        RequestOutcome::Ok
     } else if synced > 0 {
-        outcome::PARTIAL
+        RequestOutcome::Partial
     } else if conflicts > 0 {
-        outcome::CONFLICT
+        RequestOutcome::Conflict
     } else {
-        outcome::REJECTED
+        RequestOutcome::Rejected
     }
 }
 
@@ -457,13 +334,13 @@ fn error_text(rec: &CaptureRecord, resp: Option<&Value>, s: &RowSettings) -> Str
 /// The verdict of a mutation the response does not mention.
 fn unanswered(rec: &CaptureRecord, gone: bool, success: bool, broken: bool) -> Verdict {
     let (outcome, reason) = if gone {
-        (mutation_outcome::UNKNOWN, reason::CLIENT_DISCONNECTED.to_owned())
+        (MutationOutcome::Unknown, reason::CLIENT_DISCONNECTED.to_owned())
     } else if broken {
-        (mutation_outcome::UNPROCESSED, reason::INVALID_STRING.to_owned())
+        (MutationOutcome::Unprocessed, reason::INVALID_STRING.to_owned())
     } else if success {
-        (mutation_outcome::UNPROCESSED, String::new())
+        (MutationOutcome::Unprocessed, String::new())
     } else {
-        (mutation_outcome::UNPROCESSED, format!("http_{}", rec.http_status))
+        (MutationOutcome::Unprocessed, format!("http_{}", rec.http_status))
     };
     Verdict { outcome, reason, data: None }
 }
@@ -517,7 +394,7 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
         let r = resp.as_ref();
         request.snapshot_count = r.and_then(|v| v.get("snapshots")).and_then(Value::as_array).map_or(0, |a| a.len() as u32);
         request.has_more = r.and_then(|v| v.get("has_more")).and_then(Value::as_bool).unwrap_or(false);
-        request.outcome = if gone { outcome::UNKNOWN } else if success { outcome::OK } else { outcome::ERROR }.to_owned();
+        request.outcome = if gone { RequestOutcome::Unknown } else if success { RequestOutcome::Ok } else { RequestOutcome::Error }.as_str().to_owned();
     } else {
         let mut verdicts = match (&*resp, success) {
             (Some(v), true) => verdicts(v, &s.redactor),
@@ -546,32 +423,32 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
                 .and_then(VecDeque::pop_front)
                 .unwrap_or_else(|| unanswered(rec, gone, success, req_body.broken.contains(&position)));
             match verdict.outcome {
-                mutation_outcome::APPLIED => applied += 1,
-                mutation_outcome::CONFLICT => conflicts += 1,
-                mutation_outcome::DUPLICATE => duplicates += 1,
-                mutation_outcome::REJECTED => rejected += 1,
-                mutation_outcome::UNKNOWN => {}
+                MutationOutcome::Applied => applied += 1,
+                MutationOutcome::Conflict => conflicts += 1,
+                MutationOutcome::Duplicate => duplicates += 1,
+                MutationOutcome::Rejected => rejected += 1,
+                MutationOutcome::Unknown => {}
                 _ => unprocessed += 1,
             }
-            if matches!(verdict.outcome, mutation_outcome::REJECTED | mutation_outcome::DUPLICATE) {
+            if matches!(verdict.outcome, MutationOutcome::Rejected | MutationOutcome::Duplicate) {
                 *reasons.entry(verdict.reason.clone()).or_default() += 1;
             }
             let payload = m.get("payload").filter(|p| p.is_object());
             let state = states.get_mut(&mutation_id).and_then(VecDeque::pop_front);
             let has_state = state.is_some();
-            let detail_kept = verdict.outcome != mutation_outcome::APPLIED || ambiguous.contains(&mutation_id) || s.applied.keeps(&mutation_id);
+            let detail_kept = verdict.outcome != MutationOutcome::Applied || ambiguous.contains(&mutation_id) || s.applied.keeps(&mutation_id);
             // Without its detail, a state is never parsed.
             let state = state.filter(|_| detail_kept);
             let mut before = state.and_then(|st| st.before.as_ref()).and_then(|v| state_object(v, &entity_id));
             let after = state.and_then(|st| st.after.as_ref()).and_then(|v| state_object(v, &entity_id));
-            if before.is_none() && verdict.outcome == mutation_outcome::CONFLICT {
+            if before.is_none() && verdict.outcome == MutationOutcome::Conflict {
                 // The host told the client its state; that is the "before" of a conflict.
                 before = verdict.data.as_ref().and_then(|d| d.get("server_state")).filter(|s| s.is_object()).cloned();
             }
             let mut changes = match verdict.outcome {
                 // Unknown: the client went away, but the host said what it did to the record.
-                mutation_outcome::APPLIED | mutation_outcome::UNKNOWN if has_state => state_diff(before.as_ref(), after.as_ref()),
-                mutation_outcome::CONFLICT => state_diff(before.as_ref(), payload),
+                MutationOutcome::Applied | MutationOutcome::Unknown if has_state => state_diff(before.as_ref(), after.as_ref()),
+                MutationOutcome::Conflict => state_diff(before.as_ref(), payload),
                 _ => Vec::new(),
             };
             diff::redact_changes(&mut changes, &s.redactor);
@@ -589,7 +466,7 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
                 client_timestamp,
                 client_timestamp_raw,
                 version: m.get("version").and_then(Value::as_u64).unwrap_or(0),
-                outcome: verdict.outcome.to_owned(),
+                outcome: verdict.outcome.as_str().to_owned(),
                 reason: verdict.reason,
                 reason_data: verdict.data.map(|d| redacted_text(d, s)).unwrap_or_default(),
                 // Filled from the redacted request body below: redacted once, not twice.
@@ -612,9 +489,9 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
         request.duplicate_count = duplicates;
         request.rejected_by_reason = reasons.into_iter().collect();
         request.outcome = if gone {
-            outcome::UNKNOWN.to_owned()
+            RequestOutcome::Unknown.as_str().to_owned()
         } else {
-            request_outcome(success, applied + duplicates, conflicts, rejected + conflicts + unprocessed).to_owned()
+            request_outcome(success, applied + duplicates, conflicts, rejected + conflicts + unprocessed).as_str().to_owned()
         };
     }
 
@@ -687,7 +564,7 @@ mod tests {
         let m = &rows.mutations[0];
         assert_eq!(m.model, r#"{"password":"[REDACTED]"}"#);
         assert_eq!(m.reason, r#"{"api_key":"[REDACTED]"}"#);
-        assert_eq!(m.outcome, mutation_outcome::REJECTED, "the verdict still matches its mutation");
+        assert_eq!(m.outcome, MutationOutcome::Rejected, "the verdict still matches its mutation");
         let all = format!("{:?}", rows);
         for secret in ["tk_client_0123", "123_cvv_0123", "pw_model_0123", "op_secret_0123", "ak_reason_0123"] {
             assert!(!all.contains(secret), "{secret} stored: {all}");
@@ -743,7 +620,7 @@ mod tests {
         capped(&m.entity_id, 999);
         capped(&m.model, 300);
         capped(&m.operation, 257);
-        assert_eq!(m.outcome, mutation_outcome::APPLIED, "the capped id still finds its verdict");
+        assert_eq!(m.outcome, MutationOutcome::Applied, "the capped id still finds its verdict");
         assert!(m.has_state, "and its reported state");
         assert!(m.mutation_id.starts_with('m') && m.mutation_id.is_char_boundary(m.mutation_id.find('…').unwrap()));
     }
@@ -855,7 +732,7 @@ mod tests {
         assert!(full.mutations[1..].iter().all(|m| m.detail_kept && m.diff.contains("old")));
         let dropped: Vec<&MutationRow> = counts.mutations[1..].iter().collect();
         assert!(dropped.iter().all(|m| !m.detail_kept && m.payload.is_empty() && m.state_before.is_empty() && m.state_after.is_empty() && m.diff.is_empty()));
-        assert!(dropped.iter().all(|m| m.has_state && m.outcome == mutation_outcome::APPLIED && m.version == 2));
+        assert!(dropped.iter().all(|m| m.has_state && m.outcome == MutationOutcome::Applied && m.version == 2));
         let kept = sampled.mutations[1..].iter().filter(|m| m.detail_kept).count();
         assert!((25..=75).contains(&kept), "about a quarter of 199 kept: {kept}");
         let again = build(&rec, &settings(KeepApplied::Fraction(0.25), 65536));

@@ -6,6 +6,7 @@ pub mod links;
 pub mod plan;
 pub mod target;
 
+use crate::store::schema::MutationOutcome;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -243,11 +244,13 @@ impl Replayer {
             r.host_http_status = status;
             r.updated_at = answered;
             let (s, reason) = match &answer {
-                Some(a) if a.applied.contains(&r.clone_mutation_id) => ("applied", String::new()),
+                // A clone's status is the outcome the host gave it (the mutations table's words),
+                // or `failed`.
+                Some(a) if a.applied.contains(&r.clone_mutation_id) => (MutationOutcome::Applied.as_str(), String::new()),
                 Some(a) => match a.rejected.iter().chain(&a.conflicts).find(|x| x.mutation_id == r.clone_mutation_id) {
-                    Some(x) if x.reason == RejectionReason::Duplicate => ("duplicate", x.reason.to_string()),
-                    Some(x) if x.reason == RejectionReason::Conflict => ("conflict", x.reason.to_string()),
-                    Some(x) => ("rejected", x.reason.to_string()),
+                    Some(x) if x.reason == RejectionReason::Duplicate => (MutationOutcome::Duplicate.as_str(), x.reason.to_string()),
+                    Some(x) if x.reason == RejectionReason::Conflict => (MutationOutcome::Conflict.as_str(), x.reason.to_string()),
+                    Some(x) => (MutationOutcome::Rejected.as_str(), x.reason.to_string()),
                     None => ("failed", "not in the host's answer".to_owned()),
                 },
                 None => ("failed", format!("HTTP {status}")),

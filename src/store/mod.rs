@@ -4,6 +4,10 @@ pub mod config;
 #[cfg(feature = "cli")]
 pub mod local;
 pub mod migrate;
+pub mod queries;
+pub mod rows;
+pub mod schema;
+pub mod writer;
 
 use config::{ClickHouseConfig, Compression};
 

@@ -8,7 +8,8 @@ use opentelemetry::{Context, KeyValue};
 
 use super::Telemetry;
 use crate::capture::{CaptureRecord, RequestKind};
-use crate::pipeline::Rows;
+use crate::store::schema::{MutationOutcome, RequestOutcome};
+use crate::store::rows::Rows;
 use crate::protocol::{PULL_PATH, PUSH_PATH};
 
 /// Span events (mutations not applied) kept on one request span (the SDK's default event limit).
@@ -76,13 +77,14 @@ impl Telemetry {
         let mut conflicts: HashMap<&str, u64> = HashMap::new();
         let mut reasons: HashMap<&str, u64> = HashMap::new();
         for m in &rows.mutations {
-            if matches!(m.outcome.as_str(), "applied" | "conflict" | "duplicate") {
+            let outcome = MutationOutcome::parse(&m.outcome);
+            if matches!(outcome, Some(MutationOutcome::Applied | MutationOutcome::Conflict | MutationOutcome::Duplicate)) {
                 i.admit_model(&m.model);
             }
             *per.entry((m.model.as_str(), m.operation.as_str(), m.outcome.as_str())).or_default() += 1;
-            match m.outcome.as_str() {
-                "conflict" => *conflicts.entry(m.model.as_str()).or_default() += 1,
-                "rejected" | "duplicate" => *reasons.entry(bounded_reason(&m.reason)).or_default() += 1,
+            match outcome {
+                Some(MutationOutcome::Conflict) => *conflicts.entry(m.model.as_str()).or_default() += 1,
+                Some(MutationOutcome::Rejected | MutationOutcome::Duplicate) => *reasons.entry(bounded_reason(&m.reason)).or_default() += 1,
                 _ => {}
             }
         }
@@ -153,7 +155,7 @@ impl Telemetry {
         let mut span = crate::capture::ids::with_preset_ids(trace_id, span_id, || tracer.build_with_context(builder, &parent));
         // Events for what went wrong only: applied mutations are counted on the span (and
         // every mutation is in ClickHouse); an event each doubled the export for nothing.
-        let not_applied = rows.mutations.iter().filter(|m| m.outcome != crate::pipeline::rows::mutation_outcome::APPLIED);
+        let not_applied = rows.mutations.iter().filter(|m| m.outcome != MutationOutcome::Applied.as_str());
         for m in not_applied.take(MAX_MUTATION_EVENTS) {
             span.add_event_with_timestamp(
                 "tether.mutation",
@@ -170,7 +172,7 @@ impl Telemetry {
                 .collect(),
             );
         }
-        if rec.client_gone && r.outcome == crate::pipeline::rows::outcome::UNKNOWN {
+        if rec.client_gone && r.outcome == RequestOutcome::Unknown.as_str() {
             span.set_status(Status::error("client disconnected before the response"));
         } else if failed {
             span.set_status(Status::error(format!("HTTP {}", rec.http_status)));

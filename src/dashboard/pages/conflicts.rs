@@ -9,6 +9,7 @@ use super::queries::{self, Cursor, Key};
 use super::views::*;
 use super::{CONFLICTS_PAGE_SIZE, PageResult, html, prefix};
 use crate::dashboard::DashboardState;
+use crate::store::schema::MutationOutcome;
 
 pub(super) async fn conflicts(State(state): State<DashboardState>, p: Params) -> PageResult {
     let w = p.window()?;
@@ -16,8 +17,8 @@ pub(super) async fn conflicts(State(state): State<DashboardState>, p: Params) ->
     let c = &state.client;
     let (mut rows, by_model, by_client) = tokio::try_join!(
         queries::conflicts(c, w.from, w.to, cursor.as_ref(), CONFLICTS_PAGE_SIZE as u64 + 1),
-        queries::outcome_counts_by(c, Key::Model, "conflict", w.from, w.to, 20),
-        queries::outcome_counts_by(c, Key::Client, "conflict", w.from, w.to, 20),
+        queries::outcome_counts_by(c, Key::Model, MutationOutcome::Conflict, w.from, w.to, 20),
+        queries::outcome_counts_by(c, Key::Client, MutationOutcome::Conflict, w.from, w.to, 20),
     )?;
     let nav = Nav::new(&prefix(&state), "conflicts", "Conflicts");
     let keep: Vec<(&str, &str)> =

@@ -12,7 +12,8 @@ mod error;
 mod failures;
 mod overview;
 mod params;
-pub mod queries;
+/// The read queries the pages use live with the schema (`store::queries`).
+pub use crate::store::queries;
 mod request;
 mod requests;
 mod search;
@@ -27,6 +28,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
 use super::DashboardState;
+use crate::store::schema::{RequestKind, RequestOutcome};
 pub use cursor::{decode_cursor, encode_cursor};
 pub use error::PageError;
 
@@ -48,8 +50,15 @@ pub const LATEST: u64 = 10;
 /// Longest accepted text parameter (ids, model names).
 pub const MAX_PARAM_CHARS: usize = 1024;
 
-pub const KINDS: [&str; 2] = ["push", "pull"];
-pub const OUTCOMES: [&str; 5] = ["ok", "partial", "rejected", "conflict", "error"];
+/// The kinds and outcomes the requests filter offers (spelled by `store::schema`).
+pub const KINDS: [&str; 2] = [RequestKind::Push.as_str(), RequestKind::Pull.as_str()];
+pub const OUTCOMES: [&str; 5] = [
+    RequestOutcome::Ok.as_str(),
+    RequestOutcome::Partial.as_str(),
+    RequestOutcome::Rejected.as_str(),
+    RequestOutcome::Conflict.as_str(),
+    RequestOutcome::Error.as_str(),
+];
 pub const WINDOWS: [&str; 4] = ["1h", "6h", "24h", "7d"];
 
 /// The pages' routes, relative to the dashboard root. Each handler is one function in a file

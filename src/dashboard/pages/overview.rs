@@ -10,6 +10,7 @@ use super::views::{self, *};
 use super::{LATEST, PageResult, WINDOWS, html, prefix, svg};
 use crate::dashboard::metrics::{self, MetricsQuery};
 use crate::dashboard::{DashboardError, DashboardState};
+use crate::store::schema::MutationOutcome;
 
 pub(super) async fn overview(State(state): State<DashboardState>, p: Params) -> PageResult {
     let window_name = p.one_of("window", &WINDOWS)?;
@@ -17,8 +18,8 @@ pub(super) async fn overview(State(state): State<DashboardState>, p: Params) -> 
     let c = &state.client;
     let (m, failures, conflicts) = tokio::try_join!(
         metrics::compute(&state, window),
-        async { queries::latest_mutations(c, "rejected", window.from, LATEST).await.map_err(DashboardError::from) },
-        async { queries::latest_mutations(c, "conflict", window.from, LATEST).await.map_err(DashboardError::from) },
+        async { queries::latest_mutations(c, MutationOutcome::Rejected, window.from, LATEST).await.map_err(DashboardError::from) },
+        async { queries::latest_mutations(c, MutationOutcome::Conflict, window.from, LATEST).await.map_err(DashboardError::from) },
     )?;
     let nav = Nav::new(&prefix(&state), "overview", "Overview");
     let label = format!("last {}", window_name.unwrap_or("24h"));

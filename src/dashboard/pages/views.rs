@@ -2,6 +2,7 @@
 //! the formatting that turns rows into it. Nothing here queries.
 
 // Template filters (`|user`, `|user_block`) are looked up here by the generated code.
+use crate::store::schema::MutationOutcome;
 use super::text::filters;
 use askama::Template;
 use chrono::{DateTime, Utc};
@@ -459,7 +460,7 @@ impl MutationView {
             has_state: m.has_state,
             detail_kept: m.detail_kept,
             diff: diff_view(&m.diff),
-            show_diff: m.detail_kept && (matches!(m.outcome.as_str(), "applied" | "conflict") || !matches!(m.diff.as_str(), "" | "[]")),
+            show_diff: m.detail_kept && (matches!(MutationOutcome::parse(&m.outcome), Some(MutationOutcome::Applied | MutationOutcome::Conflict)) || !matches!(m.diff.as_str(), "" | "[]")),
         }
     }
 }

@@ -1,10 +1,13 @@
-//! The pages' reads. Every query is a constant SQL text (fragments chosen by code, never by
+//! The parameterised reads of the captured rows that the pages, the read-side benchmark and
+//! the tests share. Every query is a constant SQL text (fragments chosen by code, never by
 //! input) with server-side parameters for every value; raw reads put the time range first so
 //! the `(started_at, request_id[, position])` sort keys prune parts, and filter by the columns
 //! that have skip indexes (`request_id`, `client_id`, `mutation_id`, `entity_id`, `model`).
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+
+use super::schema::MutationOutcome;
 
 /// A `sync_requests` row as a list shows it.
 #[derive(Debug, Clone, clickhouse::Row, Deserialize)]
@@ -53,7 +56,7 @@ pub struct RequestDetail {
     pub request_body_bytes: u64,
     pub request_body_truncated: bool,
     /// Positions whose payload is in the mutation rows, not in `request_body`
-    /// ([`crate::pipeline::envelope`]).
+    /// (`pipeline::envelope`).
     pub request_body_moved: Vec<u32>,
     pub response_body: String,
     pub response_body_bytes: u64,
@@ -340,7 +343,7 @@ pub async fn moved_payloads(
     started_us: i64,
     id: &str,
     positions: &[u32],
-) -> clickhouse::error::Result<Vec<crate::pipeline::envelope::MovedPayload>> {
+) -> clickhouse::error::Result<Vec<super::rows::MovedPayload>> {
     c.query_raw(
         "SELECT position, payload, detail_kept FROM sync_mutations
          WHERE started_at = fromUnixTimestamp64Micro({t:Int64}, 'UTC') AND request_id = {id:String}
@@ -357,7 +360,7 @@ pub async fn moved_payloads(
 /// The latest mutations with `outcome` since `from`.
 pub async fn latest_mutations(
     c: &clickhouse::Client,
-    outcome: &str,
+    outcome: MutationOutcome,
     from: DateTime<Utc>,
     limit: u64,
 ) -> clickhouse::error::Result<Vec<MutationBrief>> {
@@ -367,7 +370,7 @@ pub async fn latest_mutations(
          ORDER BY started_at DESC, request_id DESC, position DESC LIMIT {{limit:UInt64}}"
     ))
     .param("from_us", from.timestamp_micros())
-    .param("outcome", outcome)
+    .param("outcome", outcome.as_str())
     .param("limit", limit)
     .fetch_all()
     .await
@@ -407,7 +410,7 @@ const BUCKETS: &str = "bucket >= toDateTime({from:Int64}, 'UTC') AND bucket < to
 pub async fn outcome_counts_by(
     c: &clickhouse::Client,
     key: Key,
-    outcome: &str,
+    outcome: MutationOutcome,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     limit: u64,
@@ -423,7 +426,7 @@ pub async fn outcome_counts_by(
     ))
     .param("from", from.timestamp())
     .param("to", to.timestamp())
-    .param("outcome", outcome)
+    .param("outcome", outcome.as_str())
     .param("limit", limit)
     .fetch_all()
     .await

@@ -7,6 +7,9 @@ use backon::BackoffBuilder;
 
 use super::rows::{MutationRow, RequestRow};
 
+/// Deadline of one insert attempt unless the pipeline sets `capture.insert_timeout_ms`.
+pub const DEFAULT_INSERT_TIMEOUT: Duration = Duration::from_millis(10_000);
+
 /// Why a batch could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -77,7 +80,7 @@ impl ClickHouseWriter {
             client,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
-            insert_timeout: Duration::from_millis(super::config::CaptureConfig::DEFAULT_INSERT_TIMEOUT_MS),
+            insert_timeout: DEFAULT_INSERT_TIMEOUT,
             schema_grace: DEFAULT_SCHEMA_GRACE,
         }
     }
