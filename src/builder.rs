@@ -13,6 +13,9 @@
 //! # Ok(()) }
 //! ```
 
+// The front door is documented item by item: shapes, units, defaults, errors.
+#![warn(missing_docs)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -89,6 +92,8 @@ impl TetherPro {
         &self.capture
     }
 
+    /// The OpenTelemetry handle (disabled when no `OTEL_*` endpoint is set or
+    /// [`Builder::telemetry`] is off).
     pub fn telemetry(&self) -> &Telemetry {
         &self.telemetry
     }

@@ -2,10 +2,14 @@
 //! columns are `LowCardinality(String)` (README "ClickHouse tables"); these enums are the only
 //! place their values are spelled.
 
+#![warn(missing_docs)]
+
 /// `sync_requests.kind`: push or pull.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RequestKind {
+    /// `POST /tether/push`: a batch of mutations.
     Push,
+    /// `POST /tether/pull`: snapshots since a cursor.
     Pull,
 }
 
@@ -61,8 +65,11 @@ impl RequestOutcome {
 /// `sync_mutations.outcome`: what the host did with one mutation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MutationOutcome {
+    /// In the host's `applied` list.
     Applied,
+    /// In the host's `rejected` list with a reason other than `duplicate`.
     Rejected,
+    /// In the host's `conflicts` list (its `data.server_state` is the state before).
     Conflict,
     /// Already applied earlier (the host answered `reason: "duplicate"`); counts as synced.
     Duplicate,
