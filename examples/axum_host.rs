@@ -3,7 +3,7 @@
 //!
 //! The server here is a toy (records in a `HashMap`, last write wins, `not_found` for an
 //! update or delete of a record it does not have); yours has a database. Run it against a
-//! ClickHouse (`tether-pro clickhouse` starts a local one):
+//! ClickHouse (`cargo run -- clickhouse` in this repository starts a local one):
 //!
 //! ```text
 //! CLICKHOUSE_URL=http://127.0.0.1:8123 cargo run --example axum_host --no-default-features --features capture
@@ -21,6 +21,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use tether_pro::capture::record_mutation_state;
 use tether_pro::protocol::{Object, Operation, PushRequest, PushResponse, Rejection, RejectionReason};
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -64,15 +65,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Configuration from tether-pro.toml-less defaults and the environment (CLICKHOUSE_URL,
     // TETHER_PRO_*, OTEL_*). Never waits for ClickHouse.
     let (tether, guard) = tether_pro::TetherPro::builder().service_name("axum-host").spawn()?;
-    tracing_subscriber::registry().with(tether.tracing_layer()).with(tracing_subscriber::fmt::layer()).init();
+    let logs = tracing_subscriber::fmt::layer().with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    tracing_subscriber::registry().with(tether.tracing_layer()).with(logs).init();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-    println!("sync server on http://{}/tether/push (Ctrl-C stops)", listener.local_addr()?);
-    axum::serve(listener, app(&tether, Records::default()))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    println!("sync server on http://{}/tether/push (Ctrl-C or SIGTERM stops)", listener.local_addr()?);
+    // Returns on SIGINT or SIGTERM, so the guard below is dropped and flushes.
+    axum::serve(listener, app(&tether, Records::default())).with_graceful_shutdown(tether_pro::shutdown_signal()).await?;
     // Flushes the last captured pushes to ClickHouse, then OpenTelemetry (bounded).
     drop(guard);
     Ok(())

@@ -11,8 +11,8 @@ use axum::extract::Request;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use tether_pro::config::Config;
 use tether_pro::dashboard::{self, DashboardState};
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -22,9 +22,10 @@ async fn require_admin(token: String, req: Request, next: Next) -> Result<Respon
     if sent == Some(token.as_str()) { Ok(next.run(req).await) } else { Err(StatusCode::UNAUTHORIZED) }
 }
 
-/// The dashboard under `/tether/dashboard`, behind `token`, showing the capture pipeline's
-/// health from this process.
-pub fn admin_routes(tether: &tether_pro::TetherPro, config: &Config, token: String) -> Router {
+/// The dashboard under `/tether/dashboard`, behind `token`, reading the database capture
+/// writes to and showing the capture pipeline's health from this process.
+pub fn admin_routes(tether: &tether_pro::TetherPro, token: String) -> Router {
+    let config = tether.config();
     let url = config.clickhouse.url.as_deref().unwrap_or("http://127.0.0.1:8123");
     let client = tether_pro::store::server_client(url, &config.clickhouse).with_database(&config.clickhouse.database);
     let state = DashboardState::new(client).with_capture(tether.capture_stats().clone());
@@ -33,16 +34,16 @@ pub fn admin_routes(tether: &tether_pro::TetherPro, config: &Config, token: Stri
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let config = Config::load(None)?;
     let token = std::env::var("ADMIN_TOKEN").map_err(|_| "set ADMIN_TOKEN: the dashboard shows captured sync traffic")?;
-    let (tether, _guard) = tether_pro::TetherPro::builder().config(config.clone()).service_name("mount-dashboard").spawn()?;
-    tracing_subscriber::registry().with(tether.tracing_layer()).with(tracing_subscriber::fmt::layer()).init();
+    let (tether, _guard) = tether_pro::TetherPro::builder().service_name("mount-dashboard").spawn()?;
+    let logs = tracing_subscriber::fmt::layer().with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    tracing_subscriber::registry().with(tether.tracing_layer()).with(logs).init();
 
     // Your sync routes go here, with `.layer(tether.http_layer())`.
     let sync_routes = Router::new().layer(tether.http_layer());
-    let app = sync_routes.merge(admin_routes(&tether, &config, token));
+    let app = sync_routes.merge(admin_routes(&tether, token));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("dashboard on http://{}/tether/dashboard (Bearer ADMIN_TOKEN)", listener.local_addr()?);
-    axum::serve(listener, app).await?;
+    axum::serve(listener, app).with_graceful_shutdown(tether_pro::shutdown_signal()).await?;
     Ok(())
 }

@@ -30,7 +30,10 @@ use crate::telemetry::{self, Telemetry, TelemetryGuard};
 
 /// Why [`Builder::spawn`] could not start. ClickHouse being away is not one of them: capture
 /// starts anyway, and its pipeline retries (the host must never wait for its observer).
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the message and its causes (what `fn main() -> Result<(), Box<dyn Error>>`
+/// shows), not the variant's name.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The configuration file or `TETHER_PRO_*` variables could not be read, or a value is
@@ -48,11 +51,52 @@ pub enum Error {
     Pipeline(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")?;
+        let mut source = std::error::Error::source(self);
+        // The first cause is already in the message; deeper ones (anyhow's context) are not.
+        if let Some(first) = source {
+            source = first.source();
+        }
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+/// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM (what `docker stop` and Kubernetes send):
+/// pass it to `axum::serve(..).with_graceful_shutdown(..)`, so the server returns and the
+/// [`TetherProGuard`] is dropped and flushes. Without it, stopping the process loses what was
+/// captured in the last second.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
 /// A running tether-pro: the layers to add to the host. Cheap to clone.
 #[derive(Clone)]
 pub struct TetherPro {
     capture: Capture,
     telemetry: Telemetry,
+    config: std::sync::Arc<Config>,
 }
 
 impl TetherPro {
@@ -87,6 +131,12 @@ impl TetherPro {
         self.capture.stats()
     }
 
+    /// The configuration it runs with (e.g. to point a mounted dashboard at the same
+    /// ClickHouse database).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// The parts, for hosts that wire them by hand.
     pub fn capture(&self) -> &Capture {
         &self.capture
@@ -101,8 +151,8 @@ impl TetherPro {
 
 /// How [`TetherPro`] starts.
 ///
-/// Defaults: the configuration from `tether-pro.toml`-less [`Config::load`] (the environment:
-/// `CLICKHOUSE_URL`, `TETHER_PRO_*`); service name `unknown_service` (OpenTelemetry's default;
+/// Defaults: the configuration from [`Config::load`]: the TOML file `TETHER_PRO_CONFIG` names
+/// (if set), then the environment (`CLICKHOUSE_URL`, `TETHER_PRO_*`); service name `unknown_service` (OpenTelemetry's default;
 /// `OTEL_SERVICE_NAME` wins over both); the schema migrated before the first insert, waiting
 /// at most 10 s; OpenTelemetry from the `OTEL_*` variables (off when no endpoint is set).
 #[derive(Debug, Clone)]
@@ -139,7 +189,8 @@ impl Builder {
         self
     }
 
-    /// Load the configuration from this TOML file, then the environment ([`Config::load`]).
+    /// Load the configuration from this TOML file, then the environment ([`Config::load`]),
+    /// instead of the file `TETHER_PRO_CONFIG` names.
     pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.config_file = Some(path.into());
         self
@@ -181,7 +232,11 @@ impl Builder {
                 c.validate().map_err(|e| Error::Config(e.into()))?;
                 c
             }
-            (None, file) => Config::load(file.as_deref()).map_err(|e| Error::Config(e.into()))?,
+            (None, file) => {
+                // The binary takes the file from `--config` or `TETHER_PRO_CONFIG`; so does a host.
+                let file = file.clone().or_else(|| std::env::var_os("TETHER_PRO_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
+                Config::load(file.as_deref()).map_err(|e| Error::Config(e.into()))?
+            }
         };
         let url = match (&config.clickhouse.url, config.capture.enabled) {
             (Some(url), _) => url.clone(),
@@ -211,7 +266,7 @@ impl Builder {
         });
         let (capture, capture_guard) =
             pipeline::start_after(&config.capture, writer, telemetry.clone(), before).map_err(|e| Error::Pipeline(e.into()))?;
-        Ok((TetherPro { capture, telemetry }, TetherProGuard { capture: Some(capture_guard), telemetry: Some(telemetry_guard) }))
+        Ok((TetherPro { capture, telemetry, config: std::sync::Arc::new(config) }, TetherProGuard { capture: Some(capture_guard), telemetry: Some(telemetry_guard) }))
     }
 }
 

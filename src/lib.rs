@@ -26,4 +26,4 @@ pub mod sync;
 pub mod telemetry;
 
 #[cfg(feature = "capture")]
-pub use builder::{Builder, Error, TetherPro, TetherProGuard};
+pub use builder::{Builder, Error, TetherPro, TetherProGuard, shutdown_signal};

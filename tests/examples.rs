@@ -98,7 +98,7 @@ async fn the_mount_dashboard_example_serves_the_dashboard_only_behind_the_hosts_
     let config = config_for(&ch);
     let (tether, _guard) = TetherPro::builder().config(config.clone()).telemetry(false).spawn().unwrap();
     let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(tether.tracing_layer()));
-    let app = axum_host::app(&tether, axum_host::Records::default()).merge(mount_dashboard::admin_routes(&tether, &config, "s3cret".into()));
+    let app = axum_host::app(&tether, axum_host::Records::default()).merge(mount_dashboard::admin_routes(&tether, "s3cret".into()));
     let base = serve(app).await;
     push(&base, vec![mutation("m1", "t1", "create", json!({"title": "a"})), mutation("m2", "t2", "update", json!({"title": "b"}))]).await;
 
@@ -182,4 +182,85 @@ fn common_closed_port_url() -> String {
     let port = l.local_addr().unwrap().port();
     drop(l);
     format!("http://127.0.0.1:{port}")
+}
+
+/// Found by a fresh user: stopping while the start-up migration still waited for a ClickHouse
+/// that accepts connections and never answers lost every captured record, even with the disk
+/// spool on ("3 still in memory at exit (lost)"). Now the stop ends the wait and the records
+/// go to the spool.
+#[tokio::test]
+async fn a_stop_during_the_start_up_migration_spools_what_was_captured() {
+    // Accepts and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let held = std::thread::spawn(move || silent.incoming().take(64).filter_map(Result::ok).collect::<Vec<_>>());
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.clickhouse.url = Some(url);
+    config.capture.flush_timeout_ms = 1_000;
+    config.capture.spool.enabled = true;
+    config.capture.spool.dir = spool.path().join("spool");
+    let (tether, mut guard) = TetherPro::builder().config(config).migrate_timeout(Duration::from_secs(60)).telemetry(false).spawn().unwrap();
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(tether.tracing_layer()));
+    let base = serve(axum_host::app(&tether, axum_host::Records::default())).await;
+    for i in 0..3 {
+        push(&base, vec![mutation(&format!("m{i}"), &format!("t{i}"), "create", json!({"title": "a"}))]).await;
+    }
+    let stopping = Instant::now();
+    guard.shutdown();
+    let t = tether.capture_stats().totals();
+    let (written, spooled, dropped) = t.accounted();
+    assert_eq!(t.captured(), 3);
+    assert_eq!((written, spooled, dropped), (0, 3, 0), "{t:?}");
+    // Not the migration's 60 s (generous margin: not a speed check).
+    assert!(stopping.elapsed() < Duration::from_secs(20), "stop took {:?}", stopping.elapsed());
+    drop(held);
+}
+
+/// Found by a fresh user: with tether-pro started twice and both sets of layers installed,
+/// the second tracing layer panicked on the host's request thread (the client got no answer)
+/// and stacked tower layers stored every push twice. Now the request is answered and captured
+/// once.
+#[tokio::test]
+async fn two_instances_in_one_process_never_break_a_request_and_capture_it_once() {
+    let ch = common::clickhouse().await;
+    let (a, guard_a) = TetherPro::builder().config(config_for(&ch)).telemetry(false).spawn().unwrap();
+    let (b, guard_b) = TetherPro::builder().config(config_for(&ch)).telemetry(false).spawn().unwrap();
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(a.tracing_layer()).with(b.tracing_layer()));
+    let base = serve(axum_host::app(&a, axum_host::Records::default()).layer(b.http_layer())).await;
+    let answer = push(&base, vec![mutation("m1", "t1", "create", json!({"title": "a"}))]).await;
+    assert_eq!(answer["applied"], json!(["m1"]));
+    drop(guard_a);
+    drop(guard_b);
+    assert_eq!(ch.count("SELECT count() FROM sync_requests").await, 1);
+    assert_eq!(ch.count("SELECT count() FROM sync_mutations").await, 1);
+}
+
+#[test]
+fn a_start_up_error_prints_its_message_not_its_variant() {
+    let mut config = Config::default();
+    config.clickhouse.url = None;
+    let err = TetherPro::builder().config(config).telemetry(false).spawn().err().expect("no URL is refused");
+    let shown = format!("{err:?}");
+    assert!(shown.contains("set CLICKHOUSE_URL"), "{shown}");
+    let mut config = Config::default();
+    config.clickhouse.url = Some("http://127.0.0.1:8123".into());
+    config.capture.queue_records = 0;
+    let shown = format!("{:?}", TetherPro::builder().config(config).telemetry(false).spawn().err().expect("refused"));
+    assert!(shown.contains("capture.queue_records must be at least 1") && !shown.contains("stack backtrace"), "{shown}");
+}
+
+#[test]
+fn the_builder_reads_the_file_tether_pro_config_names() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("host.toml", "[clickhouse]\nurl = \"http://127.0.0.1:9\"\ndatabase = \"from_file\"\n[capture]\nenabled = false\n")?;
+        jail.set_env("TETHER_PRO_CONFIG", "host.toml");
+        let (tether, _guard) = TetherPro::builder().telemetry(false).spawn().map_err(|e| e.to_string())?;
+        assert_eq!(tether.config().clickhouse.database, "from_file");
+        // An explicit file wins over the variable.
+        jail.create_file("other.toml", "[clickhouse]\ndatabase = \"explicit\"\n[capture]\nenabled = false\n")?;
+        let (tether, _guard) = TetherPro::builder().config_file("other.toml").telemetry(false).spawn().map_err(|e| e.to_string())?;
+        assert_eq!(tether.config().clickhouse.database, "explicit");
+        Ok(())
+    });
 }

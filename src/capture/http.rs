@@ -108,7 +108,9 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let kind = if self.enabled && req.method() == http::Method::POST { kind_of(req.uri().path()) } else { None };
+        // An outer CaptureLayer already captures this request (the layer added twice): once.
+        let outer = req.extensions().get::<RequestId>().is_some();
+        let kind = if self.enabled && !outer && req.method() == http::Method::POST { kind_of(req.uri().path()) } else { None };
         let Some(kind) = kind else {
             let (parts, body) = req.into_parts();
             let fut = self.inner.call(Request::from_parts(parts, TeeBody::passthrough(body)));

@@ -134,6 +134,11 @@ where
             return;
         }
         let Some(span) = ctx.span(id) else { return };
+        // A second SyncLayer in the same registry (tether-pro started twice) leaves the span
+        // to the first: inserting the same extension twice panics on the host's thread.
+        if span.extensions().get::<RequestData>().is_some() {
+            return;
+        }
         let mut data = RequestData {
             request_id: String::new(),
             kind: if meta.name() == SPAN_PUSH { RequestKind::Push } else { RequestKind::Pull },

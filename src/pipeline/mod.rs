@@ -167,11 +167,23 @@ pub fn start_after(
         let _no_tracing = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
         lower_priority(cfg.pipeline_nice);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("pipeline runtime");
+        let mut stop = shutdown_rx.clone();
+        let flush = Duration::from_millis(cfg.flush_timeout_ms);
         rt.block_on(async move {
-            if let Some(before) = before {
-                before.await;
+            let mut stopped_at = None;
+            if let Some(mut before) = before {
+                tokio::select! {
+                    _ = &mut before => {}
+                    _ = stop.changed() => {
+                        // A stop during the start-up work (a migration waiting for ClickHouse):
+                        // it gets half the flush budget to finish, and the records queued
+                        // meanwhile are flushed, spooled or counted in the rest, like any others.
+                        stopped_at = Some(Instant::now());
+                        let _ = tokio::time::timeout(flush / 2, &mut before).await;
+                    }
+                }
             }
-            run(rx, writer, settings, cfg, worker_stats, shutdown_rx, telemetry, spool, dead_letters).await
+            run(rx, writer, settings, cfg, worker_stats, shutdown_rx, telemetry, spool, dead_letters, stopped_at).await
         });
         let _ = done_tx.send(());
     })?;
@@ -232,13 +244,14 @@ async fn run(
     telemetry: Telemetry,
     spool: Option<Spool>,
     dead_letters: Option<dead_letter::DeadLetters>,
+    stopped_at: Option<Instant>,
 ) {
     let (batches_tx, batches_rx) = tokio::sync::mpsc::channel::<Batch>(WRITE_BUFFER_BATCHES);
     let stop_at = Rc::new(std::cell::Cell::new(None::<Instant>));
     let spool: SharedSpool = Rc::new(RefCell::new(spool));
     let writer_failing = Arc::new(AtomicBool::new(false));
     let out = Outlet { batches: batches_tx, stats: stats.clone(), spool: spool.clone(), writer_failing: writer_failing.clone() };
-    let process = process_loop(rx, out, settings, cfg.clone(), stats.clone(), shutdown, telemetry.clone(), stop_at.clone());
+    let process = process_loop(rx, out, settings, cfg.clone(), stats.clone(), shutdown, telemetry.clone(), stop_at.clone(), stopped_at);
     let sinks = Sinks { spool, dead_letters, stats: stats.clone() };
     let write = write_loop(batches_rx, writer, stats, telemetry, stop_at, sinks, writer_failing);
     tokio::join!(process, write);
@@ -254,6 +267,7 @@ async fn process_loop(
     mut shutdown: watch::Receiver<bool>,
     telemetry: Telemetry,
     stop_at: std::rc::Rc<std::cell::Cell<Option<Instant>>>,
+    stopped_at: Option<Instant>,
 ) {
     let interval = Duration::from_millis(cfg.batch_interval_ms);
     // Records are processed as they come, a tick at a time, and batches handed over once an
@@ -277,7 +291,9 @@ async fn process_loop(
         }
         if stopping || *shutdown.borrow() {
             stopping = true;
-            stop_at.set(Some(Instant::now() + Duration::from_millis(cfg.flush_timeout_ms)));
+            // The flush deadline counts from the stop request, also when it came during the
+            // start-up work: the guard waits no longer than that.
+            stop_at.set(Some(stopped_at.unwrap_or_else(Instant::now) + Duration::from_millis(cfg.flush_timeout_ms)));
         }
         if stats.dropped.load(Ordering::Relaxed) > 0 && !stats.warned_drop.swap(true, Ordering::Relaxed) {
             eprintln!(
