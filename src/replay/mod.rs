@@ -6,6 +6,8 @@ pub mod links;
 pub mod plan;
 pub mod target;
 
+use crate::store::queries;
+use crate::store::schema::RequestKind;
 use crate::store::schema::MutationOutcome;
 use std::sync::Arc;
 
@@ -77,29 +79,6 @@ pub struct Replayer {
     redactor: Redactor,
 }
 
-#[derive(Debug, clickhouse::Row, Deserialize)]
-struct RequestHead {
-    kind: String,
-    client_id: String,
-    client_version: String,
-}
-
-#[derive(Debug, clickhouse::Row, Deserialize)]
-struct MutationRow {
-    position: u32,
-    mutation_id: String,
-    entity_id: String,
-    model: String,
-    operation: String,
-    payload: String,
-    client_ms: Option<i64>,
-    version: u64,
-    outcome: String,
-    redacted_paths: Vec<String>,
-    redacted_paths_recorded: bool,
-    detail_kept: bool,
-}
-
 impl Replayer {
     /// `client` must be bound to tether-pro's database.
     /// With the default redaction keys; see [`Replayer::with_redactor`].
@@ -116,27 +95,11 @@ impl Replayer {
 
     /// Reads a captured push back from ClickHouse.
     pub async fn load(&self, request_id: &str) -> Result<Captured, ReplayError> {
-        let head: Option<RequestHead> = self
-            .client
-            .query_raw("SELECT kind, client_id, client_version FROM sync_requests WHERE request_id = {id:String} LIMIT 1")
-            .param("id", request_id)
-            .fetch_optional()
-            .await?;
-        let head = head.ok_or(ReplayError::NotFound)?;
-        if head.kind != "push" {
+        let head = queries::request_head(&self.client, request_id).await?.ok_or(ReplayError::NotFound)?;
+        if head.kind != RequestKind::Push {
             return Err(ReplayError::NotAPush(head.kind));
         }
-        let rows: Vec<MutationRow> = self
-            .client
-            .query_raw(
-                "SELECT position, mutation_id, entity_id, model, operation, payload,
-                        toUnixTimestamp64Milli(client_timestamp) AS client_ms, version, outcome,
-                        redacted_paths, redacted_paths_recorded, detail_kept
-                 FROM sync_mutations WHERE request_id = {id:String} ORDER BY position",
-            )
-            .param("id", request_id)
-            .fetch_all()
-            .await?;
+        let rows = queries::replayable_mutations(&self.client, request_id).await?;
         let mutations = rows
             .into_iter()
             .map(|r| CapturedMutation {

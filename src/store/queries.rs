@@ -527,3 +527,50 @@ pub enum MutationKey {
     MutationId,
     EntityId,
 }
+
+/// The identity of a captured request, as replay reads it.
+#[derive(Debug, clickhouse::Row, Deserialize)]
+pub struct RequestHead {
+    pub kind: String,
+    pub client_id: String,
+    pub client_version: String,
+}
+
+/// A captured request's kind and client (`None`: no such request).
+pub async fn request_head(c: &clickhouse::Client, request_id: &str) -> clickhouse::error::Result<Option<RequestHead>> {
+    c.query_raw("SELECT kind, client_id, client_version FROM sync_requests WHERE request_id = {id:String} LIMIT 1")
+        .param("id", request_id)
+        .fetch_optional()
+        .await
+}
+
+/// A `sync_mutations` row as replay needs it: what to resend, and which values were redacted.
+#[derive(Debug, clickhouse::Row, Deserialize)]
+pub struct ReplayableMutation {
+    pub position: u32,
+    pub mutation_id: String,
+    pub entity_id: String,
+    pub model: String,
+    pub operation: String,
+    pub payload: String,
+    /// The client timestamp in epoch milliseconds (`None`: missing or invalid when captured).
+    pub client_ms: Option<i64>,
+    pub version: u64,
+    pub outcome: String,
+    pub redacted_paths: Vec<String>,
+    pub redacted_paths_recorded: bool,
+    pub detail_kept: bool,
+}
+
+/// Every mutation of one captured push, in body order.
+pub async fn replayable_mutations(c: &clickhouse::Client, request_id: &str) -> clickhouse::error::Result<Vec<ReplayableMutation>> {
+    c.query_raw(
+        "SELECT position, mutation_id, entity_id, model, operation, payload,
+                toUnixTimestamp64Milli(client_timestamp) AS client_ms, version, outcome,
+                redacted_paths, redacted_paths_recorded, detail_kept
+         FROM sync_mutations WHERE request_id = {id:String} ORDER BY position",
+    )
+    .param("id", request_id)
+    .fetch_all()
+    .await
+}
