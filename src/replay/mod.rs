@@ -2,7 +2,6 @@
 //! `replay.live_enabled`) apply a clone with fresh mutation ids through the host's normal push
 //! path, with durable audit links written before anything is sent.
 
-pub mod links;
 pub mod plan;
 pub mod target;
 
@@ -14,7 +13,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-pub use links::LinkRow;
+pub use crate::store::links::{self, LinkRow};
 pub use plan::{CapturedMutation, Prediction, PreviewEntry, SentInstead, Substitution};
 pub use target::{HttpTarget, ReplayTarget, TargetError};
 

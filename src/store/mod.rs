@@ -2,6 +2,7 @@
 
 pub mod config;
 #[cfg(feature = "cli")]
+pub mod links;
 pub mod local;
 pub mod migrate;
 pub mod queries;

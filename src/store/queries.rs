@@ -574,3 +574,12 @@ pub async fn replayable_mutations(c: &clickhouse::Client, request_id: &str) -> c
     .fetch_all()
     .await
 }
+
+/// The requests that replayed `request_id`, newest first, at most `limit`.
+pub async fn replays_of(c: &clickhouse::Client, request_id: &str, limit: u64) -> clickhouse::error::Result<Vec<String>> {
+    c.query_raw("SELECT request_id FROM sync_requests WHERE replay_of = {id:String} ORDER BY started_at DESC LIMIT {limit:UInt64}")
+        .param("id", request_id)
+        .param("limit", limit)
+        .fetch_all()
+        .await
+}

@@ -26,12 +26,8 @@ pub(super) async fn request(State(state): State<DashboardState>, id: Result<Path
     let size = state.mutations_page_size.max(1) as u64;
     // The audit trail of replays of this request (readable even with replay switched off).
     let (replays, replayed_requests) = if r.kind == "push" {
-        let links = crate::replay::links::for_request(c, &r.request_id).await.unwrap_or_default();
-        let replayed: Vec<String> = c
-            .query_raw("SELECT request_id FROM sync_requests WHERE replay_of = {id:String} ORDER BY started_at DESC LIMIT 50")
-            .param("id", &r.request_id)
-            .fetch_all()
-            .await?;
+        let links = crate::store::links::for_request(c, &r.request_id).await.unwrap_or_default();
+        let replayed = queries::replays_of(c, &r.request_id, 50).await?;
         let nav_prefix = state.prefix.clone();
         (links, replayed.into_iter().map(|id| (format!("{nav_prefix}/requests/{}", views::enc(&id)), id)).collect())
     } else {
