@@ -55,7 +55,7 @@ impl std::fmt::Debug for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{self}")?;
         let mut source = std::error::Error::source(self);
-        // The first cause is already in the message; deeper ones (anyhow's context) are not.
+        // The first cause is already in the message; deeper ones are not.
         if let Some(first) = source {
             source = first.source();
         }

@@ -3,6 +3,7 @@
 //! `CLICKHOUSE_URL` variable is honoured too, because that is what everyone sets.
 //! Unknown keys are rejected: a typo must not silently fall back to a default.
 
+use crate::invalid::{InvalidConfig, ensure_valid};
 use std::path::Path;
 
 pub use crate::pipeline::config::{AppliedDetail, CaptureConfig, DeadLetterConfig, SpoolConfig};
@@ -13,6 +14,22 @@ pub use crate::dashboard::config::ServeConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file given does not exist.
+    #[error("config file {} does not exist", .0.display())]
+    Missing(std::path::PathBuf),
+    /// The TOML or an environment variable could not be read: a syntax error, an unknown key,
+    /// a value of the wrong type (figment names the key and where it came from).
+    #[error(transparent)]
+    Load(#[from] Box<figment::Error>),
+    /// A value is out of range or inconsistent (the message names the key).
+    #[error(transparent)]
+    Invalid(#[from] InvalidConfig),
+}
 
 /// Everything tether-pro can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -57,10 +74,12 @@ pub struct OriginalKeys {
 
 impl Config {
     /// Defaults, then the TOML file (if given, it must exist), then the environment.
-    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
-            anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
+            if !path.exists() {
+                return Err(ConfigError::Missing(path.to_owned()));
+            }
             fig = fig.merge(Toml::file_exact(path));
         }
         fig = fig
@@ -72,7 +91,7 @@ impl Config {
                     .split("__"),
             )
             .merge(Env::prefixed("TETHER_PRO_SERVER__").split("__").map(|k| format!("tether-pro-server.{k}").into()));
-        let mut cfg: Config = fig.extract()?;
+        let mut cfg: Config = fig.extract().map_err(Box::new)?;
         if let Some(orig) = cfg.original.take() {
             cfg.replay.live_enabled |= orig.replay.live_enabled;
         }
@@ -81,9 +100,9 @@ impl Config {
     }
 
     /// Checks what serde cannot, before anything is started.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         let db = &self.clickhouse.database;
-        anyhow::ensure!(
+        ensure_valid!(
             !db.is_empty()
                 && db.len() <= 64
                 && db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -93,13 +112,13 @@ impl Config {
         self.capture.validate()?;
         #[cfg(feature = "dashboard")]
         self.serve.validate()?;
-        anyhow::ensure!(self.retention.days >= 1, "retention.days must be at least 1");
-        anyhow::ensure!(
+        ensure_valid!(self.retention.days >= 1, "retention.days must be at least 1");
+        ensure_valid!(
             self.retention.aggregate_days >= self.retention.days,
             "retention.aggregate_days must be at least retention.days"
         );
         if let Some(url) = &self.clickhouse.url {
-            anyhow::ensure!(
+            ensure_valid!(
                 url.starts_with("http://") || url.starts_with("https://"),
                 "clickhouse.url must be an http(s) URL, got {url:?}"
             );

@@ -12,6 +12,8 @@ pub mod config;
 #[cfg(feature = "dashboard")]
 pub mod dashboard;
 #[cfg(feature = "capture")]
+pub mod invalid;
+#[cfg(feature = "capture")]
 pub mod pipeline;
 pub mod protocol;
 #[cfg(feature = "replay")]

@@ -1,5 +1,6 @@
 //! `[serve]`: the dashboard service (`tether-pro serve`, and the demo).
 
+use crate::invalid::{InvalidConfig, ensure_valid};
 use serde::{Deserialize, Serialize};
 
 /// The dashboard service (`tether-pro serve`, and the demo).
@@ -37,22 +38,22 @@ impl Default for ServeConfig {
 
 impl ServeConfig {
     /// Checks what serde cannot.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        ensure_valid!(
             self.prefix.is_empty() || (self.prefix.starts_with('/') && !self.prefix.ends_with('/')),
             "serve.prefix must be empty or start with / and not end with /, got {:?}",
             self.prefix
         );
-        anyhow::ensure!(self.mutations_page_size >= 1, "serve.mutations_page_size must be at least 1");
-        anyhow::ensure!(
+        ensure_valid!(self.mutations_page_size >= 1, "serve.mutations_page_size must be at least 1");
+        ensure_valid!(
             self.bearer_token.as_deref().is_none_or(|t| !t.trim().is_empty()),
             "serve.bearer_token is set but empty (unset it to serve without auth)"
         );
-        anyhow::ensure!(
+        ensure_valid!(
             self.basic_username.as_deref().is_none_or(|u| !u.trim().is_empty()),
             "serve.basic_username is set but empty"
         );
-        anyhow::ensure!(
+        ensure_valid!(
             self.basic_username.is_none() || self.basic_password.as_deref().is_some_and(|p| !p.is_empty()),
             "serve.basic_username needs a non-empty serve.basic_password"
         );

@@ -1,5 +1,6 @@
 //! `[capture]`: what is captured, how it is redacted, and how it travels to ClickHouse.
 
+use crate::invalid::{InvalidConfig, ensure_valid};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -158,31 +159,31 @@ impl CaptureConfig {
     pub const DEFAULT_PIPELINE_NICE: i32 = 19;
     pub const DEFAULT_APPLIED_SAMPLE_RATIO: f64 = 0.1;
 
-    pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.queue_records >= 1, "capture.queue_records must be at least 1");
-        anyhow::ensure!(self.queue_bytes >= 1024, "capture.queue_bytes must be at least 1024");
-        anyhow::ensure!(self.batch_rows >= 1, "capture.batch_rows must be at least 1");
-        anyhow::ensure!(self.batch_interval_ms >= 1, "capture.batch_interval_ms must be at least 1");
-        anyhow::ensure!(self.process_interval_ms >= 1, "capture.process_interval_ms must be at least 1");
-        anyhow::ensure!(self.insert_timeout_ms >= 1, "capture.insert_timeout_ms must be at least 1");
-        anyhow::ensure!(
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        ensure_valid!(self.queue_records >= 1, "capture.queue_records must be at least 1");
+        ensure_valid!(self.queue_bytes >= 1024, "capture.queue_bytes must be at least 1024");
+        ensure_valid!(self.batch_rows >= 1, "capture.batch_rows must be at least 1");
+        ensure_valid!(self.batch_interval_ms >= 1, "capture.batch_interval_ms must be at least 1");
+        ensure_valid!(self.process_interval_ms >= 1, "capture.process_interval_ms must be at least 1");
+        ensure_valid!(self.insert_timeout_ms >= 1, "capture.insert_timeout_ms must be at least 1");
+        ensure_valid!(
             !self.dead_letter.enabled || !self.dead_letter.dir.as_os_str().is_empty(),
             "capture.dead_letter.dir is empty"
         );
-        anyhow::ensure!((0..=19).contains(&self.pipeline_nice), "capture.pipeline_nice must be 0..=19");
-        anyhow::ensure!(self.body_cap_bytes >= 64, "capture.body_cap_bytes must be at least 64");
-        anyhow::ensure!(
+        ensure_valid!((0..=19).contains(&self.pipeline_nice), "capture.pipeline_nice must be 0..=19");
+        ensure_valid!(self.body_cap_bytes >= 64, "capture.body_cap_bytes must be at least 64");
+        ensure_valid!(
             (0.0..=1.0).contains(&self.applied_sample_ratio),
             "capture.applied_sample_ratio must be between 0 and 1"
         );
-        anyhow::ensure!(self.decoded_max_bytes >= 1024, "capture.decoded_max_bytes must be at least 1024");
-        anyhow::ensure!(self.redact_keys.iter().all(|k| !k.trim().is_empty()), "capture.redact_keys has an empty key");
-        super::redact::Redactor::with_defaults(&self.redact_keys, &self.redact_keys_disabled)?;
-        anyhow::ensure!(
+        ensure_valid!(self.decoded_max_bytes >= 1024, "capture.decoded_max_bytes must be at least 1024");
+        ensure_valid!(self.redact_keys.iter().all(|k| !k.trim().is_empty()), "capture.redact_keys has an empty key");
+        super::redact::Redactor::with_defaults(&self.redact_keys, &self.redact_keys_disabled).map_err(|e| InvalidConfig(e.to_string()))?;
+        ensure_valid!(
             !self.spool.enabled || self.spool.max_bytes >= 1024 * 1024,
             "capture.spool.max_bytes must be at least 1 MiB"
         );
-        anyhow::ensure!(!self.spool.enabled || !self.spool.dir.as_os_str().is_empty(), "capture.spool.dir is empty");
+        ensure_valid!(!self.spool.enabled || !self.spool.dir.as_os_str().is_empty(), "capture.spool.dir is empty");
         Ok(())
     }
 }

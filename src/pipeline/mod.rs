@@ -102,8 +102,20 @@ impl Drop for CaptureGuard {
     }
 }
 
+/// Why the pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A `[capture]` value is out of range (the message names the key).
+    #[error(transparent)]
+    Config(#[from] crate::invalid::InvalidConfig),
+    /// The pipeline thread could not be spawned.
+    #[error("starting the pipeline thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
 /// Starts the pipeline thread writing through `writer`, with no OpenTelemetry output.
-pub fn start(config: &CaptureConfig, writer: ClickHouseWriter) -> anyhow::Result<(Capture, CaptureGuard)> {
+pub fn start(config: &CaptureConfig, writer: ClickHouseWriter) -> Result<(Capture, CaptureGuard), StartError> {
     start_with_telemetry(config, writer, Telemetry::disabled())
 }
 
@@ -113,7 +125,7 @@ pub fn start_with_telemetry(
     config: &CaptureConfig,
     writer: ClickHouseWriter,
     telemetry: Telemetry,
-) -> anyhow::Result<(Capture, CaptureGuard)> {
+) -> Result<(Capture, CaptureGuard), StartError> {
     start_after(config, writer, telemetry, None)
 }
 
@@ -127,7 +139,7 @@ pub fn start_after(
     writer: ClickHouseWriter,
     telemetry: Telemetry,
     before: Option<BeforeStart>,
-) -> anyhow::Result<(Capture, CaptureGuard)> {
+) -> Result<(Capture, CaptureGuard), StartError> {
     config.validate()?;
     let writer = writer.with_insert_timeout(Duration::from_millis(config.insert_timeout_ms));
     let dead_letters = dead_letter::DeadLetters::new(&config.dead_letter);

@@ -165,7 +165,7 @@ struct Applied {
 /// in line with `retention`. Idempotent; safe to run at every start.
 ///
 /// `server` must not be bound to a database (the database may not exist yet).
-pub async fn migrate(server: &Client, database: &str, retention: &RetentionConfig) -> anyhow::Result<MigrationReport> {
+pub async fn migrate(server: &Client, database: &str, retention: &RetentionConfig) -> Result<MigrationReport, MigrateError> {
     server
         .query_raw("CREATE DATABASE IF NOT EXISTS {db:Identifier}")
         .param("db", database)
@@ -188,21 +188,17 @@ pub async fn migrate(server: &Client, database: &str, retention: &RetentionConfi
     for m in MIGRATIONS {
         let sum = checksum(m.sql);
         if let Some(a) = done.iter().find(|a| a.version == m.version) {
-            anyhow::ensure!(
-                a.checksum == sum,
-                "migration {:04}_{} was changed after it was applied to database {database} \
-                 (recorded checksum {}, embedded {sum}); add a new migration instead",
-                m.version,
-                m.name,
-                a.checksum
-            );
+            if a.checksum != sum {
+                return Err(MigrateError::Changed { version: m.version, name: m.name, database: database.to_owned(), recorded: a.checksum.clone(), embedded: sum });
+            }
             report.already_applied.push(m.version);
             continue;
         }
         for stmt in statements(&render(m.sql, retention)) {
-            db.query_raw(&stmt).execute().await.map_err(|e| {
-                anyhow::anyhow!("migration {:04}_{} failed: {e}\n--- statement ---\n{stmt}", m.version, m.name)
-            })?;
+            db.query_raw(&stmt)
+                .execute()
+                .await
+                .map_err(|source| MigrateError::Failed { version: m.version, name: m.name, statement: stmt.clone(), source })?;
         }
         db.query_raw("INSERT INTO schema_migrations (version, name, checksum) VALUES ({v:UInt32}, {n:String}, {c:String})")
             .param("v", m.version)
@@ -220,6 +216,24 @@ pub async fn migrate(server: &Client, database: &str, retention: &RetentionConfi
     Ok(report)
 }
 
+/// Why the migrations could not be applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrateError {
+    /// ClickHouse could not be reached, or refused a bookkeeping query.
+    #[error("ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    /// A migration already applied differs from the one this build embeds.
+    #[error(
+        "migration {version:04}_{name} was changed after it was applied to database {database} \
+         (recorded checksum {recorded}, embedded {embedded}); add a new migration instead"
+    )]
+    Changed { version: u32, name: &'static str, database: String, recorded: String, embedded: String },
+    /// A statement of a migration failed.
+    #[error("migration {version:04}_{name} failed: {source}\n--- statement ---\n{statement}")]
+    Failed { version: u32, name: &'static str, statement: String, source: clickhouse::error::Error },
+}
+
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct Column {
     table: String,
@@ -229,7 +243,7 @@ struct Column {
 }
 
 /// Compares the inserted tables' columns with [`INSERTED_COLUMNS`].
-pub async fn schema_drift(db: &Client, database: &str) -> anyhow::Result<Vec<String>> {
+pub async fn schema_drift(db: &Client, database: &str) -> clickhouse::error::Result<Vec<String>> {
     let have: Vec<Column> = db
         .query_raw("SELECT table, name, type FROM system.columns WHERE database = {db:String} AND table IN ('sync_requests', 'sync_mutations')")
         .param("db", database)
@@ -257,7 +271,7 @@ struct TableTtl {
 /// Sets each table's TTL to the configured days when it differs. Metadata only: existing
 /// parts are not rewritten (`materialize_ttl_after_modify = 0`); old partitions drop as they
 /// expire.
-async fn apply_retention(db: &Client, database: &str, r: &RetentionConfig) -> anyhow::Result<()> {
+async fn apply_retention(db: &Client, database: &str, r: &RetentionConfig) -> clickhouse::error::Result<()> {
     let tables: Vec<TableTtl> = db
         .query_raw("SELECT name, engine_full FROM system.tables WHERE database = {db:String}")
         .param("db", database)

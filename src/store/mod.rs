@@ -1,8 +1,8 @@
 //! ClickHouse: schema, migrations, writer, reads, and the embedded local server.
 
 pub mod config;
-#[cfg(feature = "cli")]
 pub mod links;
+#[cfg(feature = "cli")]
 pub mod local;
 pub mod migrate;
 pub mod queries;

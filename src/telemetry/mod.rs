@@ -255,7 +255,7 @@ pub fn resource(default_service: &str) -> Resource {
 struct ExporterRuntime(Option<tokio::runtime::Runtime>);
 
 impl ExporterRuntime {
-    fn new() -> anyhow::Result<Self> {
+    fn new() -> std::io::Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("tether-pro-otlp").enable_all().build()?;
         Ok(ExporterRuntime(Some(rt)))
     }
@@ -270,9 +270,21 @@ impl Drop for ExporterRuntime {
     }
 }
 
+/// Why the OpenTelemetry exporters could not be built from the `OTEL_*` variables.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// An exporter refused its settings (e.g. an endpoint that is not a URL).
+    #[error("building the OTLP exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// The gRPC exporters' runtime could not be started.
+    #[error("starting the OTLP runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
 /// Builds the providers from the environment. Needs no runtime of the caller's: the gRPC
 /// transport gets one of its own. Returns a disabled handle when nothing is configured.
-pub fn init(default_service: &str) -> anyhow::Result<(Telemetry, TelemetryGuard)> {
+pub fn init(default_service: &str) -> Result<(Telemetry, TelemetryGuard), TelemetryError> {
     use opentelemetry_otlp::{MetricExporter, SpanExporter};
     let stats = Arc::new(TelemetryStats::default());
     let resource = resource(default_service);
