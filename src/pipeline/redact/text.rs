@@ -96,6 +96,12 @@ impl Redactor {
                 if (c == b' ' || c == b'\t') && SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(word)) {
                     let cs = skip_inline_space(b, i);
                     let ce = credential_end(b, cs);
+                    // `Bearer Bearer <credential>` (a client that adds the scheme twice): the
+                    // second scheme word is not the credential; scan on from it.
+                    if ce < n && (b[ce] == b' ' || b[ce] == b'\t') && SCHEMES.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(&b[cs..ce])) {
+                        i = cs;
+                        continue;
+                    }
                     if looks_like_credential(&b[cs..ce]) {
                         out.push_str(&text[emitted..cs]);
                         out.push_str(REDACTED);
@@ -577,6 +583,11 @@ mod tests {
             ("{:password=>\"sEcr3t\"}", "{:password=>\"[REDACTED]\"}"),
             ("[password] => sEcr3t\n", "[password] => [REDACTED]\n"),
             ("sent Bearer\tsEcr3t-9x", "sent Bearer\t[REDACTED]"),
+            // Found by the redact_values fuzz target (CI, 1 December): the scheme twice, as
+            // clients that prepend it to a header value that already has it send.
+            ("BeArEr  BeArEr  QZX7____, ok", "BeArEr  BeArEr  [REDACTED], ok"),
+            ("Authorization: Bearer Bearer eyJhbGciOiJIUzI1NiJ9.e30.x", "Authorization: [REDACTED]"),
+            ("token Basic Token dXNlcjpwYXNz9 end", "token Basic Token [REDACTED] end"),
             (
                 "{\"k\":\"x\\\"-----BEGIN RSA PRIVATE KEY-----MIIE\\\"\", \"token\": 1234567}",
                 "{\"k\":\"x\\\"-----BEGIN RSA PRIVATE KEY-----[REDACTED]\\\"\", \"token\": \"[REDACTED]\"}",
