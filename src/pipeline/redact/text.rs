@@ -102,6 +102,20 @@ impl Redactor {
                         i = cs;
                         continue;
                     }
+                    // `token X-Secret: <value>`: the word is a sensitive key, and the pair rule
+                    // below cuts its value (cutting the key would leave the value).
+                    let mut k = ce;
+                    if k < n && (b[k] == b'"' || b[k] == b'\'') {
+                        k += 1;
+                    }
+                    let key_of_pair = {
+                        let k = skip_inline_space(b, k);
+                        k < n && b[k] == b':' && self.word_matches(&text[cs..ce])
+                    };
+                    if key_of_pair {
+                        i = cs;
+                        continue;
+                    }
                     if looks_like_credential(&b[cs..ce]) {
                         out.push_str(&text[emitted..cs]);
                         out.push_str(REDACTED);
@@ -588,6 +602,10 @@ mod tests {
             ("BeArEr  BeArEr  QZX7____, ok", "BeArEr  BeArEr  [REDACTED], ok"),
             ("Authorization: Bearer Bearer eyJhbGciOiJIUzI1NiJ9.e30.x", "Authorization: [REDACTED]"),
             ("token Basic Token dXNlcjpwYXNz9 end", "token Basic Token [REDACTED] end"),
+            // Found by the redact_text fuzz target right after: a scheme word before a
+            // sensitive key, whose value the key rule must cut.
+            ("token    X-SeCreT:\"s3cr3t20202000\" &", "token    X-SeCreT:\"[REDACTED]\" &"),
+            ("Bearer api_key: sk_live_4eC39Hq", "Bearer api_key: [REDACTED]"),
             (
                 "{\"k\":\"x\\\"-----BEGIN RSA PRIVATE KEY-----MIIE\\\"\", \"token\": 1234567}",
                 "{\"k\":\"x\\\"-----BEGIN RSA PRIVATE KEY-----[REDACTED]\\\"\", \"token\": \"[REDACTED]\"}",
