@@ -205,7 +205,19 @@ fn check(input: Input) {
         }
     }
     let cut = input.cut_request.is_some() || input.cut_response.is_some();
-    secrets.extend(checkable_carried(&input.carried, &inputs, cut));
+    // Object keys are stored as sent (README "Redaction": a documented limit): a token the
+    // generator carried that also ends up inside a key is not expected to be cut there.
+    let mut keys = Vec::new();
+    collect_keys(&input.request, &mut keys);
+    collect_keys(&input.response, &mut keys);
+    for st in &rec.states {
+        for v in [&st.before, &st.after].into_iter().flatten() {
+            if let Some(o) = v.clone().into_object() {
+                collect_keys(&Value::Object(o), &mut keys);
+            }
+        }
+    }
+    secrets.extend(checkable_carried(&input.carried, &inputs, cut).into_iter().filter(|t| !keys.iter().any(|k| k.contains(t.as_str()))));
     if secrets.is_empty() {
         return;
     }
@@ -259,3 +271,17 @@ fuzz_target!(|data: &[u8]| {
         check(input);
     }
 });
+
+/// Every object key at any depth of `v`.
+fn collect_keys(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                out.push(k.clone());
+                collect_keys(x, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_keys(x, out)),
+        _ => {}
+    }
+}

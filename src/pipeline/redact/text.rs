@@ -110,7 +110,9 @@ impl Redactor {
                     }
                     let key_of_pair = {
                         let k = skip_inline_space(b, k);
-                        k < n && b[k] == b':' && self.word_matches(&text[cs..ce])
+                        // Only a plain word is a key: `QZX7RHs2=secret":` is a credential
+                        // that merely contains the name (found by fuzzing right after).
+                        k < n && b[k] == b':' && b[cs..ce].iter().all(|&c| is_word_byte(c)) && self.word_matches(&text[cs..ce])
                     };
                     if key_of_pair {
                         i = cs;
@@ -606,6 +608,7 @@ mod tests {
             // sensitive key, whose value the key rule must cut.
             ("token    X-SeCreT:\"s3cr3t20202000\" &", "token    X-SeCreT:\"[REDACTED]\" &"),
             ("Bearer api_key: sk_live_4eC39Hq", "Bearer api_key: [REDACTED]"),
+            ("see bEAreR \tQZX7RHs2=secret\":\"sk5x1", "see bEAreR \t[REDACTED]\":\"sk5x1"),
             (
                 "{\"k\":\"x\\\"-----BEGIN RSA PRIVATE KEY-----MIIE\\\"\", \"token\": 1234567}",
                 "{\"k\":\"x\\\"-----BEGIN RSA PRIVATE KEY-----[REDACTED]\\\"\", \"token\": \"[REDACTED]\"}",
