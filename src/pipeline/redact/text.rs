@@ -415,9 +415,12 @@ fn value_extent(b: &[u8], start: usize, mode: Mode) -> (usize, bool) {
     if structured {
         return (end, true);
     }
-    // `authorization=Bearer <credential>`: the bare value is the scheme word, and the
-    // credential after the space belongs to it (found by the redact_values fuzz target).
-    if end < b.len() && b[end] == b' ' && SCHEMES.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(&b[start..end])) {
+    // `authorization=Bearer <credential>`: the bare value ends with the scheme word (alone,
+    // or after bytes that are not letters, e.g. `password=\0\0BEARER <credential>`), and the
+    // credential after the space belongs to it (both found by the redact_values fuzz target).
+    let value = &b[start..end];
+    let last_word = &value[value.iter().rposition(|c| !c.is_ascii_alphabetic()).map_or(0, |p| p + 1)..];
+    if end < b.len() && matches!(b[end], b' ' | b'\t') && SCHEMES.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(last_word)) {
         let cs = skip_inline_space(b, end);
         let ce = credential_end(b, cs);
         if ce > cs {
@@ -608,6 +611,7 @@ mod tests {
             // sensitive key, whose value the key rule must cut.
             ("token    X-SeCreT:\"s3cr3t20202000\" &", "token    X-SeCreT:\"[REDACTED]\" &"),
             ("Bearer api_key: sk_live_4eC39Hq", "Bearer api_key: [REDACTED]"),
+            ("with password=\0\0BEARER QZX7g4__=.vvvv tail", "with password=[REDACTED] tail"),
             ("see bEAreR \tQZX7RHs2=secret\":\"sk5x1", "see bEAreR \t[REDACTED]\":\"sk5x1"),
             (
                 "{\"k\":\"x\\\"-----BEGIN RSA PRIVATE KEY-----MIIE\\\"\", \"token\": 1234567}",
