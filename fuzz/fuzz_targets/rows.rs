@@ -186,8 +186,11 @@ fn check(input: Input) {
         visible.push(st.mutation_id.clone());
     }
     let error = input.error.unwrap_or_default();
+    // The reason tether-pro writes for an error answer (`http_500`): generated text, not a
+    // secret (a fuzzed value `http_5` is merely a part of it).
+    let http_reason = format!("http_{}", rec.http_status);
     let fixed = [
-        rec.request_id.as_str(), &rec.client_version, &rec.trace_id, &rec.span_id, &rec.path, &error,
+        rec.request_id.as_str(), &rec.client_version, &rec.trace_id, &rec.span_id, &rec.path, &error, &http_reason,
         "applied rejected conflict duplicate unprocessed ok partial error push pull no response",
         "…[truncated: bytes in all] [REDACTED] HTTP http_ tether_id",
         "unknown client_disconnected invalid_string …[incomplete: the body stream ended early after bytes of (Content-Length) received]",
