@@ -55,6 +55,29 @@ impl Redactor {
         false
     }
 
+    /// For a credential `b[cs..ce]` after a scheme word whose last part is a sensitive key
+    /// followed by `=` (inside the credential) or by `:` / `=` (after it, past an optional
+    /// closing quote): where the key ends, the separator, and how to read the value.
+    fn pair_after_credential(&self, b: &[u8], text: &str, cs: usize, ce: usize) -> Option<(usize, usize, Mode)> {
+        // `Set-SECRET=` then a quoted value: the credential took the `=`.
+        let key_end = cs + b[cs..ce].iter().rposition(|&c| c != b'=').map_or(0, |p| p + 1);
+        let (sep, mode) = if key_end < ce {
+            (ce - 1, Mode::Form)
+        } else {
+            let quoted = ce < b.len() && (b[ce] == b'"' || b[ce] == b'\'');
+            let k = skip_inline_space(b, ce + usize::from(quoted));
+            match (b.get(k), quoted) {
+                (Some(b'='), _) => (k, Mode::Form),
+                (Some(b':'), true) => (k, Mode::Json),
+                (Some(b':'), false) => (k, Mode::Line),
+                _ => return None,
+            }
+        };
+        // The key is the credential's last run of key bytes (`ab12/api_key` ends in `api_key`).
+        let key_start = cs + b[cs..key_end].iter().rposition(|&c| !is_word_byte(c)).map_or(0, |p| p + 1);
+        (key_start < key_end && self.word_matches(&text[key_start..key_end])).then_some((key_end, sep, mode))
+    }
+
     /// The scrubbed text, or `None` when nothing in it had to change.
     pub(super) fn scrub(&self, text: &str, nesting: usize) -> Option<String> {
         if !may_hold_credential(text.as_bytes()) {
@@ -102,25 +125,19 @@ impl Redactor {
                         i = cs;
                         continue;
                     }
-                    // `token X-Secret: <value>`: the word is a sensitive key, and the pair rule
-                    // below cuts its value (cutting the key would leave the value).
-                    let mut k = ce;
-                    if k < n && (b[k] == b'"' || b[k] == b'\'') {
-                        k += 1;
-                    }
-                    let key_of_pair = {
-                        let k = skip_inline_space(b, k);
-                        // Only a plain word is a key: `QZX7RHs2=secret":` is a credential
-                        // that merely contains the name (found by fuzzing right after).
-                        k < n && b[k] == b':' && b[cs..ce].iter().all(|&c| is_word_byte(c)) && self.word_matches(&text[cs..ce])
-                    };
-                    if key_of_pair {
-                        i = cs;
-                        continue;
-                    }
                     if looks_like_credential(&b[cs..ce]) {
                         out.push_str(&text[emitted..cs]);
                         out.push_str(REDACTED);
+                        // `token X-Secret: <value>`, `Bearer Set-SECRET='<value>'`,
+                        // `Bearer ab12/api_key: <value>`: the credential ends in a sensitive key
+                        // whose value follows it. It is unclear which of the two is the
+                        // secret, so both are cut (all three found by fuzzing).
+                        if let Some((key_end, sep, mode)) = self.pair_after_credential(b, text, cs, ce) {
+                            let vend = redact_pair_value(text, key_end, sep, mode, skip_inline_space, out);
+                            emitted = vend;
+                            i = vend;
+                            continue;
+                        }
                         emitted = ce;
                         i = ce;
                         continue;
@@ -609,10 +626,18 @@ mod tests {
             ("token Basic Token dXNlcjpwYXNz9 end", "token Basic Token [REDACTED] end"),
             // Found by the redact_text fuzz target right after: a scheme word before a
             // sensitive key, whose value the key rule must cut.
-            ("token    X-SeCreT:\"s3cr3t20202000\" &", "token    X-SeCreT:\"[REDACTED]\" &"),
-            ("Bearer api_key: sk_live_4eC39Hq", "Bearer api_key: [REDACTED]"),
+            ("token    X-SeCreT:\"s3cr3t20202000\" &", "token    [REDACTED]:\"[REDACTED]\" &"),
+            ("Bearer api_key: sk_live_4eC39Hq", "Bearer [REDACTED]: [REDACTED]"),
+            // A plain word after the scheme is no credential, and the key rule alone cuts.
+            ("the token secret: hunter2\nnext", "the token secret: [REDACTED]\nnext"),
             ("with password=\0\0BEARER QZX7g4__=.vvvv tail", "with password=[REDACTED] tail"),
-            ("see bEAreR \tQZX7RHs2=secret\":\"sk5x1", "see bEAreR \t[REDACTED]\":\"sk5x1"),
+            ("see bEAreR \tQZX7RHs2=secret\":\"sk5x1", "see bEAreR \t[REDACTED]\":\"[REDACTED]\""),
+            // Found by CI's redact_values fuzzing (1 December): the credential took the key's
+            // `=` and the quoted value after it was kept; the same with other separators.
+            ("BeArEr  Set-SECRET='QZX7yfw__ClBlB''", "BeArEr  [REDACTED]=\"[REDACTED]\"'"),
+            ("Bearer X-Token=\"s3cr3t-v\" tail", "Bearer [REDACTED]=\"[REDACTED]\" tail"),
+            ("Basic ab12/api_key: sk_live_4eC39Hq\nnext", "Basic [REDACTED]: [REDACTED]\nnext"),
+            ("Token dXNlcjpwYXNz== next", "Token [REDACTED] next"),
             (
                 "{\"k\":\"x\\\"-----BEGIN RSA PRIVATE KEY-----MIIE\\\"\", \"token\": 1234567}",
                 "{\"k\":\"x\\\"-----BEGIN RSA PRIVATE KEY-----[REDACTED]\\\"\", \"token\": \"[REDACTED]\"}",
