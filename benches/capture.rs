@@ -360,7 +360,7 @@ fn redact_and_diff(c: &mut Criterion) {
             let rec = representative_record();
             let cfg = CaptureConfig::default();
             let settings = cfg.row_settings();
-            let rows = pipeline::rows::build(&rec, &settings);
+            let rows = tether_pro::internals::rows::build(&rec, &settings);
             assert_eq!(rows.mutations.len(), BATCH);
             assert_eq!(rows.request.applied_count as usize, BATCH);
             assert!(rows.mutations.iter().filter(|m| m.operation == "update").all(|m| m.diff != "[]"), "edits have diffs");
@@ -373,7 +373,7 @@ fn redact_and_diff(c: &mut Criterion) {
             );
             (rec, settings)
         });
-        b.iter(|| pipeline::rows::build(black_box(&*rec), &*settings))
+        b.iter(|| tether_pro::internals::rows::build(black_box(&*rec), &*settings))
     });
     group.finish();
 }

@@ -40,7 +40,7 @@ fn main() {
     let rec = support::push_record(&server, &workload.next_body().into());
     let mut mutation_rows = 0;
     for _ in 0..builds {
-        let rows = pipeline::rows::build(black_box(&rec), &settings);
+        let rows = tether_pro::internals::rows::build(black_box(&rec), &settings);
         mutation_rows += rows.mutations.len();
         black_box(rows);
     }

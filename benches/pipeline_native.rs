@@ -179,7 +179,7 @@ fn native_batches(bodies: &[Bytes], cfg: &CaptureConfig) -> Vec<NativeBatch> {
     let mut batches = Vec::new();
     let (mut batch, mut row_bytes): (NativeBatch, usize) = Default::default();
     for body in bodies {
-        let rows = pipeline::rows::build(&support::push_record(&server, body), &settings);
+        let rows = tether_pro::internals::rows::build(&support::push_record(&server, body), &settings);
         // The same accounting as the pipeline's `process_loop`.
         row_bytes += rows.request.request_body.len() + rows.request.response_body.len() + 512;
         row_bytes += rows.mutations.iter().map(|m| m.payload.len() + m.state_before.len() + m.state_after.len() + m.diff.len() + 256).sum::<usize>();

@@ -19,8 +19,8 @@ mod profile;
 use std::time::{Duration, Instant};
 
 use tether_pro::dashboard::DashboardState;
-use tether_pro::dashboard::metrics::{self, MetricsQuery, Source, Window};
-use tether_pro::store::queries;
+use tether_pro::internals::metrics::{self, MetricsQuery, Source, Window};
+use tether_pro::internals::queries;
 use tether_pro::store::local::{LocalClickHouse, LocalClickHouseOptions};
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -9,7 +9,7 @@ use std::path::Path;
 pub use crate::pipeline::config::{AppliedDetail, CaptureConfig, DeadLetterConfig, SpoolConfig};
 pub use crate::store::config::{ClickHouseConfig, Compression, RetentionConfig};
 #[cfg(feature = "dashboard")]
-pub use crate::dashboard::config::ServeConfig;
+pub use crate::dashboard::ServeConfig;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};

@@ -254,7 +254,7 @@ async fn every_response_carries_the_security_headers() {
 /// client, the partial hours per five minutes) and every number equals the raw rows' answer.
 #[tokio::test]
 async fn top_lists_from_the_projections_equal_the_raw_rows() {
-    use tether_pro::dashboard::metrics::{self, MetricsQuery, Source};
+    use tether_pro::internals::metrics::{self, MetricsQuery, Source};
     let ch = clickhouse().await;
     ch.migrate().await;
     let start = format!("{} 09:00:00", day());
@@ -311,7 +311,7 @@ async fn top_lists_from_the_projections_equal_the_raw_rows() {
 
 #[test]
 fn a_window_without_a_whole_hour_reads_five_minute_buckets_only() {
-    use tether_pro::dashboard::metrics::{MetricsQuery, params};
+    use tether_pro::internals::metrics::{MetricsQuery, params};
     let q = MetricsQuery { window: None, from: Some("2026-01-01T10:05:00Z".into()), to: Some("2026-01-01T10:55:00Z".into()) };
     let w = q.window(chrono::Utc::now()).unwrap();
     let p = params(&w);

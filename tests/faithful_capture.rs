@@ -387,8 +387,8 @@ async fn a_broken_string_in_one_mutation_keeps_the_envelope_and_names_the_mutati
     // On the failures page (grouped by reason, model, client) and the client's page.
     let db = e.ch.client();
     let now = chrono::Utc::now();
-    let groups = tether_pro::store::queries::failure_groups(&db, now - chrono::Duration::hours(1), now + chrono::Duration::hours(1), 50).await.unwrap();
+    let groups = tether_pro::internals::queries::failure_groups(&db, now - chrono::Duration::hours(1), now + chrono::Duration::hours(1), 50).await.unwrap();
     assert!(groups.iter().any(|g| g.reason == "invalid_string" && g.client_id == CLIENT), "{groups:?}");
-    let mine = tether_pro::store::queries::client_requests(&db, CLIENT, None, None, None, 50).await.unwrap();
+    let mine = tether_pro::internals::queries::client_requests(&db, CLIENT, None, None, None, 50).await.unwrap();
     assert_eq!(mine.len(), 1);
 }

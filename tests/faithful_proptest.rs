@@ -17,7 +17,7 @@ use proptest::test_runner::{Config, TestRunner};
 use serde_json::Value;
 use tether_pro::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind, StateValue};
 use tether_pro::pipeline::redact::Redactor;
-use tether_pro::pipeline::rows::{self, RowSettings, Rows};
+use tether_pro::internals::rows::{self, RowSettings, Rows};
 use tether_pro::pipeline::{ClickHouseWriter, envelope};
 
 const CLIENT: &str = "01JCCCCCCCCCCCCCCCCCCCCCC1";

@@ -1010,8 +1010,8 @@ async fn assert_numbers_agree(ch: &TestClickHouse, what: &str, written: u64) {
     assert_eq!(ch.count("SELECT sum(mutations) FROM sync_mutations_5m").await, raw_mutations, "{what}: sync_mutations_5m.mutations");
     // The metrics API (24 h window) = raw rows.
     let state = tether_pro::dashboard::DashboardState::new(ch.client());
-    let q = tether_pro::dashboard::metrics::MetricsQuery { window: Some("24h".into()), ..Default::default() };
-    let api = tether_pro::dashboard::metrics::compute(&state, q.window(chrono::Utc::now()).unwrap()).await.unwrap();
+    let q = tether_pro::internals::metrics::MetricsQuery { window: Some("24h".into()), ..Default::default() };
+    let api = tether_pro::internals::metrics::compute(&state, q.window(chrono::Utc::now()).unwrap()).await.unwrap();
     assert_eq!(api.totals.requests, written, "{what}: metrics API requests");
     assert_eq!(api.totals.mutations, raw_mutations, "{what}: metrics API mutations");
     assert_eq!(api.top_models.iter().map(|e| e.mutations).sum::<u64>(), raw_mutations, "{what}: metrics API top models");
@@ -1113,7 +1113,7 @@ async fn matrix_bad_data_is_dead_lettered_and_counted_as_bad_data() {
 
 /// The dead-letter directory holds exactly the refused records, redacted, with the error.
 fn assert_dead_lettered(p: &Proxied, n: u64, sent: &BTreeMap<String, u64>) {
-    let kept = tether_pro::pipeline::dead_letter::read_all(p.dead_letter.path()).unwrap();
+    let kept = tether_pro::internals::dead_letter::read_all(p.dead_letter.path()).unwrap();
     assert_eq!(kept.iter().map(|d| d.batch.records).sum::<u64>(), n, "every refused record kept");
     assert_eq!(p.h.totals().dead_lettered, n);
     let tags: BTreeSet<_> = kept.iter().flat_map(|d| d.batch.requests.iter().map(|r| r.client_version.clone())).collect();

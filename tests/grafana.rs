@@ -565,8 +565,8 @@ async fn grafana_stats_and_the_metrics_api_agree_on_partial_buckets() {
     for (from, to, want) in [(b0 + 100, b0 + 310, 9), (b0, b0 + 300, 5), (b0 - 1, b0 + 600, 10), (b0 + 299, b0 + 301, 9)] {
         let grafana = ch.count(&expand_macros(&requests, from, to, 60)).await;
         let rfc = |t: i64| chrono::DateTime::from_timestamp(t, 0).unwrap().to_rfc3339();
-        let q = tether_pro::dashboard::metrics::MetricsQuery { window: None, from: Some(rfc(from)), to: Some(rfc(to)) };
-        let api = tether_pro::dashboard::metrics::compute(&state, q.window(chrono::Utc::now()).unwrap()).await.unwrap();
+        let q = tether_pro::internals::metrics::MetricsQuery { window: None, from: Some(rfc(from)), to: Some(rfc(to)) };
+        let api = tether_pro::internals::metrics::compute(&state, q.window(chrono::Utc::now()).unwrap()).await.unwrap();
         assert_eq!((grafana, api.totals.requests), (want, want), "window {}..{} s after B0", from - b0, to - b0);
     }
 }

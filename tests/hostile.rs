@@ -534,7 +534,7 @@ async fn sql_injection_in_every_parameter_of_every_route_matches_nothing_and_cha
             if label.starts_with("GET /openapi.json") || label.starts_with("GET /assets/") {
                 // Static documents: the same bytes whatever the query.
                 assert_eq!(r.status, 200, "{what}");
-                assert!(text == dashboard::api::openapi_json() || text == dashboard::pages::CSS, "{what}");
+                assert!(text == dashboard::openapi_json() || text == tether_pro::internals::pages::CSS, "{what}");
                 checked += 1;
                 continue;
             }

@@ -3,7 +3,7 @@
 //! states and digesting the raw rows in one pass approximate the same quantile differently, so
 //! they must agree within `QUANTILE_TOLERANCE` (relative) instead.
 
-use tether_pro::dashboard::metrics::{Latency, Metrics};
+use tether_pro::internals::metrics::{Latency, Metrics};
 
 /// Largest relative difference allowed between two t-digest percentiles of the same rows.
 pub const QUANTILE_TOLERANCE: f64 = 0.05;
@@ -40,7 +40,7 @@ pub fn differences(api: &Metrics, raw: &Metrics) -> (Vec<String>, f64) {
     }
     let mut counts = Vec::new();
     for (a, b) in api.health.iter().zip(&raw.health) {
-        let key = |h: &tether_pro::dashboard::metrics::HealthBucket| (h.start, h.requests, h.failed_requests, h.mutations, h.conflicts, h.rejected);
+        let key = |h: &tether_pro::internals::metrics::HealthBucket| (h.start, h.requests, h.failed_requests, h.mutations, h.conflicts, h.rejected);
         if key(a) != key(b) {
             counts.push(format!("bucket {}: aggregates {:?}, raw {:?}", a.start, key(a), key(b)));
         }

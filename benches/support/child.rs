@@ -246,7 +246,7 @@ fn serve_floor(rt: &tokio::runtime::Runtime, server: SyncServer) -> anyhow::Resu
     use std::sync::atomic::{AtomicBool, Ordering};
     let cfg = CaptureConfig::default();
     let stats = Arc::new(tether_pro::capture::CaptureStats::default());
-    let (queue, mut rx) = tether_pro::capture::queue::bounded(cfg.queue_records, cfg.queue_bytes, stats.clone());
+    let (queue, mut rx) = tether_pro::internals::queue::bounded(cfg.queue_records, cfg.queue_bytes, stats.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let consumer = {
         let stop = stop.clone();

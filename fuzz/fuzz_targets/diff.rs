@@ -15,7 +15,7 @@
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use tether_pro::pipeline::diff::{Change, MAX_DEPTH, apply, diff, json_eq, redact_changes};
+use tether_pro::internals::diff::{Change, MAX_DEPTH, apply, diff, json_eq, redact_changes};
 use tether_pro::pipeline::redact::{DEFAULT_KEYS, Redactor};
 use tether_pro_fuzz::{Carried, Gen, Oracle, assert_no_secret, checkable_carried, checkable_secrets};
 
@@ -100,9 +100,9 @@ fn check(before: &Value, after: &Value, carried: &[Carried]) {
     for c in &changes {
         assert!(c.path.len() <= MAX_DEPTH, "path longer than MAX_DEPTH: {c:?}");
         match c.change {
-            tether_pro::pipeline::diff::ChangeKind::Added => assert!(c.old.is_none() && c.new.is_some(), "{c:?}"),
-            tether_pro::pipeline::diff::ChangeKind::Removed => assert!(c.old.is_some() && c.new.is_none(), "{c:?}"),
-            tether_pro::pipeline::diff::ChangeKind::Changed => assert!(c.old.is_some() && c.new.is_some(), "{c:?}"),
+            tether_pro::internals::diff::ChangeKind::Added => assert!(c.old.is_none() && c.new.is_some(), "{c:?}"),
+            tether_pro::internals::diff::ChangeKind::Removed => assert!(c.old.is_some() && c.new.is_none(), "{c:?}"),
+            tether_pro::internals::diff::ChangeKind::Changed => assert!(c.old.is_some() && c.new.is_some(), "{c:?}"),
         }
     }
     let text = serde_json::to_string(&changes).expect("a diff serializes");

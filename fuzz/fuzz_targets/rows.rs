@@ -18,7 +18,7 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 use tether_pro::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind, StateValue};
 use tether_pro::pipeline::redact::{DEFAULT_KEYS, Redactor};
-use tether_pro::pipeline::rows::{self, RowSettings, Rows};
+use tether_pro::internals::rows::{self, RowSettings, Rows};
 use tether_pro_fuzz::{Carried, Gen, Oracle, assert_no_secret, checkable_carried, checkable_secrets};
 
 const IDS: &[&str] = &["01J0000000000000000000000A", "01J0000000000000000000000B", "m-3", ""];

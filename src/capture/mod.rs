@@ -4,11 +4,11 @@
 //! The hot path (the host's request thread) only copies chunk handles, reserves a queue slot
 //! and returns: no parsing, redaction, I/O, locks held across awaits, or unbounded growth.
 
-pub mod http;
-pub mod ids;
-pub mod layer;
-pub mod queue;
-pub mod record;
+mod http;
+pub(crate) mod ids;
+mod layer;
+pub(crate) mod queue;
+mod record;
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -5,19 +5,20 @@
 //! app or through `tether-pro serve`. It has no auth of its own (like the original product):
 //! wrap it in your auth layer, or let `tether-pro serve` add bearer or basic auth.
 
-pub mod api;
-pub mod auth;
-pub mod config;
+mod api;
+pub(crate) mod auth;
+mod config;
 mod error;
-pub mod health;
-pub mod metrics;
-pub mod pages;
+mod health;
+pub(crate) mod metrics;
+pub(crate) mod pages;
 pub mod replay;
 
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, header};
 use tower_http::set_header::SetResponseHeaderLayer;
 
+pub use api::{ApiDoc, openapi_json};
 pub use config::ServeConfig;
 pub use error::DashboardError;
 pub use health::HealthThresholds;

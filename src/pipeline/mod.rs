@@ -5,14 +5,14 @@
 //! host only for CPU, and with no tracing subscriber, so its own work (HTTP to ClickHouse,
 //! retries) never traces into the host's telemetry. Its few messages go to stderr.
 
-pub mod config;
-pub mod dead_letter;
-pub mod decode;
-pub mod diff;
+pub(crate) mod config;
+pub(crate) mod dead_letter;
+pub(crate) mod decode;
+pub(crate) mod diff;
 pub mod envelope;
 pub mod redact;
-pub mod rows;
-pub mod spool;
+pub(crate) mod rows;
+mod spool;
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -2,8 +2,8 @@
 //! `replay.live_enabled`) apply a clone with fresh mutation ids through the host's normal push
 //! path, with durable audit links written before anything is sent.
 
-pub mod plan;
-pub mod target;
+mod plan;
+mod target;
 
 use crate::store::queries;
 use crate::store::schema::RequestKind;
@@ -13,7 +13,8 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-pub use crate::store::links::{self, LinkRow};
+pub use crate::store::links::LinkRow;
+use crate::store::links;
 pub use plan::{CapturedMutation, Prediction, PreviewEntry, SentInstead, Substitution};
 pub use target::{HttpTarget, ReplayTarget, TargetError};
 

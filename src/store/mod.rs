@@ -1,14 +1,15 @@
 //! ClickHouse: schema, migrations, writer, reads, and the embedded local server.
 
-pub mod config;
-pub mod links;
+pub(crate) mod config;
+pub(crate) mod links;
 #[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod local;
 pub mod migrate;
-pub mod queries;
-pub mod rows;
+pub(crate) mod queries;
+pub(crate) mod rows;
 pub mod schema;
-pub mod writer;
+pub(crate) mod writer;
 
 use config::{ClickHouseConfig, Compression};
 

@@ -4,10 +4,10 @@
 //! instruments their own server. Processing follows PROTOCOL.md rule by rule (see `engine`).
 
 mod db;
-pub mod engine;
-pub mod http;
-pub mod models;
-pub mod resolver;
+mod engine;
+mod http;
+mod models;
+mod resolver;
 #[cfg(feature = "replay")]
 mod replay_target;
 

@@ -17,7 +17,7 @@
 //! the host opens inside its handler are its children. No payload, body, state or diff ever
 //! goes into OTLP.
 
-pub mod export;
+mod export;
 mod instruments;
 mod record;
 

@@ -12,14 +12,14 @@ mod error;
 mod failures;
 mod overview;
 mod params;
-/// The read queries the pages use live with the schema (`store::queries`).
-pub use crate::store::queries;
+// The read queries the pages use live with the schema.
+use crate::store::queries;
 mod request;
 mod requests;
 mod search;
 mod svg;
-pub mod text;
-pub mod views;
+pub(crate) mod text;
+pub(crate) mod views;
 
 use askama::Template;
 use axum::Router;
@@ -29,7 +29,6 @@ use axum::routing::get;
 
 use super::DashboardState;
 use crate::store::schema::{RequestKind, RequestOutcome};
-pub use cursor::{decode_cursor, encode_cursor};
 pub use error::PageError;
 
 /// The stylesheet of every page.
