@@ -37,12 +37,16 @@ pub struct MetricsQuery {
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub enum WindowSpan {
+    /// The last hour.
     #[schema(rename = "1h")]
     Hour,
+    /// The last six hours.
     #[schema(rename = "6h")]
     SixHours,
+    /// The last 24 hours (the default).
     #[schema(rename = "24h")]
     Day,
+    /// The last seven days.
     #[schema(rename = "7d")]
     Week,
 }
@@ -61,6 +65,9 @@ pub struct Window {
 }
 
 impl MetricsQuery {
+    /// The window these parameters name, relative to `now` for `window`; `BadRequest` for
+    /// unknown spans, unparsable times, `from` without `to`, an empty window or one over 31
+    /// days.
     pub fn window(&self, now: DateTime<Utc>) -> Result<Window, DashboardError> {
         let bucket = Duration::seconds(BUCKET_SECONDS);
         let bad = |m: &str| DashboardError::BadRequest(m.to_owned());
@@ -104,14 +111,23 @@ impl MetricsQuery {
 /// Counts over the window, from the five-minute aggregates (they equal the raw rows').
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Totals {
+    /// Pushes and pulls.
     pub requests: u64,
+    /// `POST /tether/push` requests.
     pub pushes: u64,
+    /// `POST /tether/pull` requests.
     pub pulls: u64,
+    /// Mutations in pushes, whatever their outcome.
     pub mutations: u64,
+    /// Mutations the server applied.
     pub applied: u64,
+    /// Mutations the server rejected (duplicates are counted apart).
     pub rejected: u64,
+    /// Mutations answered with a conflict.
     pub conflicts: u64,
+    /// Mutations the server had already applied (a retried push).
     pub duplicates: u64,
+    /// Record snapshots returned by pulls.
     pub snapshots: u64,
     /// Requests whose outcome is `error` (non-2xx answer or transport failure).
     pub failed_requests: u64,
@@ -120,7 +136,9 @@ pub struct Totals {
 /// Mean rates over the window: totals / `window.seconds`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Throughput {
+    /// `totals.requests / window.seconds`.
     pub requests_per_second: f64,
+    /// `totals.mutations / window.seconds`.
     pub mutations_per_second: f64,
 }
 
@@ -128,8 +146,11 @@ pub struct Throughput {
 /// with no requests).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Latency {
+    /// Median, milliseconds.
     pub p50_ms: f64,
+    /// 95th percentile, milliseconds.
     pub p95_ms: f64,
+    /// 99th percentile, milliseconds.
     pub p99_ms: f64,
 }
 
@@ -149,8 +170,11 @@ pub struct Rates {
 pub struct TopEntry {
     /// The model name or client id (as stored: capped and redacted).
     pub key: String,
+    /// Mutations in the window.
     pub mutations: u64,
+    /// Of which answered with a conflict.
     pub conflicts: u64,
+    /// Of which rejected (duplicates excluded).
     pub rejections: u64,
 }
 
@@ -159,23 +183,34 @@ pub struct TopEntry {
 pub struct HealthBucket {
     /// Start of the bucket (five minutes long).
     pub start: DateTime<Utc>,
+    /// Pushes and pulls in the bucket.
     pub requests: u64,
+    /// Requests whose outcome is `error`.
     pub failed_requests: u64,
+    /// Mutations in the bucket.
     pub mutations: u64,
+    /// Mutations answered with a conflict.
     pub conflicts: u64,
+    /// Mutations rejected (duplicates excluded).
     pub rejected: u64,
     /// Request p95 latency in milliseconds.
     pub p95_ms: f64,
+    /// The bucket judged against `thresholds`.
     pub status: Status,
 }
 
 /// The metrics API's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Metrics {
+    /// The window the figures cover.
     pub window: Window,
+    /// Counts over the window.
     pub totals: Totals,
+    /// Mean rates over the window.
     pub throughput: Throughput,
+    /// Request duration quantiles, pushes and pulls apart.
     pub latency: LatencyByKind,
+    /// Conflict, failure and rejection ratios.
     pub rates: Rates,
     /// At most 10 models, most mutations first.
     pub top_models: Vec<TopEntry>,
@@ -190,7 +225,9 @@ pub struct Metrics {
 /// Latency of pushes and of pulls.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LatencyByKind {
+    /// Pushes.
     pub push: Latency,
+    /// Pulls.
     pub pull: Latency,
 }
 
@@ -238,13 +275,18 @@ pub enum Source {
 /// `{hour_to:Int64}` (see [`params`]). Public so that benchmarks can profile them one by one.
 #[derive(Debug, Clone)]
 pub struct Queries {
+    /// Requests, mutation outcomes and latency per request kind: totals, rates, latency.
     pub kinds: String,
+    /// The same per five-minute bucket: the health strip.
     pub buckets: String,
+    /// The top models by mutations.
     pub top_models: String,
+    /// The top clients by mutations.
     pub top_clients: String,
 }
 
 impl Source {
+    /// The statements that read from this source.
     pub fn queries(self) -> Queries {
         match self {
             Source::Aggregates => aggregate_queries(),
