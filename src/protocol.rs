@@ -26,12 +26,17 @@ pub type Object = Map<String, Value>;
 /// `GET /tether/state/{model}/{entity_id}`; replay reads the host's record through it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordState {
+    /// Short model name, e.g. `Task`.
     pub model: String,
+    /// ULID of the record (its sync key value).
     pub entity_id: String,
+    /// True when the record is soft-deleted (a tombstone).
     pub deleted: bool,
+    /// The record's per-entity version: the highest mutation `version` applied to it.
     pub version: u64,
     /// RFC 3339, UTC.
     pub updated_at: String,
+    /// `updated_at` in microseconds since the Unix epoch.
     pub updated_at_us: i64,
     /// Fields with the sync key, as a conflict's `server_state` shows them.
     pub state: Object,
@@ -50,7 +55,9 @@ fn vec_or_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<V
 /// `POST /tether/push` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PushRequest {
+    /// Identifies the device/app instance (a ULID unless configured).
     pub client_id: String,
+    /// The batch, processed in order; absent or `null` = empty.
     #[serde(default, deserialize_with = "vec_or_null")]
     pub mutations: Vec<Mutation>,
 }
@@ -64,6 +71,7 @@ pub struct Mutation {
     pub entity_id: String,
     /// Short model name, e.g. `Task`.
     pub model: String,
+    /// `create` | `update` | `delete`.
     pub operation: Operation,
     /// Full current values of the synced fields for create/update; empty for delete.
     #[serde(default, deserialize_with = "object_or_null")]
@@ -74,15 +82,20 @@ pub struct Mutation {
     pub timestamp: i64,
 }
 
+/// A mutation's `operation`: `create` | `update` | `delete` on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Operation {
+    /// `create`: idempotent, an existing record with that sync key is updated.
     Create,
+    /// `update`: of a record the server does not have, rejected `not_found`.
     Update,
+    /// `delete`: empty payload; of a record the server does not have, rejected `not_found`.
     Delete,
 }
 
 impl Operation {
+    /// The wire value: `create`, `update` or `delete`.
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::Create => "create",
@@ -101,10 +114,13 @@ impl fmt::Display for Operation {
 /// `POST /tether/push` response. Each array may be absent on the wire (= empty).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PushResponse {
+    /// `mutation_id`s of the mutations applied.
     #[serde(default, deserialize_with = "vec_or_null")]
     pub applied: Vec<String>,
+    /// Mutations not applied for any reason but a conflict (`duplicate` included).
     #[serde(default, deserialize_with = "vec_or_null")]
     pub rejected: Vec<Rejection>,
+    /// Mutations not applied because of a conflict: reason `conflict`, `data` as [`ConflictData`].
     #[serde(default, deserialize_with = "vec_or_null")]
     pub conflicts: Vec<Rejection>,
 }
@@ -112,8 +128,12 @@ pub struct PushResponse {
 /// An entry of `rejected` or `conflicts`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rejection {
+    /// The `mutation_id` of the mutation not applied.
     pub mutation_id: String,
+    /// Why it was not applied.
     pub reason: RejectionReason,
+    /// Reason-specific details: [`ValidationData`] for `validation_failed`, [`ConflictData`]
+    /// for `conflict`; omitted when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
 }
@@ -132,10 +152,12 @@ pub enum RejectionReason {
     Duplicate,
     /// `data.server_state` and `data.server_updated_at`.
     Conflict,
+    /// Any other reason, kept verbatim as received.
     Other(String),
 }
 
 impl RejectionReason {
+    /// The wire value, e.g. `validation_failed`; an [`Other`](Self::Other) reason verbatim.
     pub fn as_str(&self) -> &str {
         match self {
             RejectionReason::ValidationFailed => "validation_failed",
@@ -176,18 +198,21 @@ impl fmt::Display for RejectionReason {
 /// `data` of a `validation_failed` rejection.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ValidationData {
+    /// Field -> list of messages, e.g. `{"title": ["The title field is required."]}`.
     pub messages: BTreeMap<String, Vec<String>>,
 }
 
 /// `data` of a conflict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConflictData {
+    /// The record's current server state, sync key (`tether_id`) included.
     pub server_state: Object,
     /// RFC 3339, UTC.
     pub server_updated_at: String,
 }
 
 impl Rejection {
+    /// A `validation_failed` rejection carrying `data.messages`.
     pub fn validation_failed(mutation_id: impl Into<String>, data: ValidationData) -> Self {
         Rejection {
             mutation_id: mutation_id.into(),
@@ -196,6 +221,8 @@ impl Rejection {
         }
     }
 
+    /// A `conflicts` entry (reason `conflict`) carrying `data.server_state` and
+    /// `data.server_updated_at`.
     pub fn conflict(mutation_id: impl Into<String>, data: ConflictData) -> Self {
         Rejection {
             mutation_id: mutation_id.into(),
@@ -204,6 +231,7 @@ impl Rejection {
         }
     }
 
+    /// A rejection with this `reason` and no `data` (e.g. `not_found`, `duplicate`, `error`).
     pub fn simple(mutation_id: impl Into<String>, reason: RejectionReason) -> Self {
         Rejection { mutation_id: mutation_id.into(), reason, data: None }
     }
@@ -212,6 +240,7 @@ impl Rejection {
 /// `POST /tether/pull` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PullRequest {
+    /// Identifies the device/app instance (a ULID unless configured).
     pub client_id: String,
     /// Microseconds; `null` on a first, full pull.
     #[serde(default)]
@@ -224,28 +253,38 @@ pub struct PullRequest {
 /// `POST /tether/pull` response.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PullResponse {
+    /// Records changed since `last_sync_cursor`, at most `limit`; absent or `null` = empty.
     #[serde(default, deserialize_with = "vec_or_null")]
     pub snapshots: Vec<Snapshot>,
     /// Microseconds; `null` only when nothing has ever been synced to this client.
     #[serde(default)]
     pub new_sync_cursor: Option<i64>,
+    /// More changes remain: the client pulls again from `new_sync_cursor`. Absent = `false`.
     #[serde(default)]
     pub has_more: bool,
 }
 
+/// One record's authoritative state in a pull response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// ULID of the record (its sync key value).
     pub entity_id: String,
+    /// Short model name, e.g. `Task`.
     pub model: String,
+    /// `upsert` | `delete`.
     pub operation: SnapshotOperation,
+    /// The record's synced fields for `upsert`; empty for `delete`. Absent or `null` = empty.
     #[serde(default, deserialize_with = "object_or_null")]
     pub payload: Object,
 }
 
+/// A snapshot's `operation`: `upsert` | `delete` on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotOperation {
+    /// `upsert`: the record exists on the server with `payload`.
     Upsert,
+    /// `delete`: the record was deleted on the server.
     Delete,
 }
 

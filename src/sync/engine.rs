@@ -17,7 +17,9 @@ use crate::protocol::{
 /// for observers (before/after capture); it is not part of the wire response.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MutationEffect {
+    /// Position of the mutation in the pushed batch (0-based).
     pub index: usize,
+    /// What happened to it.
     pub outcome: EffectOutcome,
     /// The record's stored fields before processing, as JSON object text (without the sync
     /// key); `None` when there was no live record.
@@ -26,18 +28,25 @@ pub struct MutationEffect {
     pub after: Option<String>,
 }
 
+/// What happened to one pushed mutation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EffectOutcome {
+    /// Written and logged; its id is in `applied` (a conflict a resolver applied included).
     Applied,
+    /// In `rejected`: `validation_failed`, `not_found` or `error`.
     Rejected,
+    /// In `conflicts`: the server won and the record is unchanged.
     Conflict,
+    /// Already in the server mutation log: in `rejected` as `duplicate`, not applied again.
     Duplicate,
 }
 
 /// A processed push: the wire response and one effect per mutation, in batch order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PushResult {
+    /// The body answered to the client.
     pub response: PushResponse,
+    /// One per mutation, in batch order.
     pub effects: Vec<MutationEffect>,
 }
 

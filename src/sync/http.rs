@@ -20,18 +20,26 @@ pub const STATE_PATH: &str = "/tether/state/{model}/{entity_id}";
 /// Errors the server answers with; every variant is a JSON body `{"error", "message"}`.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
+    /// 400 `invalid_json`: the body could not be read or is not JSON.
     #[error("request body is not valid JSON: {0}")]
     InvalidJson(String),
+    /// 422 `invalid_request`: JSON, but not the expected push/pull shape.
     #[error("request body does not have the expected shape: {0}")]
     InvalidRequest(String),
+    /// 413 `payload_too_large`: the body exceeds `Limits::max_body_bytes` (the limit, in bytes).
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// 415 `unsupported_media_type`: a `Content-Type` other than `application/json` or
+    /// `*+json` (none at all is accepted).
     #[error("content type must be application/json")]
     UnsupportedMediaType,
+    /// 422 `too_many_mutations`: a push over `Limits::max_batch` (the limit) mutations.
     #[error("a push may carry at most {0} mutations")]
     TooManyMutations(usize),
+    /// 404 `not_found`: the state lookup found no record (tombstones are found).
     #[error("no such record")]
     NotFound,
+    /// 500 `internal_error`: a storage or task failure; the detail is logged, not sent.
     #[error("internal error")]
     Internal(String),
 }

@@ -26,7 +26,9 @@ use crate::protocol::{PullRequest, PullResponse, PushRequest};
 /// Where the server keeps its records.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Storage {
+    /// An in-memory SQLite database, gone when the last clone of the server is dropped.
     Memory,
+    /// A SQLite file at this path (WAL journal); missing parent directories are created.
     File(PathBuf),
 }
 
@@ -44,7 +46,9 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// 16 MiB.
     pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+    /// 10,000 mutations.
     pub const DEFAULT_MAX_BATCH: usize = 10_000;
     /// One hour: ordinary clock drift passes, a clock set years ahead does not.
     pub const DEFAULT_MAX_CLOCK_AHEAD_MS: u64 = 60 * 60 * 1000;
@@ -84,26 +88,33 @@ pub struct SyncServerBuilder {
 }
 
 impl SyncServerBuilder {
+    /// Where records are kept (default [`Storage::Memory`]).
     pub fn storage(mut self, storage: Storage) -> Self {
         self.storage = storage;
         self
     }
+    /// The models and their field whitelist (default [`Schema::demo`]).
     pub fn schema(mut self, schema: Schema) -> Self {
         self.schema = schema;
         self
     }
+    /// What happens on a conflict (default [`ServerWins`]).
     pub fn resolver(mut self, resolver: impl ConflictResolver) -> Self {
         self.resolver = Box::new(resolver);
         self
     }
+    /// Rewrites every payload before the conflict check and validation (default: none).
     pub fn payload_mapper(mut self, mapper: impl PayloadMapper) -> Self {
         self.mapper = Some(Box::new(mapper));
         self
     }
+    /// Request limits (default [`Limits::default`]).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
     }
+    /// Opens the database and returns the server. Errors when a parent directory of a
+    /// [`Storage::File`] cannot be created or SQLite cannot open the database.
     pub fn build(self) -> anyhow::Result<SyncServer> {
         let db = match &self.storage {
             Storage::Memory => db::Db::open_in_memory()?,
@@ -138,14 +149,18 @@ impl SyncServer {
         }
     }
 
+    /// `builder().build()`: in-memory storage, demo schema, server-wins conflicts, default
+    /// limits. Panics if SQLite cannot open an in-memory database.
     pub fn in_memory() -> SyncServer {
         SyncServer::builder().build().expect("an in-memory SQLite database opens")
     }
 
+    /// The request limits the server was built with.
     pub fn limits(&self) -> Limits {
         self.inner.limits
     }
 
+    /// The models the server accepts.
     pub fn schema(&self) -> &Schema {
         &self.inner.schema
     }

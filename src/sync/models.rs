@@ -12,17 +12,32 @@ use crate::protocol::{Object, SYNC_KEY};
 /// What a field may hold.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FieldKind {
-    Text { max_chars: usize },
-    Integer { min: i64, max: i64 },
+    /// A JSON string.
+    Text {
+        /// Most characters allowed (characters, not bytes).
+        max_chars: usize,
+    },
+    /// A JSON number that fits an `i64` (no fraction), within `min..=max`.
+    Integer {
+        /// Smallest value allowed.
+        min: i64,
+        /// Largest value allowed.
+        max: i64,
+    },
+    /// Any JSON number.
     Number,
+    /// `true` or `false`.
     Boolean,
     /// Any JSON value (objects and arrays included), stored as is.
     Json,
 }
 
+/// One whitelisted field of a model and its rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FieldSpec {
+    /// Field name, as the key in a mutation's `payload`.
     pub name: String,
+    /// What the field may hold.
     pub kind: FieldKind,
     /// Present and not null on create and update.
     pub required: bool,
@@ -31,15 +46,19 @@ pub struct FieldSpec {
 /// One synced model: its name and the only fields the server writes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
+    /// Short model name, as a mutation's `model` (e.g. `Task`).
     pub name: String,
+    /// The whitelist; payload fields not listed here are dropped.
     pub fields: Vec<FieldSpec>,
 }
 
 impl ModelSpec {
+    /// A model with no fields yet.
     pub fn new(name: impl Into<String>) -> Self {
         ModelSpec { name: name.into(), fields: Vec::new() }
     }
 
+    /// Adds a whitelisted field.
     pub fn field(mut self, name: &str, kind: FieldKind, required: bool) -> Self {
         self.fields.push(FieldSpec { name: name.to_owned(), kind, required });
         self
@@ -104,15 +123,19 @@ pub struct Schema {
 }
 
 impl Schema {
+    /// A schema of these models, keyed by name (a later model replaces an earlier one of the
+    /// same name).
     pub fn new(models: impl IntoIterator<Item = ModelSpec>) -> Self {
         let models = models.into_iter().map(|m| (m.name.clone(), m)).collect();
         Schema { models }
     }
 
+    /// The model with this short name, if the server knows it.
     pub fn get(&self, model: &str) -> Option<&ModelSpec> {
         self.models.get(model)
     }
 
+    /// Every model, in name order.
     pub fn models(&self) -> impl Iterator<Item = &ModelSpec> {
         self.models.values()
     }

@@ -15,7 +15,9 @@ use crate::replay::{ReplayTarget, TargetError};
 /// capture layer), state comes from the server.
 #[derive(Clone)]
 pub struct InProcessTarget {
+    /// The host's router (with its capture layer); replayed pushes go through it.
     pub app: axum::Router,
+    /// The server state lookups read from directly.
     pub server: SyncServer,
 }
 

@@ -7,6 +7,7 @@ use crate::protocol::{Mutation, Object};
 pub struct ServerRecord {
     /// Stored fields, without the sync key.
     pub data: Object,
+    /// The record's per-entity version (the highest applied).
     pub version: u64,
     /// Microseconds since the epoch: the time of the write that produced this state.
     pub updated_at_us: i64,
@@ -23,6 +24,7 @@ pub enum Resolution {
 
 /// Decides what happens when a non-create mutation is older than the record it targets.
 pub trait ConflictResolver: Send + Sync + 'static {
+    /// Resolves `mutation` (its payload already mapped) against the stored `server` record.
     fn resolve(&self, mutation: &Mutation, server: &ServerRecord) -> Resolution;
 }
 
@@ -62,6 +64,7 @@ impl ConflictResolver for MergeFields {
 
 /// Rewrites a payload before it is checked and applied (e.g. stamps the authenticated user).
 pub trait PayloadMapper: Send + Sync + 'static {
+    /// The payload to process for `mutation`, pushed by `client_id`; `payload` is the one sent.
     fn map(&self, client_id: &str, mutation: &Mutation, payload: Object) -> Object;
 }
 
