@@ -15,6 +15,7 @@ pub struct ServeConfig {
     pub bearer_token: Option<String>,
     /// Require HTTP basic auth with this user (and `basic_password`).
     pub basic_username: Option<String>,
+    /// The basic auth password; required, non-empty, with `basic_username`.
     pub basic_password: Option<String>,
     /// Mutations per page on a request's detail page.
     pub mutations_page_size: usize,
@@ -60,6 +61,8 @@ impl ServeConfig {
         Ok(())
     }
 
+    /// The auth `tether-pro serve` puts around every route; `None` when neither bearer nor
+    /// basic auth is configured.
     pub fn auth(&self) -> Option<super::auth::AuthConfig> {
         let basic = self.basic_username.as_deref().map(|u| (u, self.basic_password.as_deref().unwrap_or("")));
         super::auth::AuthConfig::new(self.bearer_token.as_deref(), basic)

@@ -8,15 +8,20 @@ use axum::response::{IntoResponse, Response};
 /// The body of every error answer: what went wrong, never internals.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
+    /// What went wrong.
     pub error: String,
 }
 
+/// An error answer: its status and a JSON `{"error": ...}` body.
 #[derive(Debug, thiserror::Error)]
 pub enum DashboardError {
+    /// Bad parameters: 400 with the message.
     #[error("{0}")]
     BadRequest(String),
+    /// Nothing there: 404.
     #[error("not found")]
     NotFound,
+    /// ClickHouse failed: 503 "ClickHouse is unavailable" (the error is logged, not shown).
     #[error("ClickHouse is unavailable")]
     Store(#[from] clickhouse::error::Error),
 }

@@ -27,9 +27,14 @@ impl Default for HealthThresholds {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// No threshold crossed.
     Ok,
+    /// Not failing, but the failure rate is at or above `degraded_failure_rate`, the conflict
+    /// rate at or above `degraded_conflict_rate`, or p95 above `degraded_p95_ms`.
     Degraded,
+    /// Failure rate at or above `failing_failure_rate`.
     Failing,
+    /// No requests.
     Idle,
 }
 
@@ -39,6 +44,7 @@ pub fn rate(num: u64, den: u64) -> f64 {
 }
 
 impl HealthThresholds {
+    /// The status of a bucket from its counts and its p95 latency in milliseconds.
     pub fn status(&self, requests: u64, failed: u64, mutations: u64, conflicts: u64, p95_ms: f64) -> Status {
         if requests == 0 {
             return Status::Idle;

@@ -30,6 +30,7 @@ pub struct DashboardState {
     pub client: clickhouse::Client,
     /// Where the dashboard is mounted (links in pages are built from it).
     pub prefix: String,
+    /// When a five-minute bucket is degraded or failing (`serve.health`).
     pub thresholds: HealthThresholds,
     /// Mutations per page on a request's detail page.
     pub mutations_page_size: usize,
@@ -41,9 +42,13 @@ pub struct DashboardState {
 }
 
 impl DashboardState {
+    /// The default `prefix`: `/tether/dashboard`.
     pub const DEFAULT_PREFIX: &'static str = "/tether/dashboard";
+    /// The default `mutations_page_size`: 50.
     pub const DEFAULT_MUTATIONS_PAGE_SIZE: usize = 50;
 
+    /// The defaults: mounted at [`Self::DEFAULT_PREFIX`], default thresholds, replay off, no
+    /// capture counters. `client` must be bound to tether-pro's database.
     pub fn new(client: clickhouse::Client) -> Self {
         DashboardState {
             client,

@@ -28,11 +28,14 @@ use crate::replay::{ApplyOptions, LinkRow, PreviewEntry, ReplayError, Replayer};
 /// Replay's share of the dashboard state.
 #[derive(Clone)]
 pub struct ReplayState {
+    /// Previews and applies the replays.
     pub replayer: Replayer,
     csrf_key: Arc<[u8; 32]>,
 }
 
 impl ReplayState {
+    /// With a fresh random CSRF key, so tokens issued by another instance (or before a restart)
+    /// are refused.
     pub fn new(replayer: Replayer) -> Self {
         ReplayState { replayer, csrf_key: Arc::new(rand::random()) }
     }
@@ -55,6 +58,8 @@ impl ReplayState {
     }
 }
 
+/// The replay routes: `/replay/{request_id}` (preview page, and its form's POST),
+/// `.../preview.json`, `.../apply.json` and `.../links.json`.
 pub fn router() -> Router<DashboardState> {
     Router::new()
         .route("/replay/{request_id}", get(preview_page).post(apply_form))

@@ -24,16 +24,24 @@ use crate::protocol::{PushRequest, RejectionReason};
 /// Why a replay was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    /// No captured request has that id.
     #[error("no captured request with that id")]
     NotFound,
+    /// The request is not a push (only pushes replay); holds its `kind`.
     #[error("only push requests can be replayed; this one is a {0}")]
     NotAPush(String),
+    /// None of the selected mutations can be replayed (or none was selected).
     #[error("nothing to replay: no replayable mutation was selected")]
     NothingToReplay,
+    /// The audit links could not be written to `replay_links`, so nothing was sent; holds the
+    /// ClickHouse error.
     #[error("the audit links could not be written, so nothing was sent: {0}")]
     LinksNotWritten(String),
+    /// The host's state lookup or push failed; holds its error text, redacted.
     #[error("the host could not be reached: {0}")]
     Host(String),
+    /// ClickHouse failed. From [`Replayer::apply`] this can come after the push was sent (the
+    /// host's answers could not be recorded).
     #[error("ClickHouse: {0}")]
     Store(#[from] clickhouse::error::Error),
 }
@@ -41,26 +49,37 @@ pub enum ReplayError {
 /// A captured push, as replay reads it back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Captured {
+    /// The captured push's `request_id`.
     pub request_id: String,
+    /// The client that pushed it (a clone is sent as the same client).
     pub client_id: String,
+    /// Its `X-Tether-Client-Version` header (a clone sends the same).
     pub client_version: String,
+    /// Its mutations, by position.
     pub mutations: Vec<CapturedMutation>,
 }
 
 /// What an apply did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReplayResult {
+    /// The replay's id (`replay_links.replay_id`): the earlier replay's when `sent` is false.
     pub replay_id: String,
     /// False when the idempotency key had been used: the earlier replay is returned, nothing sent.
     pub sent: bool,
+    /// The HTTP status the host answered the push with (from the earlier replay when `sent` is
+    /// false; 0 if that one got no answer).
     pub host_http_status: u16,
+    /// The link rows as last written, one per clone.
     pub links: Vec<LinkRow>,
 }
 
 /// What to apply.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ApplyOptions {
+    /// The same key replays once: a later apply with it returns the earlier replay and sends
+    /// nothing.
     pub idempotency_key: String,
+    /// Who asked for the replay (`replay_links.actor`).
     pub actor: String,
     /// Stamp the clones with the current time instead of the original timestamps.
     pub restamp: bool,

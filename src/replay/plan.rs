@@ -17,10 +17,15 @@ use crate::protocol::RecordState;
 /// One mutation of a captured push, as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CapturedMutation {
+    /// The mutation's index in its push, from 0.
     pub position: u32,
+    /// The original's mutation id.
     pub mutation_id: String,
+    /// The record's entity id.
     pub entity_id: String,
+    /// The record's model, e.g. `Task`.
     pub model: String,
+    /// `create`, `update` or `delete` as stored (anything else is unreplayable).
     pub operation: String,
     /// `None` when the stored payload is not a JSON object (cut at the column cap), or was
     /// not kept (`payload_kept`).
@@ -29,6 +34,7 @@ pub struct CapturedMutation {
     pub payload_kept: bool,
     /// `None` when the captured timestamp was not valid epoch milliseconds (stored NULL).
     pub client_timestamp_ms: Option<i64>,
+    /// The original's version (a clone carries the same).
     pub version: u64,
     /// What the host did with the original (`applied`, `duplicate`, ...).
     pub original_outcome: String,
@@ -60,10 +66,15 @@ pub enum Prediction {
 /// The preview of one mutation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PreviewEntry {
+    /// The mutation's index in its push, from 0.
     pub position: u32,
+    /// The original's mutation id (the clone gets a fresh one).
     pub original_mutation_id: String,
+    /// The record's entity id.
     pub entity_id: String,
+    /// The record's model, e.g. `Task`.
     pub model: String,
+    /// `create`, `update` or `delete` as captured.
     pub operation: String,
     /// What the host did with the original when it was captured. A clone carries a fresh
     /// mutation id, so the host's duplicate rule never fires for it: an original `duplicate`
@@ -71,6 +82,7 @@ pub struct PreviewEntry {
     pub original_outcome: String,
     /// The record as the host has it now (`None`: never had it).
     pub current: Option<RecordState>,
+    /// What the host would do with the clone.
     pub prediction: Prediction,
     /// The timestamp the clone would carry (milliseconds).
     pub timestamp_ms: i64,
@@ -92,6 +104,7 @@ pub struct PreviewEntry {
 pub struct Substitution {
     /// JSON Pointer (RFC 6901) into the payload.
     pub path: String,
+    /// What the clone sends there instead.
     pub sent_instead: SentInstead,
 }
 

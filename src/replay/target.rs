@@ -48,8 +48,12 @@ fn unreachable(e: reqwest::Error) -> TargetError {
 /// `{entity_id}` (the reference server's `GET /tether/state/{model}/{entity_id}` fits).
 #[derive(Clone)]
 pub struct HttpTarget {
+    /// The HTTP client for both calls.
     pub http: reqwest::Client,
+    /// The host's push URL (`replay.push_url`, e.g. `http://host:3000/tether/push`).
     pub push_url: String,
+    /// The state lookup URL (`replay.state_url_template`); `{model}` and `{entity_id}` are
+    /// filled in percent-encoded.
     pub state_url_template: String,
 }
 

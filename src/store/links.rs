@@ -7,18 +7,36 @@ use serde::{Deserialize, Serialize};
 /// One row of `replay_links`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
 pub struct LinkRow {
+    /// The `replay_id` column: ULID of one apply, shared by all its clones.
     pub replay_id: String,
+    /// The `original_request_id` column: the captured push that was replayed.
     pub original_request_id: String,
+    /// The `original_mutation_id` column: the captured mutation this clone copies.
     pub original_mutation_id: String,
+    /// The `clone_mutation_id` column: the clone's fresh ULID mutation id.
     pub clone_mutation_id: String,
+    /// The `position` column: the original mutation's index in its push.
     pub position: u32,
+    /// The `actor` column: who asked for the replay.
     pub actor: String,
+    /// The `idempotency_key` column: the key the apply was submitted with (one key replays
+    /// once).
     pub idempotency_key: String,
+    /// The `created_at` column: when the apply wrote its links (UTC, milliseconds).
     #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
     pub created_at: DateTime<Utc>,
+    /// The `status` column: `pending` until the host answered, then `applied`, `rejected`,
+    /// `conflict`, `duplicate` or `failed`.
     pub status: String,
+    /// The `host_http_status` column: the HTTP status the host answered the push with; 0 while
+    /// `pending` or when the host could not be reached.
     pub host_http_status: u16,
+    /// The `host_reason` column: the host's reason for a rejected, conflicting or duplicate
+    /// clone, or why it failed (a transport error redacted); empty while `pending` or when
+    /// applied.
     pub host_reason: String,
+    /// The `updated_at` column: when this row was written (UTC, milliseconds); the row version,
+    /// the newest row per clone wins.
     #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
     pub updated_at: DateTime<Utc>,
 }

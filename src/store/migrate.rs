@@ -12,8 +12,11 @@ use super::config::RetentionConfig;
 /// One embedded migration. `{retention_days}` and `{aggregate_retention_days}` are filled
 /// from the configuration (validated integers, never user text).
 pub struct Migration {
+    /// Version number, strictly increasing; recorded in `schema_migrations`.
     pub version: u32,
+    /// Short name, e.g. `core_tables` (the file is `0001_core_tables.sql`).
     pub name: &'static str,
+    /// The SQL: a `;` at the end of a line ends a statement; `--` lines are comments.
     pub sql: &'static str,
 }
 
@@ -105,7 +108,9 @@ const AGG_TTL: &[(&str, &str)] = &[("sync_requests_5m", "bucket"), ("sync_mutati
 /// What a migration run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MigrationReport {
+    /// Versions this run applied, in order.
     pub applied: Vec<u32>,
+    /// Versions found already applied with the same checksum.
     pub already_applied: Vec<u32>,
     /// Schema drift: each column the pipeline inserts that is missing or has another type
     /// (someone altered the table). Inserts will be refused as bad data (dead-lettered and
@@ -228,10 +233,30 @@ pub enum MigrateError {
         "migration {version:04}_{name} was changed after it was applied to database {database} \
          (recorded checksum {recorded}, embedded {embedded}); add a new migration instead"
     )]
-    Changed { version: u32, name: &'static str, database: String, recorded: String, embedded: String },
+    Changed {
+        /// The migration's version.
+        version: u32,
+        /// The migration's name.
+        name: &'static str,
+        /// The database it was applied to.
+        database: String,
+        /// The checksum recorded in `schema_migrations` when it was applied.
+        recorded: String,
+        /// The checksum of the SQL this build embeds.
+        embedded: String,
+    },
     /// A statement of a migration failed.
     #[error("migration {version:04}_{name} failed: {source}\n--- statement ---\n{statement}")]
-    Failed { version: u32, name: &'static str, statement: String, source: clickhouse::error::Error },
+    Failed {
+        /// The migration's version.
+        version: u32,
+        /// The migration's name.
+        name: &'static str,
+        /// The statement that failed (retention days filled in).
+        statement: String,
+        /// ClickHouse's error.
+        source: clickhouse::error::Error,
+    },
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]

@@ -93,6 +93,7 @@ impl ClickHouseWriter {
         self
     }
 
+    /// The deadline of one insert attempt (default [`DEFAULT_INSERT_TIMEOUT`], 10 s).
     pub fn insert_timeout(&self) -> Duration {
         self.insert_timeout
     }
@@ -103,6 +104,8 @@ impl ClickHouseWriter {
         self
     }
 
+    /// The delay between retries: exponential with jitter, from `min` up to `max` (default
+    /// 100 ms and 5 s).
     pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.min_backoff = min;
         self.max_backoff = max;
