@@ -35,9 +35,13 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `[clickhouse]`: where captured data goes.
     pub clickhouse: ClickHouseConfig,
+    /// `[retention]`: how long rows are kept.
     pub retention: RetentionConfig,
+    /// `[capture]`: what is captured, how it is redacted and how it travels.
     pub capture: CaptureConfig,
+    /// `[serve]`: the dashboard service (`tether-pro serve`).
     #[cfg(feature = "dashboard")]
     pub serve: ServeConfig,
     /// Without the `dashboard` feature a `[serve]` section is accepted and ignored: one file
@@ -45,6 +49,7 @@ pub struct Config {
     #[cfg(not(feature = "dashboard"))]
     #[serde(skip_serializing)]
     pub serve: Option<serde::de::IgnoredAny>,
+    /// `[replay]`: replay of captured pushes (off by default).
     pub replay: ReplayConfig,
     /// The original product's key names; folded into the keys above.
     #[serde(rename = "tether-pro-server", skip_serializing_if = "Option::is_none")]
@@ -69,6 +74,8 @@ pub struct ReplayConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct OriginalKeys {
+    /// `tether-pro-server.replay`: only `live_enabled` is read (it switches replay on too); the
+    /// other keys are accepted and ignored.
     pub replay: ReplayConfig,
 }
 

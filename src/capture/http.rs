@@ -41,6 +41,7 @@ impl Default for CaptureLimits {
 }
 
 impl CaptureLimits {
+    /// Default [`retain_bytes`](Self::retain_bytes): 16 MiB (as `capture.retain_bytes`).
     pub const DEFAULT_RETAIN_BYTES: usize = 16 * 1024 * 1024;
 }
 
@@ -52,10 +53,13 @@ pub struct CaptureLayer {
 }
 
 impl CaptureLayer {
+    /// An enabled layer with the default limits. (`CaptureLayer::default()` is a disabled one:
+    /// it passes every request through.)
     pub fn new() -> Self {
         CaptureLayer { limits: CaptureLimits::default(), enabled: true }
     }
 
+    /// Sets how much of each body is retained (`capture.retain_bytes`).
     pub fn with_limits(mut self, limits: CaptureLimits) -> Self {
         self.limits = limits;
         self
@@ -75,6 +79,8 @@ impl<S> Layer<S> for CaptureLayer {
     }
 }
 
+/// The service [`CaptureLayer`] wraps around the host's: captures `POST`s whose path ends in
+/// `/tether/push` or `/tether/pull`, and passes every other request through untouched.
 #[derive(Debug, Clone)]
 pub struct CaptureService<S> {
     inner: S,

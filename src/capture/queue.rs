@@ -42,6 +42,7 @@ pub struct CaptureStats {
     pub last_insert_unix_ms: AtomicU64,
     /// Sum and count of successful insert latencies, in microseconds.
     pub insert_latency_us_sum: AtomicU64,
+    /// Successful inserts: one per batch written (both tables), from memory or the spool.
     pub inserts: AtomicU64,
     /// Records written to the disk spool (when it is enabled) because the write buffer was full.
     pub spool_spilled: AtomicU64,
@@ -53,8 +54,11 @@ pub struct CaptureStats {
     pub spool_corrupt: AtomicU64,
     /// Batches, records and bytes in the spool now, and the age of the oldest (Unix ms; 0: empty).
     pub spool_files: AtomicU64,
+    /// Records in the spool now (including batches a previous run left).
     pub spool_records: AtomicU64,
+    /// Bytes of the spool's batch files now.
     pub spool_bytes: AtomicU64,
+    /// When the oldest batch in the spool was spooled (Unix ms; 0: spool empty).
     pub spool_oldest_unix_ms: AtomicU64,
     pub(crate) warned_drop: AtomicBool,
 }
@@ -62,28 +66,53 @@ pub struct CaptureStats {
 /// A point-in-time copy of [`CaptureStats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CaptureTotals {
+    /// Records accepted into the queue (counted as they are queued).
     pub enqueued: u64,
+    /// Records dropped on the host's thread because the queue was full, in records or bytes (`queue_full`).
     pub dropped: u64,
+    /// Records processed into rows, then dropped because the write buffer was full and no disk
+    /// spool is enabled (`write_buffer_full`).
     pub buffer_dropped: u64,
+    /// Records in the queue when the snapshot was taken.
     pub queue_depth: u64,
+    /// Estimated bytes of the records queued or being processed into rows (at most
+    /// `capture.queue_bytes`).
     pub queue_bytes: u64,
+    /// Request rows written to ClickHouse, from memory or the spool: one per captured record.
     pub requests_written: u64,
+    /// Mutation rows written to ClickHouse.
     pub mutations_written: u64,
+    /// Failed insert attempts, transient or bad data; every retry counts.
     pub insert_failures: u64,
+    /// Records given up on: `bad_data + shutdown_dropped`.
     pub records_failed: u64,
+    /// Records in batches ClickHouse refused as bad data, never retried (`bad_data`).
     pub bad_data: u64,
+    /// Of `bad_data`, the records kept in the dead-letter directory.
     pub dead_lettered: u64,
+    /// Records still unwritten at the shutdown deadline with no disk spool enabled (`shutdown`).
     pub shutdown_dropped: u64,
+    /// When the last insert succeeded (Unix ms; 0: none yet).
     pub last_insert_unix_ms: u64,
+    /// Successful inserts: one per batch written (both tables), from memory or the spool.
     pub inserts: u64,
+    /// Sum of the successful inserts' latencies, in microseconds (divide by `inserts` for the mean).
     pub insert_latency_us_sum: u64,
+    /// Records moved to the disk spool: the write buffer was full, or they were unwritten at shutdown.
     pub spool_spilled: u64,
+    /// Records written to ClickHouse from the disk spool.
     pub spool_written: u64,
+    /// Records dropped because the disk spool was full or could not be written (`spool_full`).
     pub spool_dropped: u64,
+    /// Records in spooled batches that could not be read back, set aside as `.corrupt` (`spool_corrupt`).
     pub spool_corrupt: u64,
+    /// Batches (files) in the spool now.
     pub spool_files: u64,
+    /// Records in the spool now (including batches a previous run left).
     pub spool_records: u64,
+    /// Bytes of the spool's batch files now.
     pub spool_bytes: u64,
+    /// When the oldest batch in the spool was spooled (Unix ms; 0: spool empty).
     pub spool_oldest_unix_ms: u64,
 }
 
@@ -119,6 +148,7 @@ impl CaptureTotals {
 }
 
 impl CaptureStats {
+    /// A copy of every counter now (each read on its own, so not one atomic instant).
     pub fn totals(&self) -> CaptureTotals {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         CaptureTotals {
@@ -166,6 +196,8 @@ pub struct QueueReceiver {
     pub(crate) wake: Arc<Notify>,
 }
 
+/// A queue of at most `max_records` records (at least 1) and `max_bytes` estimated bytes
+/// (`capture.queue_records`, `capture.queue_bytes`), counting into `stats`.
 pub fn bounded(max_records: usize, max_bytes: usize, stats: Arc<CaptureStats>) -> (CaptureQueue, QueueReceiver) {
     let (tx, rx) = mpsc::channel(max_records.max(1));
     let wake = Arc::new(Notify::new());
@@ -209,6 +241,7 @@ impl CaptureQueue {
         false
     }
 
+    /// The counters this queue updates.
     pub fn stats(&self) -> &Arc<CaptureStats> {
         &self.stats
     }

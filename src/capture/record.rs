@@ -14,6 +14,7 @@ pub use crate::store::schema::RequestKind;
 /// A body as it streamed past: the first `retain cap` bytes, and the true size.
 #[derive(Debug, Clone, Default)]
 pub struct CapturedBody {
+    /// The retained bytes, as the chunks that streamed past (shared handles, not copies).
     pub chunks: Vec<Bytes>,
     /// Bytes kept in `chunks`.
     pub retained: usize,
@@ -62,38 +63,55 @@ impl CapturedBody {
 /// host's thread: one string instead of a tree; parsed by the pipeline).
 #[derive(Debug, Clone, PartialEq)]
 pub enum StateValue {
+    /// A JSON object.
     Object(Object),
+    /// The JSON text of an object, parsed by the pipeline.
     Json(String),
 }
 
 /// Before/after state a host reported for one mutation.
 #[derive(Debug, Clone, Default)]
 pub struct MutationState {
+    /// The mutation's `mutation_id`, capped to `MAX_IDENTIFIER_BYTES`.
     pub mutation_id: String,
+    /// The record's state before the mutation (`None` for a create, or when not reported).
     pub before: Option<StateValue>,
+    /// Its state after (`None` for a delete, or when not reported).
     pub after: Option<StateValue>,
 }
 
 /// Everything captured about one push or pull.
 #[derive(Debug, Clone)]
 pub struct CaptureRecord {
+    /// ULID minted when the request arrived (also `RequestId` in the request's extensions).
     pub request_id: String,
+    /// Push or pull, from the request path.
     pub kind: RequestKind,
+    /// Arrival time.
     pub started_at: DateTime<Utc>,
+    /// From arrival until the capture span closed (the response body finished or was dropped).
     pub duration: Duration,
     /// 0 when the host produced no response (its service failed).
     pub http_status: u16,
+    /// The `X-Tether-Client-Version` header (`""`: absent), capped to `MAX_IDENTIFIER_BYTES`;
+    /// not yet redacted.
     pub client_version: String,
+    /// The request body as it streamed past (up to `capture.retain_bytes` retained).
     pub request_body: CapturedBody,
+    /// The response body as it streamed past (up to `capture.retain_bytes` retained).
     pub response_body: CapturedBody,
+    /// Before/after states the host reported, in the order reported.
     pub states: Vec<MutationState>,
     /// W3C ids of the request's server span (minted on arrival; hex).
     pub trace_id: String,
+    /// The server span's id (16 hex digits).
     pub span_id: String,
     /// The caller's span from an incoming `traceparent`, if any.
     pub parent: Option<opentelemetry::trace::SpanContext>,
     /// The request path as received (e.g. `/api/tether/push`).
     pub path: String,
+    /// The `X-Tether-Replay-Of` header: the original `request_id` when this push is a replay
+    /// (`""`: not one), capped to `MAX_IDENTIFIER_BYTES`.
     pub replay_of: String,
     /// Transport-level failure (the host's service errored, or a body stream failed).
     pub error: Option<String>,

@@ -69,9 +69,12 @@ pub struct CaptureConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AppliedDetail {
+    /// `full`: payload, states and diff of every applied mutation (the default).
     #[default]
     Full,
+    /// `sampled`: those of `applied_sample_ratio` of them, chosen by a hash of the mutation id.
     Sampled,
+    /// `counts`: the row only, without payload, states or diff (`detail_kept = false`).
     Counts,
 }
 
@@ -82,13 +85,16 @@ pub enum AppliedDetail {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeadLetterConfig {
+    /// `capture.dead_letter.enabled`: keep refused batches (default `true`); off, they are only counted.
     pub enabled: bool,
+    /// `capture.dead_letter.dir`: where (default `.tether-pro/dead-letter`; created when first needed).
     pub dir: PathBuf,
     /// Bytes on disk at most; a refused batch beyond it is counted but not kept.
     pub max_bytes: u64,
 }
 
 impl DeadLetterConfig {
+    /// Default `capture.dead_letter.max_bytes`: 256 MiB.
     pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 }
 
@@ -104,6 +110,7 @@ impl Default for DeadLetterConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
+    /// `capture.spool.enabled`: use the disk spool (default `false`).
     pub enabled: bool,
     /// Directory of this process's spool (one process per directory; a lock file enforces it).
     pub dir: PathBuf,
@@ -112,6 +119,7 @@ pub struct SpoolConfig {
 }
 
 impl SpoolConfig {
+    /// Default `capture.spool.max_bytes`: 1 GiB.
     pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 }
 
@@ -143,22 +151,39 @@ impl CaptureConfig {
         }
     }
 
+    /// Default `capture.body_cap_bytes`: 64 KiB.
     pub const DEFAULT_BODY_CAP_BYTES: usize = 64 * 1024;
+    /// Default `capture.retain_bytes`: 16 MiB.
     pub const DEFAULT_RETAIN_BYTES: usize = 16 * 1024 * 1024;
+    /// Default `capture.decoded_max_bytes`: 16 MiB.
     pub const DEFAULT_DECODED_MAX_BYTES: usize = 16 * 1024 * 1024;
+    /// Default `capture.queue_records`: 10 000.
     pub const DEFAULT_QUEUE_RECORDS: usize = 10_000;
     /// With six batches of [`Self::DEFAULT_BATCH_BYTES`], a memory bound of 56 MiB: issue
     /// 15's budget is the host's resident memory + 64 MiB at saturation.
     pub const DEFAULT_QUEUE_BYTES: usize = 32 * 1024 * 1024;
+    /// Default `capture.batch_rows`: 10 000.
     pub const DEFAULT_BATCH_ROWS: usize = 10_000;
+    /// Default `capture.batch_bytes`: 4 MiB.
     pub const DEFAULT_BATCH_BYTES: usize = 4 * 1024 * 1024;
+    /// Default `capture.batch_interval_ms`: 1 s.
     pub const DEFAULT_BATCH_INTERVAL_MS: u64 = 1_000;
+    /// Default `capture.process_interval_ms`: 50 ms.
     pub const DEFAULT_PROCESS_INTERVAL_MS: u64 = 50;
+    /// Default `capture.flush_timeout_ms`: 5 s.
     pub const DEFAULT_FLUSH_TIMEOUT_MS: u64 = 5_000;
+    /// Default `capture.insert_timeout_ms`: 10 s (the writer's own default).
     pub const DEFAULT_INSERT_TIMEOUT_MS: u64 = crate::store::writer::DEFAULT_INSERT_TIMEOUT.as_millis() as u64;
+    /// Default `capture.pipeline_nice`: 19, the lowest priority.
     pub const DEFAULT_PIPELINE_NICE: i32 = 19;
+    /// Default `capture.applied_sample_ratio`: 0.1.
     pub const DEFAULT_APPLIED_SAMPLE_RATIO: f64 = 0.1;
 
+    /// Checks what serde cannot: minimums (`queue_records`, `batch_rows`, the intervals and
+    /// `insert_timeout_ms` at least 1; `queue_bytes` and `decoded_max_bytes` at least 1024;
+    /// `body_cap_bytes` at least 64; `spool.max_bytes` at least 1 MiB when the spool is on),
+    /// `pipeline_nice` in 0..=19, `applied_sample_ratio` in 0..=1, non-empty directories of
+    /// what is enabled, and the key lists. The error names the key (`capture.…`).
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         ensure_valid!(self.queue_records >= 1, "capture.queue_records must be at least 1");
         ensure_valid!(self.queue_bytes >= 1024, "capture.queue_bytes must be at least 1024");

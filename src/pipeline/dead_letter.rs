@@ -27,6 +27,7 @@ const ERROR_CAP: usize = 2048;
 pub struct DeadLetter {
     /// ClickHouse's error, capped.
     pub error: String,
+    /// The refused batch, in the spool's format (token, record count, rows).
     pub batch: SpooledBatch,
 }
 
@@ -38,6 +39,8 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
+    /// The directory `config` describes; `None` when `capture.dead_letter.enabled` is false.
+    /// Touches no disk: the directory is created by the first [`keep`](Self::keep).
     pub fn new(config: &DeadLetterConfig) -> Option<DeadLetters> {
         config.enabled.then(|| DeadLetters { dir: config.dir.clone(), max_bytes: config.max_bytes })
     }

@@ -88,6 +88,7 @@ fn decode_one(coding: &str, input: &[u8], max_bytes: usize) -> (Vec<u8>, bool, O
 /// A push request parsed leniently, and where it was broken.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LenientJson {
+    /// The body parsed after the repair.
     pub value: Value,
     /// Positions (in the `mutations` array) of mutations whose strings had to be repaired.
     pub broken_mutations: Vec<usize>,

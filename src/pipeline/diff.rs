@@ -34,7 +34,9 @@ pub enum ChangeKind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(untagged)]
 pub enum PathSegment {
+    /// An object key.
     Key(String),
+    /// An array index.
     Index(usize),
 }
 
@@ -56,10 +58,14 @@ impl<'de> Deserialize<'de> for PathSegment {
 /// One field-level difference.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
+    /// Where, from the root (empty: the whole value).
     pub path: Vec<PathSegment>,
+    /// What happened there.
     pub change: ChangeKind,
+    /// The value before (`removed`, `changed`); `None` for `added`. A present `null` is `Some`.
     #[serde(skip_serializing_if = "Option::is_none", default, deserialize_with = "present")]
     pub old: Option<Value>,
+    /// The value after (`added`, `changed`); `None` for `removed`. A present `null` is `Some`.
     #[serde(skip_serializing_if = "Option::is_none", default, deserialize_with = "present")]
     pub new: Option<Value>,
 }

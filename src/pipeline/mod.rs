@@ -58,6 +58,7 @@ impl Capture {
             .enabled(self.config.enabled)
     }
 
+    /// The capture counters (`.totals()` for a snapshot), shared with the guard and the gauges.
     pub fn stats(&self) -> &Arc<CaptureStats> {
         &self.stats
     }

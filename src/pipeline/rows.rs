@@ -20,6 +20,7 @@ pub use crate::store::rows::{MutationRow, RequestRow, Rows};
 /// How rows are built.
 #[derive(Debug, Clone)]
 pub struct RowSettings {
+    /// What is redacted (`capture.redact_keys`, `capture.redact_keys_disabled`).
     pub redactor: Redactor,
     /// Largest stored body text; longer text is cut with a marker naming the true size.
     pub body_cap_bytes: usize,
@@ -39,10 +40,12 @@ impl Default for RowSettings {
 /// row. Mutations that were not applied always keep it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum KeepApplied {
+    /// Every applied mutation (`capture.applied = "full"`).
     All,
     /// This fraction, chosen by a hash of the mutation id (so a retried or replayed
     /// mutation is chosen alike in every process).
     Fraction(f64),
+    /// No applied mutation (`capture.applied = "counts"`).
     None,
 }
 

@@ -32,16 +32,20 @@ const VERSION: u32 = 1;
 /// One batch as stored on disk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpooledBatch {
+    /// File format version (1); a file of another version is not read, and is set aside.
     pub version: u32,
     /// The insert deduplication token the batch is always written with.
     pub token: String,
     /// Captured requests (records) the batch holds.
     pub records: u64,
+    /// The batch's `sync_requests` rows, already redacted.
     pub requests: Vec<RequestRow>,
+    /// The batch's `sync_mutations` rows, already redacted.
     pub mutations: Vec<MutationRow>,
 }
 
 impl SpooledBatch {
+    /// A batch in the current format version.
     pub fn new(token: String, records: u64, requests: Vec<RequestRow>, mutations: Vec<MutationRow>) -> Self {
         SpooledBatch { version: VERSION, token, records, requests, mutations }
     }
@@ -113,6 +117,7 @@ impl Spool {
         Ok(spool)
     }
 
+    /// The spool directory (`capture.spool.dir`).
     pub fn dir(&self) -> &Path {
         &self.dir
     }

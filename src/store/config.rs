@@ -12,7 +12,9 @@ pub struct ClickHouseConfig {
     pub url: Option<String>,
     /// Database holding tether-pro's tables (created by `migrate`).
     pub database: String,
+    /// ClickHouse user (default `default`).
     pub user: String,
+    /// Its password (default empty).
     pub password: String,
     /// Data directory of the embedded ClickHouse (used only when `url` is unset).
     pub embedded_data_dir: PathBuf,
@@ -28,7 +30,9 @@ pub enum Compression {
     /// `none` for a ClickHouse on this host (loopback), `lz4` otherwise.
     #[default]
     Auto,
+    /// `lz4`: the ClickHouse client compresses with LZ4.
     Lz4,
+    /// `none`: no compression.
     None,
 }
 
@@ -72,7 +76,9 @@ pub struct RetentionConfig {
 }
 
 impl RetentionConfig {
+    /// Default `retention.days`: 30.
     pub const DEFAULT_DAYS: u32 = 30;
+    /// Default `retention.aggregate_days`: 400.
     pub const DEFAULT_AGGREGATE_DAYS: u32 = 400;
 }
 

@@ -15,9 +15,13 @@ use opentelemetry_sdk::Resource;
 /// Export outcomes of the OTLP exporters.
 #[derive(Debug, Default)]
 pub struct TelemetryStats {
+    /// Span batches exported successfully.
     pub span_batches_exported: AtomicU64,
+    /// Span batch exports that failed (`tether.telemetry.export.failures`, `signal=traces`).
     pub span_export_failures: AtomicU64,
+    /// Metric exports that succeeded.
     pub metric_exports: AtomicU64,
+    /// Metric exports that failed (`tether.telemetry.export.failures`, `signal=metrics`).
     pub metric_export_failures: AtomicU64,
 }
 

@@ -88,14 +88,18 @@ impl Telemetry {
         }
     }
 
+    /// Whether request spans are exported (a tracer provider is set).
     pub fn traces_enabled(&self) -> bool {
         self.tracer.is_some()
     }
 
+    /// Whether metrics are recorded (a meter provider is set).
     pub fn metrics_enabled(&self) -> bool {
         self.instruments.is_some()
     }
 
+    /// The exporters' counts. Only [`init`]'s exporters count: with
+    /// [`from_providers`](Self::from_providers) or [`disabled`](Self::disabled) they stay 0.
     pub fn stats(&self) -> &Arc<TelemetryStats> {
         &self.stats
     }
@@ -153,11 +157,15 @@ impl TelemetryGuard {
         TelemetryGuard { tracer_provider: None, meter_provider: None, runtime: None, shutdown_timeout: Self::SHUTDOWN_TIMEOUT }
     }
 
+    /// Replaces [`SHUTDOWN_TIMEOUT`](Self::SHUTDOWN_TIMEOUT) (3 s) as the bound of [`shutdown`](Self::shutdown).
     pub fn with_shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
         self
     }
 
+    /// Flushes and shuts down traces, then metrics, waiting at most the shutdown timeout for
+    /// both. Returns the errors, also printed to stderr (a collector that did not answer in time
+    /// is one). Idempotent; `Drop` calls it.
     pub fn shutdown(&mut self) -> Vec<String> {
         let (tracer, meter) = (self.tracer_provider.take(), self.meter_provider.take());
         let mut errors = Vec::new();

@@ -60,7 +60,9 @@ pub const DEFAULT_KEYS: &[&str] = &[
 /// One step of a path into a JSON value, borrowed from the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathRef<'a> {
+    /// An object key.
     Key(&'a str),
+    /// An array index.
     Index(usize),
 }
 
@@ -95,6 +97,7 @@ impl Default for Redactor {
 /// Why a configured key list was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyListError {
+    /// `capture.redact_keys_disabled` names this key, which is not in [`DEFAULT_KEYS`].
     #[error("capture.redact_keys_disabled names {0:?}, which is not a default key (defaults: {defaults})", defaults = DEFAULT_KEYS.join(", "))]
     NotADefault(String),
 }
