@@ -16,7 +16,6 @@ mod support;
 use std::hint::black_box;
 
 use tether_pro::config::{AppliedDetail, CaptureConfig};
-use tether_pro::pipeline;
 use tether_pro::sync::SyncServer;
 
 use support::{BATCH, Workload};

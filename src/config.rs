@@ -3,7 +3,8 @@
 //! `CLICKHOUSE_URL` variable is honoured too, because that is what everyone sets.
 //! Unknown keys are rejected: a typo must not silently fall back to a default.
 
-use crate::invalid::{InvalidConfig, ensure_valid};
+pub use crate::invalid::InvalidConfig;
+use crate::invalid::ensure_valid;
 use std::path::Path;
 
 pub use crate::pipeline::config::{AppliedDetail, CaptureConfig, DeadLetterConfig, SpoolConfig};

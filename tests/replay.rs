@@ -223,6 +223,11 @@ async fn a_pull_cannot_be_replayed_and_unknown_ids_are_not_found() {
     assert!(matches!(replayer.preview(&pull_id, false).await, Err(ReplayError::NotAPush(k)) if k == "pull"));
     assert!(matches!(replayer.apply(&pull_id, &ApplyOptions { idempotency_key: "p".into(), ..ApplyOptions::default() }).await, Err(ReplayError::NotAPush(_))));
     assert!(matches!(replayer.preview("01JZZZZZZZZZZZZZZZZZZZZZZZ", false).await, Err(ReplayError::NotFound)));
+    // A library caller that leaves the key at its default is refused, for a push too: with a
+    // shared empty key every later apply would return the first and send nothing.
+    let push_id = h.ch.rows("SELECT request_id FROM sync_requests WHERE kind = 'push' LIMIT 1").await[0]["request_id"].as_str().unwrap().to_owned();
+    assert!(matches!(replayer.apply(&push_id, &ApplyOptions::default()).await, Err(ReplayError::NoIdempotencyKey)));
+    assert_eq!(h.ch.count("SELECT count() FROM replay_links").await, 0, "nothing was sent or linked");
     drop(h.guard);
 }
 

@@ -36,7 +36,8 @@ pub struct CaptureStats {
     pub bad_data: AtomicU64,
     /// Of those, records kept in the dead-letter directory.
     pub dead_lettered: AtomicU64,
-    /// Records still unwritten at the shutdown deadline and not spooled (no spool, or full).
+    /// Records still unwritten at the shutdown deadline with no disk spool (with one they are
+    /// spooled, or counted as `spool_dropped` when it is full).
     pub shutdown_dropped: AtomicU64,
     /// When the last insert succeeded (Unix ms; 0: none yet).
     pub last_insert_unix_ms: AtomicU64,
@@ -44,7 +45,8 @@ pub struct CaptureStats {
     pub insert_latency_us_sum: AtomicU64,
     /// Successful inserts: one per batch written (both tables), from memory or the spool.
     pub inserts: AtomicU64,
-    /// Records written to the disk spool (when it is enabled) because the write buffer was full.
+    /// Records written to the disk spool (when it is enabled): the write buffer was full, or
+    /// ClickHouse was away at the shutdown deadline.
     pub spool_spilled: AtomicU64,
     /// Records written to ClickHouse from the disk spool.
     pub spool_written: AtomicU64,

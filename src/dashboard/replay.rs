@@ -76,6 +76,7 @@ fn error_response(e: ReplayError) -> Response {
     let status = match &e {
         ReplayError::NotFound => StatusCode::NOT_FOUND,
         ReplayError::NotAPush(_) | ReplayError::NothingToReplay => StatusCode::UNPROCESSABLE_ENTITY,
+        ReplayError::NoIdempotencyKey => StatusCode::BAD_REQUEST,
         ReplayError::LinksNotWritten(_) | ReplayError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         ReplayError::Host(_) => StatusCode::BAD_GATEWAY,
     };

@@ -29,8 +29,8 @@ pub struct CaptureConfig {
     pub decoded_max_bytes: usize,
     /// Queue capacity in records.
     pub queue_records: usize,
-    /// Queue capacity in bytes (bodies held); together with the batch in flight this bounds
-    /// the pipeline's memory.
+    /// Queue capacity in bytes (bodies held); with the write buffer (six batches of at most
+    /// `batch_bytes`) this bounds the pipeline's memory.
     pub queue_bytes: usize,
     /// Rows per insert at most.
     pub batch_rows: usize,

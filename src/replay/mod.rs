@@ -30,6 +30,10 @@ pub enum ReplayError {
     /// The request is not a push (only pushes replay); holds its `kind`.
     #[error("only push requests can be replayed; this one is a {0}")]
     NotAPush(String),
+    /// [`ApplyOptions::idempotency_key`] is empty. Every apply needs its own key: callers that
+    /// left it at the default would share one, and later applies would send nothing.
+    #[error("an idempotency key is required")]
+    NoIdempotencyKey,
     /// None of the selected mutations can be replayed (or none was selected).
     #[error("nothing to replay: no replayable mutation was selected")]
     NothingToReplay,
@@ -77,7 +81,7 @@ pub struct ReplayResult {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ApplyOptions {
     /// The same key replays once: a later apply with it returns the earlier replay and sends
-    /// nothing.
+    /// nothing. Required: empty is refused with [`ReplayError::NoIdempotencyKey`].
     pub idempotency_key: String,
     /// Who asked for the replay (`replay_links.actor`).
     pub actor: String,
@@ -165,6 +169,9 @@ impl Replayer {
     /// Sends a clone: links written and acknowledged first (or nothing is sent), then the push
     /// through the host's normal path, then the host's answer per clone.
     pub async fn apply(&self, request_id: &str, opts: &ApplyOptions) -> Result<ReplayResult, ReplayError> {
+        if opts.idempotency_key.is_empty() {
+            return Err(ReplayError::NoIdempotencyKey);
+        }
         let _one_at_a_time = self.apply_lock.lock().await;
         let earlier = links::by_idempotency_key(&self.client, &opts.idempotency_key).await?;
         if let Some(first) = earlier.first() {
