@@ -17,7 +17,7 @@ thread_local! {
     static PRESET: Cell<Option<(TraceId, SpanId)>> = const { Cell::new(None) };
 }
 
-/// Random ids, or the ids preset on this thread with [`with_preset_ids`].
+/// Random ids, or the ids preset on this thread with `with_preset_ids` (the capture layer presets them when a request arrives).
 #[derive(Debug, Default)]
 pub struct TetherIdGenerator {
     random: RandomIdGenerator,

@@ -2,9 +2,9 @@
 //! the dashboard on everything it renders from a live host (replay previews).
 //!
 //! Two kinds of rule, both documented in the README ("Redaction"):
-//! * **Keys** ([`keys`]): the value of a sensitive key, whatever its type, is replaced whole
+//! * **Keys** (module `keys`): the value of a sensitive key, whatever its type, is replaced whole
 //!   by [`REDACTED`], at any depth of any JSON.
-//! * **Values** ([`text`]): every other string is scanned for credentials it carries (header
+//! * **Values** (module `text`): every other string is scanned for credentials it carries (header
 //!   lines, bearer/basic credentials, URL query parameters with sensitive names, URL userinfo
 //!   passwords, `key=value` / `key: value` pairs in free text, JSON encoded inside strings,
 //!   JSON Web Tokens, PEM private keys); only the credential is replaced, the rest stays

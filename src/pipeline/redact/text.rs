@@ -138,8 +138,21 @@ impl Redactor {
                             i = vend;
                             continue;
                         }
-                        emitted = ce;
-                        i = ce;
+                        // `Bearer /bearer <credential>`, `Token x=Bearer Basic <credential>`: what
+                        // was cut ends with a scheme word, so the credential-like or scheme word
+                        // after it is cut too (found by fuzzing).
+                        let mut end = ce;
+                        while ends_with_scheme(&b[cs..end]) && end < n && (b[end] == b' ' || b[end] == b'\t') {
+                            let next = skip_inline_space(b, end);
+                            let next_end = credential_end(b, next);
+                            let word = &b[next..next_end];
+                            if !(looks_like_credential(word) || SCHEMES.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(word))) {
+                                break;
+                            }
+                            end = next_end;
+                        }
+                        emitted = end;
+                        i = end;
                         continue;
                     }
                 }
@@ -288,6 +301,14 @@ fn credential_end(b: &[u8], start: usize) -> usize {
         k += 1;
     }
     k
+}
+
+/// Whether `w` ends with a scheme word that starts it or follows a byte that is not a letter
+/// or digit (`/bearer`, `x=Token`, but not `subtoken`).
+fn ends_with_scheme(w: &[u8]) -> bool {
+    let letters = w.iter().rev().take_while(|c| c.is_ascii_alphabetic()).count();
+    let start = w.len() - letters;
+    (start == 0 || !w[start - 1].is_ascii_alphanumeric()) && SCHEMES.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(&w[start..]))
 }
 
 /// Whether the word after `Bearer`/`Basic`/`Token` is a credential rather than prose: at
@@ -638,6 +659,12 @@ mod tests {
             ("Bearer X-Token=\"s3cr3t-v\" tail", "Bearer [REDACTED]=\"[REDACTED]\" tail"),
             ("Basic ab12/api_key: sk_live_4eC39Hq\nnext", "Basic [REDACTED]: [REDACTED]\nnext"),
             ("Token dXNlcjpwYXNz== next", "Token [REDACTED] next"),
+            // Found by a local redact_values campaign: the credential cut ended with a scheme
+            // word and the real credential after it was kept.
+            ("\u{b}BeArEr /bearer QZX7AA", "\u{b}BeArEr [REDACTED]"),
+            ("Token x=Bearer Basic dXNlcjpwYXNz9 end", "Token [REDACTED] end"),
+            ("Bearer ab/token bonds", "Bearer [REDACTED] bonds"),
+            ("Bearer ab/subtoken QZX7AA", "Bearer [REDACTED] QZX7AA"),
             (
                 "{\"k\":\"x\\\"-----BEGIN RSA PRIVATE KEY-----MIIE\\\"\", \"token\": 1234567}",
                 "{\"k\":\"x\\\"-----BEGIN RSA PRIVATE KEY-----[REDACTED]\\\"\", \"token\": \"[REDACTED]\"}",
