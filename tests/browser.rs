@@ -281,7 +281,7 @@ const ALLOWED_TAGS: [&str; 45] = [
     "h1", "h2", "h3", "h4", "h5", "p", "section", "article", "div", "span", "strong", "code", "pre", "dl", "dt", "dd", "ul",
     "ol", "li", "table", "thead", "tbody", "tr", "td", "th", "details", "summary", "select", "option", "bdi",
 ];
-const ALLOWED_SVG: [&str; 6] = ["svg", "rect", "polyline", "figure", "figcaption", "title"];
+const ALLOWED_SVG: [&str; 8] = ["svg", "rect", "polyline", "circle", "text", "figure", "figcaption", "title"];
 
 /// Every element of a serialized DOM with its attributes. In Chromium's serialization a `<`
 /// in text or in an attribute value is always escaped, so each literal `<name` is an element.
@@ -503,8 +503,28 @@ async fn hostile_strings_in_every_rendered_field_stay_inert_in_chromium_with_and
         format!("/requests?{}={}", enc(&hostile("parameter name")), "x".repeat(1_100)),
         format!("/replay/{first}"),
         format!("/replay/{first}?restamp=1"),
+        // An unknown record's error page (the known ones are added below).
+        format!("/records/{}/{}", enc(&hostile("model 6")), enc(&hostile("unknown entity"))),
+        format!("/search?q={}", enc(&hostile("entity id 6"))),
     ];
     paths.extend(ids.iter().map(|id| format!("/requests/{id}")));
+    // The conflict's record page explains it (the Chromium visits below check it is inert).
+    // Ids are stored capped, so the pages link to the stored ones.
+    let stored = |outcome: &str| {
+        let ch = ch.clone();
+        let sql = format!("SELECT model, entity_id FROM sync_mutations WHERE outcome = '{outcome}' ORDER BY started_at, position LIMIT 1");
+        async move {
+            let row = ch.rows(&sql).await.remove(0);
+            (row["model"].as_str().unwrap().to_owned(), row["entity_id"].as_str().unwrap().to_owned())
+        }
+    };
+    let (conflict_model, conflict_entity) = stored("conflict").await;
+    let (applied_model, applied_entity) = stored("applied").await;
+    paths.push(format!("/records/{}/{}", enc(&conflict_model), enc(&conflict_entity)));
+    paths.push(format!("/records/{}/{}", enc(&applied_model), enc(&applied_entity)));
+    let record = http.get(format!("{base}/records/{}/{}", enc(&conflict_model), enc(&conflict_entity))).send().await.unwrap();
+    assert_eq!(record.status(), 200);
+    assert!(record.text().await.unwrap().contains("The server&#39;s version won"), "the conflict is explained");
     let mirror = no_csp_mirror(dash.clone(), result_page).await;
     let m = http.get(format!("{mirror}/tether/dashboard/requests")).send().await.unwrap();
     assert!(m.status() == 200 && m.headers().get("content-security-policy").is_none(), "the mirror serves the pages without a CSP");

@@ -287,7 +287,11 @@ async fn every_page_shows_known_traffic() {
     };
     assert_eq!(loc(d.get(&format!("/search?q={mixed}")).await), format!("{PREFIX}/requests/{mixed}"));
     assert_eq!(loc(d.get("/search?q=01JM0000000000000000000004").await), format!("{PREFIX}/requests?mutation_id=01JM0000000000000000000004"));
-    assert_eq!(loc(d.get(&format!("/search?q={T2}")).await), format!("{PREFIX}/requests?entity_id={T2}"));
+    // An entity id (alone, as `Model/id`, or with `model=`) opens the record's history.
+    assert_eq!(loc(d.get(&format!("/search?q={T2}")).await), format!("{PREFIX}/records/Task/{T2}"));
+    assert_eq!(loc(d.get(&format!("/search?q=Task/{T2}")).await), format!("{PREFIX}/records/Task/{T2}"));
+    assert_eq!(loc(d.get(&format!("/search?q={T2}&model=Task")).await), format!("{PREFIX}/records/Task/{T2}"));
+    assert_eq!(loc(d.get(&format!("/search?q=Note/{T2}")).await), format!("{PREFIX}/requests?client_id=Note%2F{T2}"), "no such record");
     assert_eq!(loc(d.get(&format!("/search?q={CLIENT}")).await), format!("{PREFIX}/requests?client_id={CLIENT}"));
     assert_eq!(loc(d.get("/search?q=").await), format!("{PREFIX}/requests"));
 

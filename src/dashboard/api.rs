@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use utoipa::OpenApi;
 
 use super::error::ErrorBody;
+use super::history::RecordHistory;
 use super::metrics::{self, Metrics, MetricsQuery};
 use super::{DashboardError, DashboardState};
 
@@ -21,8 +22,8 @@ use super::{DashboardError, DashboardState};
         version = "1",
         description = "Sync health of a Tether server, answered from five-minute aggregates. Failure rate = failed requests (outcome error: non-2xx or transport failure) / requests. Conflict rate = conflicting mutations / mutations. Rejection rate = rejected mutations (duplicates excluded) / mutations. A health bucket is idle with no requests; failing when its failure rate is at least thresholds.failing_failure_rate; degraded when its failure rate is at least thresholds.degraded_failure_rate, its conflict rate at least thresholds.degraded_conflict_rate, or its p95 above thresholds.degraded_p95_ms; ok otherwise."
     ),
-    paths(metrics_api),
-    components(schemas(Metrics, ErrorBody, metrics::WindowSpan))
+    paths(metrics_api, record_history),
+    components(schemas(Metrics, ErrorBody, metrics::WindowSpan, RecordHistory))
 )]
 pub struct ApiDoc;
 
@@ -55,6 +56,27 @@ async fn metrics_api(
     let window = q.window(chrono::Utc::now())?;
     Ok(Json(metrics::compute(&state, window).await?))
 }
+
+/// A record's history: every captured mutation of it across clients, in the order the server
+/// processed them, with conflicts explained. Served by the pages' router (the same path
+/// without `.json` is the HTML page); an entity id that itself ends in `.json` takes one more.
+#[utoipa::path(
+    get,
+    path = "/records/{model}/{entity_id}.json",
+    params(
+        ("model" = String, Path, description = "The record's model, as pushed (1 to 1024 characters)"),
+        ("entity_id" = String, Path, description = "The record's entity id, as pushed (1 to 1024 characters)"),
+        ("after" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of at most 50 mutations", body = RecordHistory),
+        (status = 400, description = "Bad parameters (id too long, bad cursor)", body = ErrorBody),
+        (status = 404, description = "No captured mutation touches this record", body = ErrorBody),
+        (status = 503, description = "ClickHouse unavailable", body = ErrorBody),
+    )
+)]
+#[allow(dead_code)] // documentation only: `pages::record` serves it
+fn record_history() {}
 
 async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi_json())

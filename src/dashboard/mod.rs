@@ -10,6 +10,7 @@ pub(crate) mod auth;
 mod config;
 mod error;
 mod health;
+pub mod history;
 pub(crate) mod metrics;
 pub(crate) mod pages;
 pub mod replay;

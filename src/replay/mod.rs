@@ -161,6 +161,17 @@ impl Replayer {
         Ok((captured, entries))
     }
 
+    /// The record as the host has it now (its state fields), redacted with this replayer's
+    /// redactor; `None` when the host does not have it. `Host` when the lookup failed.
+    pub async fn current_state(&self, model: &str, entity_id: &str) -> Result<Option<serde_json::Value>, ReplayError> {
+        let state = self.target.state(model, entity_id).await.map_err(|e| ReplayError::Host(self.redactor.redact_text(&e.to_string())))?;
+        Ok(state.map(|s| {
+            let mut v = serde_json::json!({"deleted": s.deleted, "version": s.version, "updated_at": s.updated_at, "state": s.state});
+            self.redactor.redact_value(&mut v);
+            v
+        }))
+    }
+
     /// The replays of one original request.
     pub async fn links(&self, request_id: &str) -> Result<Vec<LinkRow>, ReplayError> {
         Ok(links::for_request(&self.client, request_id).await?)

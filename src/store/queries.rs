@@ -588,3 +588,201 @@ pub async fn replays_of(c: &clickhouse::Client, request_id: &str, limit: u64) ->
         .fetch_all()
         .await
 }
+
+/// One mutation of a record's history (`/records/{model}/{entity_id}`).
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+pub struct HistoryRow {
+    pub request_id: String,
+    pub started_us: i64,
+    pub position: u32,
+    pub mutation_id: String,
+    pub client_id: String,
+    pub client_ts_ms: Option<i64>,
+    pub client_ts_raw: String,
+    pub operation: String,
+    pub version: u64,
+    pub outcome: String,
+    pub reason: String,
+    pub reason_data: String,
+    pub diff: String,
+    pub detail_kept: bool,
+    pub trace_id: String,
+}
+
+const HISTORY_COLUMNS: &str = "request_id, toUnixTimestamp64Micro(started_at) AS started_us, position, mutation_id, client_id,
+    toUnixTimestamp64Milli(client_timestamp) AS client_ts_ms, client_timestamp_raw AS client_ts_raw, operation, version,
+    outcome, reason, reason_data, diff, detail_kept, trace_id";
+
+/// A record's mutations in the order the server processed them (request arrival, then
+/// position in the push), after `cursor`. The `entity_id` skip index finds the granules.
+pub async fn record_history(
+    c: &clickhouse::Client,
+    model: &str,
+    entity_id: &str,
+    cursor: Option<&Cursor>,
+    limit: u64,
+) -> clickhouse::error::Result<Vec<HistoryRow>> {
+    let after = if cursor.is_some() {
+        " AND (started_at, request_id, position) > (fromUnixTimestamp64Micro({cur_us:Int64}, 'UTC'), {cur_id:String}, {cur_pos:UInt32})"
+    } else {
+        ""
+    };
+    let cur = cursor.cloned().unwrap_or(Cursor { started_us: 0, request_id: String::new(), position: 0 });
+    c.query_raw(&format!(
+        "SELECT {HISTORY_COLUMNS} FROM sync_mutations WHERE entity_id = {{entity:String}} AND model = {{model:String}}{after}
+         ORDER BY started_at, request_id, position LIMIT {{limit:UInt64}}"
+    ))
+    .param("entity", entity_id)
+    .param("model", model)
+    .param("cur_us", cur.started_us)
+    .param("cur_id", cur.request_id)
+    .param("cur_pos", cur.position)
+    .param("limit", limit)
+    .fetch_all()
+    .await
+}
+
+/// Counts over a record's whole history.
+#[derive(Debug, Clone, Default, clickhouse::Row, Deserialize)]
+pub struct HistoryCounts {
+    pub mutations: u64,
+    pub applied: u64,
+    pub conflicts: u64,
+    pub rejected: u64,
+    pub clients: u64,
+}
+
+/// One point of a record's timeline strip.
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+pub struct HistoryPoint {
+    pub started_us: i64,
+    pub client_id: String,
+    pub outcome: String,
+}
+
+/// The record's counts, and its first `points` mutations as timeline points.
+pub async fn record_overview(
+    c: &clickhouse::Client,
+    model: &str,
+    entity_id: &str,
+    points: u64,
+) -> clickhouse::error::Result<(HistoryCounts, Vec<HistoryPoint>)> {
+    let counts = c
+        .query_raw(
+            "SELECT count() AS mutations, countIf(outcome = 'applied') AS applied, countIf(outcome = 'conflict') AS conflicts,
+                    countIf(outcome = 'rejected') AS rejected, uniqExact(client_id) AS clients
+             FROM sync_mutations WHERE entity_id = {entity:String} AND model = {model:String}",
+        )
+        .param("entity", entity_id)
+        .param("model", model)
+        .fetch_one::<HistoryCounts>()
+        .await?;
+    let pts = c
+        .query_raw(
+            "SELECT toUnixTimestamp64Micro(started_at) AS started_us, client_id, outcome FROM sync_mutations
+             WHERE entity_id = {entity:String} AND model = {model:String}
+             ORDER BY started_at, request_id, position LIMIT {points:UInt64}",
+        )
+        .param("entity", entity_id)
+        .param("model", model)
+        .param("points", points)
+        .fetch_all()
+        .await?;
+    Ok((counts, pts))
+}
+
+/// `client_version` of each of `requests` (the mutation rows do not carry it).
+pub async fn client_versions(c: &clickhouse::Client, rows: &[HistoryRow]) -> clickhouse::error::Result<Vec<(String, String)>> {
+    let (Some(lo), Some(hi)) = (rows.iter().map(|r| r.started_us).min(), rows.iter().map(|r| r.started_us).max()) else {
+        return Ok(Vec::new());
+    };
+    let ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
+    c.query_raw(
+        "SELECT request_id, client_version FROM sync_requests
+         WHERE started_at >= fromUnixTimestamp64Micro({lo:Int64}, 'UTC') AND started_at <= fromUnixTimestamp64Micro({hi:Int64}, 'UTC')
+           AND request_id IN {ids:Array(String)}",
+    )
+    .param("lo", lo)
+    .param("hi", hi)
+    .param("ids", ids)
+    .fetch_all()
+    .await
+}
+
+/// A replay of one of a record's mutations.
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+pub struct MutationReplay {
+    pub original_mutation_id: String,
+    pub replay_id: String,
+    pub clone_mutation_id: String,
+    pub status: String,
+}
+
+/// The replays of `mutation_ids`, oldest first.
+pub async fn replays_of_mutations(c: &clickhouse::Client, mutation_ids: &[&str]) -> clickhouse::error::Result<Vec<MutationReplay>> {
+    if mutation_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    c.query_raw(
+        "SELECT original_mutation_id, replay_id, clone_mutation_id, status FROM replay_links FINAL
+         WHERE original_mutation_id IN {ids:Array(String)} ORDER BY created_at, replay_id, position",
+    )
+    .param("ids", mutation_ids)
+    .fetch_all()
+    .await
+}
+
+/// For a conflict: the last write to the same record the server applied before it.
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+pub struct ConflictWinner {
+    pub conflict_mutation_id: String,
+    pub request_id: String,
+    pub position: u32,
+    pub mutation_id: String,
+    pub client_id: String,
+    pub started_us: i64,
+    pub client_ts_ms: Option<i64>,
+    pub version: u64,
+    pub diff: String,
+}
+
+/// For each conflict among `mutation_ids` of the record, the last applied mutation of the same
+/// record processed before it (arrival, then position), wherever it is in the history.
+pub async fn conflict_winners(
+    c: &clickhouse::Client,
+    model: &str,
+    entity_id: &str,
+    mutation_ids: &[&str],
+) -> clickhouse::error::Result<Vec<ConflictWinner>> {
+    if mutation_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One order key (microseconds * 1000 + position) so one ASOF inequality covers both.
+    c.query_raw(
+        "SELECT l.mutation_id AS conflict_mutation_id, w.request_id AS request_id, w.position AS position,
+                w.mutation_id AS mutation_id, w.client_id AS client_id, w.started_us AS started_us,
+                w.client_ts_ms AS client_ts_ms, w.version AS version, w.diff AS diff
+         FROM (SELECT mutation_id, entity_id, toUnixTimestamp64Micro(started_at) * 1000 + position AS ord FROM sync_mutations
+               WHERE entity_id = {entity:String} AND model = {model:String} AND outcome = 'conflict' AND mutation_id IN {ids:Array(String)}) AS l
+         ASOF INNER JOIN
+              (SELECT request_id, position, mutation_id, entity_id, client_id, toUnixTimestamp64Micro(started_at) AS started_us,
+                      toUnixTimestamp64Milli(client_timestamp) AS client_ts_ms, version, diff,
+                      toUnixTimestamp64Micro(started_at) * 1000 + position AS ord
+               FROM sync_mutations WHERE entity_id = {entity:String} AND model = {model:String} AND outcome = 'applied') AS w
+         ON l.entity_id = w.entity_id AND l.ord > w.ord",
+    )
+    .param("entity", entity_id)
+    .param("model", model)
+    .param("ids", mutation_ids)
+    .fetch_all()
+    .await
+}
+
+/// The models that have a record with this entity id (at most `limit`).
+pub async fn models_of_entity(c: &clickhouse::Client, entity_id: &str, limit: u64) -> clickhouse::error::Result<Vec<String>> {
+    c.query_raw("SELECT DISTINCT model FROM sync_mutations WHERE entity_id = {entity:String} ORDER BY model LIMIT {limit:UInt64}")
+        .param("entity", entity_id)
+        .param("limit", limit)
+        .fetch_all()
+        .await
+}

@@ -11,6 +11,7 @@ mod cursor;
 mod error;
 mod failures;
 mod overview;
+mod record;
 mod params;
 // The read queries the pages use live with the schema.
 use crate::store::queries;
@@ -29,6 +30,7 @@ use axum::routing::get;
 
 use super::DashboardState;
 use crate::store::schema::{RequestKind, RequestOutcome};
+pub use cursor::encode_cursor;
 pub use error::PageError;
 
 /// The stylesheet of every page.
@@ -71,6 +73,7 @@ pub fn router(state: &DashboardState) -> Router<DashboardState> {
         .route("/conflicts", get(conflicts::conflicts))
         .route("/failures", get(failures::failures))
         .route("/clients/{client_id}", get(client::client))
+        .route("/records/{model}/{entity_id}", get(record::record))
         .route("/search", get(search::search))
         .layer(axum::middleware::map_response_with_state(state.clone(), error::render))
         .route("/assets/app.css", get(css))

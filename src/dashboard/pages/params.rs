@@ -58,7 +58,12 @@ impl Params {
     }
 
     pub fn cursor(&self) -> Result<Option<Cursor>, PageError> {
-        self.get("before").map(|v| decode_cursor(v).ok_or_else(|| bad("The parameter before is not a valid cursor."))).transpose()
+        self.cursor_named("before")
+    }
+
+    /// A paging cursor in the parameter `name`.
+    pub fn cursor_named(&self, name: &str) -> Result<Option<Cursor>, PageError> {
+        self.get(name).map(|v| decode_cursor(v).ok_or_else(|| bad(format!("The parameter {name} is not a valid cursor.")))).transpose()
     }
 
     /// `page`, from 1.

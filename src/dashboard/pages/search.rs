@@ -9,8 +9,10 @@ use super::views::*;
 use super::{PageResult, prefix};
 use crate::dashboard::DashboardState;
 
-/// The search box: a request id opens that request; a mutation or entity id lists the
-/// requests that carry it; anything else is taken as a client id.
+/// The search box: a request id opens that request; a mutation id lists the requests that
+/// carry it; an entity id (or `Model/entity_id`, or `model=` with it) opens the record's
+/// history (the requests carrying it when several models share the id); anything else is
+/// taken as a client id.
 pub(super) async fn search(State(state): State<DashboardState>, p: Params) -> PageResult {
     let base = prefix(&state);
     let Some(term) = p.get("q") else { return Ok(Redirect::to(&format!("{base}/requests")).into_response()) };
@@ -25,8 +27,21 @@ pub(super) async fn search(State(state): State<DashboardState>, p: Params) -> Pa
     if queries::mutation_exists(c, MutationKey::MutationId, term).await? {
         return Ok(to("mutation_id"));
     }
-    if queries::mutation_exists(c, MutationKey::EntityId, term).await? {
-        return Ok(to("entity_id"));
+    // A record: its history when one model has this entity id, else the requests carrying it.
+    let record = |model: &str, entity: &str| Redirect::to(&format!("{base}/records/{}/{}", enc(model), enc(entity))).into_response();
+    if let Some(model) = p.get("model") {
+        return Ok(record(model, term));
+    }
+    match queries::models_of_entity(c, term, 2).await?.as_slice() {
+        [model] => return Ok(record(model, term)),
+        [_, _, ..] => return Ok(to("entity_id")),
+        [] => {}
+    }
+    // `Model/entity_id`, as the record page's title reads.
+    if let Some((model, entity)) = term.split_once('/')
+        && queries::models_of_entity(c, entity, 100).await?.iter().any(|m| m == model)
+    {
+        return Ok(record(model, entity));
     }
     Ok(to("client_id"))
 }

@@ -206,6 +206,10 @@ impl Nav {
     pub fn client(&self, id: &str) -> String {
         format!("{}/clients/{}", self.prefix, enc(id))
     }
+    /// A record's history page.
+    pub fn record(&self, model: &str, entity_id: &str) -> String {
+        format!("{}/records/{}/{}", self.prefix, enc(model), enc(entity_id))
+    }
 }
 
 /// A request as one line of a list.
@@ -267,6 +271,8 @@ pub struct MutationLine {
     pub operation: String,
     pub client_id: String,
     pub client_link: String,
+    /// The record's history.
+    pub record_link: String,
     pub outcome: String,
     pub reason: String,
 }
@@ -284,6 +290,7 @@ impl MutationLine {
             operation: m.operation.clone(),
             client_id: m.client_id.clone(),
             client_link: nav.client(&m.client_id),
+            record_link: nav.record(&m.model, &m.entity_id),
             outcome: m.outcome.clone(),
             reason: m.reason.clone(),
         }
@@ -445,7 +452,7 @@ impl MutationView {
             position: m.position,
             mutation_id: m.mutation_id.clone(),
             entity_id: m.entity_id.clone(),
-            entity_link: format!("{}/requests{}", nav.prefix, query_string(&[("entity_id", &m.entity_id)])),
+            entity_link: nav.record(&m.model, &m.entity_id),
             model: m.model.clone(),
             operation: m.operation.clone(),
             client_time: client_time(m.client_ts_ms, &m.client_ts_raw),
@@ -618,4 +625,52 @@ mod tests {
         assert_eq!(m[0].field, "title");
         assert_eq!(m[0].messages, vec!["The title field is required."]);
     }
+}
+
+/// One dot of a record's timeline strip.
+#[derive(Debug, Clone)]
+pub struct TimelineDot {
+    pub x: u32,
+    pub y: u32,
+    pub outcome: String,
+    pub title: String,
+}
+
+/// One client's lane label.
+#[derive(Debug, Clone)]
+pub struct TimelineLane {
+    pub y: u32,
+    pub client_id: String,
+}
+
+/// Which client wrote a record when, and where conflicts and rejections happened.
+#[derive(Debug, Clone)]
+pub struct TimelineStrip {
+    pub width: u32,
+    pub height: u32,
+    pub dots: Vec<TimelineDot>,
+    pub lanes: Vec<TimelineLane>,
+    pub first: String,
+    pub last: String,
+    /// Mutations drawn (the first ones) and in the history.
+    pub shown: u64,
+    pub total: u64,
+}
+
+#[derive(Template)]
+#[template(path = "record.html")]
+pub struct RecordPage {
+    pub nav: Nav,
+    pub model: String,
+    pub entity_id: String,
+    pub counts: crate::dashboard::history::HistoryCounts,
+    pub strip: TimelineStrip,
+    /// Whether the host offers a state lookup (replay is configured).
+    pub lookup: bool,
+    pub current_state: Option<String>,
+    pub current_state_error: Option<String>,
+    pub entries: Vec<super::record::HistoryLine>,
+    pub json_link: String,
+    pub next: Option<String>,
+    pub first: Option<String>,
 }
