@@ -55,6 +55,37 @@ impl Redactor {
         false
     }
 
+    /// Extends a cut `text[start..end]` whose marker is written, and returns where it ends now.
+    /// When unsure, more is cut (each case found by fuzzing):
+    /// * it ends with a scheme word (`Bearer /bearer <credential>`, `password=x BEARER
+    ///   <credential>`): the credential-like or scheme word after it is cut too;
+    /// * it ends with a sensitive key that has a value after it (`token X-Secret: <value>`,
+    ///   `Bearer Set-SECRET='<value>'`, `token = token X-Secret: <value>`): it is unclear which of
+    ///   the two is the secret, so the value is cut too.
+    fn extend_cut(&self, text: &str, start: usize, end: usize, out: &mut String) -> usize {
+        let b = text.as_bytes();
+        let (mut start, mut end) = (start, end);
+        loop {
+            if ends_with_scheme(&b[start..end]) && end < b.len() && (b[end] == b' ' || b[end] == b'\t') {
+                let next = skip_inline_space(b, end);
+                let next_end = credential_end(b, next);
+                let word = &b[next..next_end];
+                if looks_like_credential(word) || SCHEMES.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(word)) {
+                    (start, end) = (next, next_end);
+                    continue;
+                }
+            }
+            if let Some((key_end, sep, mode)) = self.pair_after_credential(b, text, start, end) {
+                let vend = redact_pair_value(text, key_end, sep, mode, skip_inline_space, out);
+                if vend > end {
+                    (start, end) = (sep + 1, vend);
+                    continue;
+                }
+            }
+            return end;
+        }
+    }
+
     /// For a credential `b[cs..ce]` after a scheme word whose last part is a sensitive key
     /// followed by `=` (inside the credential) or by `:` / `=` (after it, past an optional
     /// closing quote): where the key ends, the separator, and how to read the value.
@@ -128,29 +159,7 @@ impl Redactor {
                     if looks_like_credential(&b[cs..ce]) {
                         out.push_str(&text[emitted..cs]);
                         out.push_str(REDACTED);
-                        // `token X-Secret: <value>`, `Bearer Set-SECRET='<value>'`,
-                        // `Bearer ab12/api_key: <value>`: the credential ends in a sensitive key
-                        // whose value follows it. It is unclear which of the two is the
-                        // secret, so both are cut (all three found by fuzzing).
-                        if let Some((key_end, sep, mode)) = self.pair_after_credential(b, text, cs, ce) {
-                            let vend = redact_pair_value(text, key_end, sep, mode, skip_inline_space, out);
-                            emitted = vend;
-                            i = vend;
-                            continue;
-                        }
-                        // `Bearer /bearer <credential>`, `Token x=Bearer Basic <credential>`: what
-                        // was cut ends with a scheme word, so the credential-like or scheme word
-                        // after it is cut too (found by fuzzing).
-                        let mut end = ce;
-                        while ends_with_scheme(&b[cs..end]) && end < n && (b[end] == b' ' || b[end] == b'\t') {
-                            let next = skip_inline_space(b, end);
-                            let next_end = credential_end(b, next);
-                            let word = &b[next..next_end];
-                            if !(looks_like_credential(word) || SCHEMES.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(word))) {
-                                break;
-                            }
-                            end = next_end;
-                        }
+                        let end = self.extend_cut(text, cs, ce, out);
                         emitted = end;
                         i = end;
                         continue;
@@ -178,6 +187,7 @@ impl Redactor {
                         (_, false) => Mode::Line,
                     };
                     let vend = redact_pair_value(text, emitted, j, mode, skip_inline_space, out);
+                    let vend = self.extend_cut(text, j + 1, vend, out);
                     emitted = vend;
                     i = vend;
                     continue;
@@ -208,6 +218,7 @@ impl Redactor {
                 if self.is_sensitive(&key) {
                     let mode = if b[after] == b':' { Mode::Json } else { Mode::Form };
                     let vend = redact_pair_value(text, emitted, after, mode, skip_ws, out);
+                    let vend = self.extend_cut(text, after + 1, vend, out);
                     emitted = vend;
                     i = vend;
                     continue;
@@ -665,6 +676,11 @@ mod tests {
             ("Token x=Bearer Basic dXNlcjpwYXNz9 end", "Token [REDACTED] end"),
             ("Bearer ab/token bonds", "Bearer [REDACTED] bonds"),
             ("Bearer ab/subtoken QZX7AA", "Bearer [REDACTED] QZX7AA"),
+            // Found by a local redact_text campaign: a pair value ending in a scheme word and
+            // a sensitive key ('token = token X-SeCreT: <value>') kept the key's value.
+            ("token =   token    X-SeCreT:\"s3cr3t20202000\"   &", "token =   [REDACTED]:\"[REDACTED]\"   &"),
+            ("password=abc api_key=QZX7secret9 rest", "password=[REDACTED] api_key=[REDACTED] rest"),
+            ("{\"secret\": \"a\" , \"token\" : 1}", "{\"secret\": \"[REDACTED]\" , \"token\" : \"[REDACTED]\"}"),
             (
                 "{\"k\":\"x\\\"-----BEGIN RSA PRIVATE KEY-----MIIE\\\"\", \"token\": 1234567}",
                 "{\"k\":\"x\\\"-----BEGIN RSA PRIVATE KEY-----[REDACTED]\\\"\", \"token\": \"[REDACTED]\"}",
