@@ -256,6 +256,17 @@ async fn every_page_shows_known_traffic() {
     // Conflicts: client payload against the server state, the diff, the counts.
     let c = d.ok("/conflicts").await;
     assert!(c.contains("Server title") && c.contains("Client title"));
+    // Each conflict is explained by the write it lost to (T2's create, client time 5 s; the
+    // update was made at 4 s), on the conflicts page and on its request's page.
+    let why = format!(
+        "The server&#39;s version won; this update was not applied. Client <bdi>{CLIENT}</bdi> wrote the record last (mutation 01JM0000000000000000000002, version 1, arrived "
+    );
+    let why = why.replace("<bdi>", "").replace("</bdi>", "");
+    let earlier = "this edit was made before it, 1 s earlier by the clocks";
+    for page in [&c, &detail] {
+        assert!(page.contains(&why) && page.contains(earlier), "no explanation in {page}");
+        assert!(page.contains(&format!("href=\"{PREFIX}/requests/{first}#m-1\">mutation <code><bdi>01JM0000000000000000000002</bdi></code></a>")));
+    }
     assert!(c.contains("<pre class=\"json client\">") && c.contains("<pre class=\"json server\">"));
     assert!(c.contains("<tr class=\"changed\"><td class=\"path\"><code><bdi>title</bdi></code>"));
     assert!(c.contains(&format!("href=\"{PREFIX}/requests/{mixed}#m-3\"")));

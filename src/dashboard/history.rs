@@ -6,7 +6,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::store::queries::{self, ConflictWinner, Cursor, HistoryRow};
+use crate::store::queries::{self, ConflictWinner, Cursor};
 use crate::store::schema::MutationOutcome;
 
 /// Mutations per page of a record's history.
@@ -175,8 +175,26 @@ fn server_updated_at(reason_data: &str) -> Option<String> {
     serde_json::from_str::<Value>(reason_data).ok()?.get("server_updated_at")?.as_str().map(str::to_owned)
 }
 
-fn explain(row: &HistoryRow, winner: Option<&ConflictWinner>) -> ConflictExplanation {
-    let updated_at = server_updated_at(&row.reason_data);
+/// The conflicting mutation, as far as its explanation needs it.
+pub struct Lost<'a> {
+    /// `create`, `update` or `delete`.
+    pub operation: &'a str,
+    /// Its `timestamp`, when valid.
+    pub client_ts_ms: Option<i64>,
+    /// When its push arrived.
+    pub started_us: i64,
+    /// The conflict answer's data (`server_state`, `server_updated_at`).
+    pub reason_data: &'a str,
+}
+
+/// The winner found for the conflict at (`request_id`, `position`).
+pub fn winner_of<'a>(winners: &'a [ConflictWinner], request_id: &str, position: u32) -> Option<&'a ConflictWinner> {
+    winners.iter().find(|w| w.conflict_request_id == request_id && w.conflict_position == position)
+}
+
+/// Who won a conflict and why (see [`ConflictExplanation`]).
+pub fn explain(row: &Lost<'_>, winner: Option<&ConflictWinner>) -> ConflictExplanation {
+    let updated_at = server_updated_at(row.reason_data);
     let updated_ms = updated_at.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.timestamp_millis());
     let edit_gap_ms = match (winner.and_then(|w| w.client_ts_ms).or(updated_ms), row.client_ts_ms) {
         (Some(w), Some(l)) => Some(w - l),
@@ -229,7 +247,7 @@ pub async fn load(c: &clickhouse::Client, model: &str, entity_id: &str, after: O
     let ids: Vec<&str> = rows.iter().map(|r| r.mutation_id.as_str()).collect();
     let replays = queries::replays_of_mutations(c, &ids).await?;
     let conflict_ids: Vec<&str> = rows.iter().filter(|r| r.outcome == MutationOutcome::Conflict).map(|r| r.mutation_id.as_str()).collect();
-    let winners = queries::conflict_winners(c, model, entity_id, &conflict_ids).await?;
+    let winners = queries::conflict_winners(c, &conflict_ids, &[entity_id]).await?;
     let next_cursor = more.then(|| {
         let last = rows.last().expect("a full page");
         crate::dashboard::pages::encode_cursor(&Cursor { started_us: last.started_us, request_id: last.request_id.clone(), position: last.position })
@@ -256,8 +274,10 @@ pub async fn load(c: &clickhouse::Client, model: &str, entity_id: &str, after: O
                 .filter(|x| x.original_mutation_id == r.mutation_id)
                 .map(|x| HistoryReplay { replay_id: x.replay_id.clone(), clone_mutation_id: x.clone_mutation_id.clone(), status: x.status.clone() })
                 .collect(),
-            conflict: (r.outcome == MutationOutcome::Conflict)
-                .then(|| explain(r, winners.iter().find(|w| w.conflict_mutation_id == r.mutation_id))),
+            conflict: (r.outcome == MutationOutcome::Conflict).then(|| {
+                let lost = Lost { operation: &r.operation, client_ts_ms: r.client_ts_ms, started_us: r.started_us, reason_data: &r.reason_data };
+                explain(&lost, winner_of(&winners, &r.request_id, r.position))
+            }),
         })
         .collect();
     let counts = HistoryCounts { mutations: counts.mutations, applied: counts.applied, conflicts: counts.conflicts, rejected: counts.rejected, clients: counts.clients };

@@ -735,7 +735,9 @@ pub async fn replays_of_mutations(c: &clickhouse::Client, mutation_ids: &[&str])
 /// For a conflict: the last write to the same record the server applied before it.
 #[derive(Debug, Clone, clickhouse::Row, Deserialize)]
 pub struct ConflictWinner {
-    pub conflict_mutation_id: String,
+    /// The conflict's push and position.
+    pub conflict_request_id: String,
+    pub conflict_position: u32,
     pub request_id: String,
     pub position: u32,
     pub mutation_id: String,
@@ -746,34 +748,30 @@ pub struct ConflictWinner {
     pub diff: String,
 }
 
-/// For each conflict among `mutation_ids` of the record, the last applied mutation of the same
-/// record processed before it (arrival, then position), wherever it is in the history.
-pub async fn conflict_winners(
-    c: &clickhouse::Client,
-    model: &str,
-    entity_id: &str,
-    mutation_ids: &[&str],
-) -> clickhouse::error::Result<Vec<ConflictWinner>> {
+/// For each conflict with one of `mutation_ids` on one of `entity_ids`, the last applied
+/// mutation of the same record (model and entity id) processed before it (arrival, then
+/// position), wherever it is in the history. Callers match the answers to their conflicts by
+/// (`conflict_request_id`, `conflict_position`).
+pub async fn conflict_winners(c: &clickhouse::Client, mutation_ids: &[&str], entity_ids: &[&str]) -> clickhouse::error::Result<Vec<ConflictWinner>> {
     if mutation_ids.is_empty() {
         return Ok(Vec::new());
     }
     // One order key (microseconds * 1000 + position) so one ASOF inequality covers both.
     c.query_raw(
-        "SELECT l.mutation_id AS conflict_mutation_id, w.request_id AS request_id, w.position AS position,
-                w.mutation_id AS mutation_id, w.client_id AS client_id, w.started_us AS started_us,
+        "SELECT l.request_id AS conflict_request_id, l.position AS conflict_position, w.request_id AS request_id,
+                w.position AS position, w.mutation_id AS mutation_id, w.client_id AS client_id, w.started_us AS started_us,
                 w.client_ts_ms AS client_ts_ms, w.version AS version, w.diff AS diff
-         FROM (SELECT mutation_id, entity_id, toUnixTimestamp64Micro(started_at) * 1000 + position AS ord FROM sync_mutations
-               WHERE entity_id = {entity:String} AND model = {model:String} AND outcome = 'conflict' AND mutation_id IN {ids:Array(String)}) AS l
+         FROM (SELECT request_id, position, model, entity_id, toUnixTimestamp64Micro(started_at) * 1000 + position AS ord
+               FROM sync_mutations WHERE mutation_id IN {ids:Array(String)} AND outcome = 'conflict') AS l
          ASOF INNER JOIN
-              (SELECT request_id, position, mutation_id, entity_id, client_id, toUnixTimestamp64Micro(started_at) AS started_us,
+              (SELECT request_id, position, mutation_id, model, entity_id, client_id, toUnixTimestamp64Micro(started_at) AS started_us,
                       toUnixTimestamp64Milli(client_timestamp) AS client_ts_ms, version, diff,
                       toUnixTimestamp64Micro(started_at) * 1000 + position AS ord
-               FROM sync_mutations WHERE entity_id = {entity:String} AND model = {model:String} AND outcome = 'applied') AS w
-         ON l.entity_id = w.entity_id AND l.ord > w.ord",
+               FROM sync_mutations WHERE entity_id IN {entities:Array(String)} AND outcome = 'applied') AS w
+         ON l.model = w.model AND l.entity_id = w.entity_id AND l.ord > w.ord",
     )
-    .param("entity", entity_id)
-    .param("model", model)
     .param("ids", mutation_ids)
+    .param("entities", entity_ids)
     .fetch_all()
     .await
 }

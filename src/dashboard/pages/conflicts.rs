@@ -34,6 +34,7 @@ pub(super) async fn conflicts(State(state): State<DashboardState>, p: Params) ->
         None
     };
     let newest = cursor.is_some().then(|| format!("{}/conflicts{}", nav.prefix, query_string(&keep)));
+    let mut explanations = ExplanationView::for_conflicts(c, &nav, &rows).await?;
     let conflicts = rows
         .iter()
         .map(|m| {
@@ -56,6 +57,10 @@ pub(super) async fn conflicts(State(state): State<DashboardState>, p: Params) ->
                 server_state: full.before,
                 server_updated_at: full.server_updated_at,
                 diff: full.diff,
+                explanation: explanations
+                    .iter()
+                    .position(|(id, pos, _)| *id == m.request_id && *pos == m.position)
+                    .map(|i| explanations.swap_remove(i).2),
             }
         })
         .collect();

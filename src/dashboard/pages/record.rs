@@ -118,23 +118,18 @@ pub struct HistoryLine {
     pub client_time: String,
     pub server_time: String,
     pub diff: DiffView,
-    pub winner_link: Option<String>,
-    pub winner_client_link: Option<String>,
-    pub winner_diff: Option<DiffView>,
+    pub explanation: Option<ExplanationView>,
 }
 
 impl HistoryLine {
     fn new(nav: &Nav, e: &HistoryEntry) -> Self {
-        let winner = e.conflict.as_ref().and_then(|c| c.winner.as_ref());
         HistoryLine {
             request_link: format!("{}#m-{}", nav.request(&e.request_id), e.position),
             client_link: nav.client(&e.client_id),
             client_time: e.client_time.clone().unwrap_or_else(|| format!("invalid: {}", e.client_time_raw)),
             server_time: e.server_time.clone(),
             diff: diff_view(&e.diff.as_ref().map(|d| d.to_string()).unwrap_or_default()),
-            winner_link: winner.map(|w| format!("{}#m-{}", nav.request(&w.request_id), w.position)),
-            winner_client_link: winner.map(|w| nav.client(&w.client_id)),
-            winner_diff: winner.map(|w| diff_view(&w.diff.as_ref().map(|d| d.to_string()).unwrap_or_default())),
+            explanation: e.conflict.as_ref().map(|c| ExplanationView::new(nav, c)),
             e: e.clone(),
         }
     }

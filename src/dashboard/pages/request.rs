@@ -67,6 +67,7 @@ pub(super) async fn request(State(state): State<DashboardState>, id: Result<Path
         duplicate_count: r.duplicate_count,
         snapshot_count: r.snapshot_count,
     };
+    let explanations = ExplanationView::for_conflicts(c, &nav, &mutations).await?;
     let view = RequestPage {
         r: RequestLine::new(&nav, &summary),
         reasons: r.reason_keys.iter().zip(&r.reason_counts).map(|(k, n)| ReasonCount { reason: k.clone(), count: *n }).collect(),
@@ -86,7 +87,14 @@ pub(super) async fn request(State(state): State<DashboardState>, id: Result<Path
         response_body: pretty(&r.response_body),
         response_size: bytes(r.response_body_bytes),
         response_truncated: r.response_body_truncated,
-        mutations: mutations.iter().map(|m| MutationView::new(&nav, m)).collect(),
+        mutations: mutations
+            .iter()
+            .map(|m| {
+                let mut v = MutationView::new(&nav, m);
+                v.explanation = explanations.iter().find(|(id, pos, _)| *id == m.request_id && *pos == m.position).map(|e| e.2.clone());
+                v
+            })
+            .collect(),
         total,
         page,
         pages,

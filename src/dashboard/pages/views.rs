@@ -444,6 +444,8 @@ pub struct MutationView {
     pub diff: DiffView,
     /// Diffs exist for applied mutations (before -> after) and conflicts (server -> client).
     pub show_diff: bool,
+    /// For a conflict: who won and why (set by the page, one query for all of them).
+    pub explanation: Option<ExplanationView>,
 }
 
 impl MutationView {
@@ -467,6 +469,7 @@ impl MutationView {
             has_state: m.has_state,
             detail_kept: m.detail_kept,
             diff: diff_view(&m.diff),
+            explanation: None,
             show_diff: m.detail_kept && (matches!(MutationOutcome::parse(&m.outcome), Some(MutationOutcome::Applied | MutationOutcome::Conflict)) || !matches!(m.diff.as_str(), "" | "[]")),
         }
     }
@@ -514,6 +517,7 @@ pub struct ConflictView {
     pub server_state: String,
     pub server_updated_at: String,
     pub diff: DiffView,
+    pub explanation: Option<ExplanationView>,
 }
 
 #[derive(Debug, Clone)]
@@ -673,4 +677,45 @@ pub struct RecordPage {
     pub json_link: String,
     pub next: Option<String>,
     pub first: Option<String>,
+}
+
+/// A conflict's explanation as the pages show it (request, conflicts and record pages).
+#[derive(Debug, Clone)]
+pub struct ExplanationView {
+    pub summary: String,
+    /// The winning write: its mutation id, link, client and client link, and what it changed.
+    pub winner: Option<(String, String, String, String)>,
+    pub winner_diff: Option<DiffView>,
+}
+
+impl ExplanationView {
+    pub fn new(nav: &Nav, c: &crate::dashboard::history::ConflictExplanation) -> Self {
+        ExplanationView {
+            summary: c.summary.clone(),
+            winner: c.winner.as_ref().map(|w| {
+                (w.mutation_id.clone(), format!("{}#m-{}", nav.request(&w.request_id), w.position), w.client_id.clone(), nav.client(&w.client_id))
+            }),
+            winner_diff: c.winner.as_ref().map(|w| diff_view(&w.diff.as_ref().map(|d| d.to_string()).unwrap_or_default())),
+        }
+    }
+
+    /// The explanations of the conflicts among `rows` (one query), by (request id, position).
+    pub async fn for_conflicts(
+        c: &clickhouse::Client,
+        nav: &Nav,
+        rows: &[queries::Mutation],
+    ) -> clickhouse::error::Result<Vec<(String, u32, ExplanationView)>> {
+        use crate::dashboard::history::{Lost, explain, winner_of};
+        let conflicts: Vec<&queries::Mutation> = rows.iter().filter(|m| m.outcome == MutationOutcome::Conflict).collect();
+        let ids: Vec<&str> = conflicts.iter().map(|m| m.mutation_id.as_str()).collect();
+        let entities: Vec<&str> = conflicts.iter().map(|m| m.entity_id.as_str()).collect();
+        let winners = queries::conflict_winners(c, &ids, &entities).await?;
+        Ok(conflicts
+            .iter()
+            .map(|m| {
+                let lost = Lost { operation: &m.operation, client_ts_ms: m.client_ts_ms, started_us: m.started_us, reason_data: &m.reason_data };
+                (m.request_id.clone(), m.position, ExplanationView::new(nav, &explain(&lost, winner_of(&winners, &m.request_id, m.position))))
+            })
+            .collect())
+    }
 }
