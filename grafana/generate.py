@@ -101,6 +101,12 @@ overview = [
         "SELECT client_id, sumIf(mutations, outcome = 'conflict') AS conflicts, sumIf(mutations, outcome = 'rejected') AS rejected, sum(mutations) AS total_mutations "
         f"FROM sync_mutations_5m WHERE {WIN5} GROUP BY client_id ORDER BY total_mutations DESC LIMIT 10")],
         overrides=[link_override("client_id", "Client timeline", "${dashboard_url}/clients/${__data.fields.client_id}")]),
+    panel("table", "Clients with suspicious clocks", 0, 28, 24, 6, [target(
+        "SELECT client_id, sum(future) AS future_timestamps, sum(invalid) AS invalid_timestamps, max(furthest_ahead_ms) / 1000 AS furthest_ahead_s "
+        f"FROM sync_clock_anomalies_5m WHERE {WIN5} GROUP BY client_id ORDER BY sum(future) + sum(invalid) DESC, client_id LIMIT 20")],
+        overrides=[link_override("client_id", "Client timeline", "${dashboard_url}/clients/${__data.fields.client_id}"),
+                   {"matcher": {"id": "byName", "options": "furthest_ahead_s"}, "properties": [{"id": "unit", "value": "s"}]}],
+        extra={"description": "Mutations timestamped more than 60 s after their push arrived (only a clock ahead of the server's does that) or with a missing or invalid timestamp (migration 9). Long delays are not listed: offline time and a clock behind look alike."}),
     panel("timeseries", "Capture pipeline (OpenTelemetry metrics)", 16, 20, 8, 8, [target(
         "SELECT $__timeInterval(TimeUnix) AS time, concat(MetricName, if(Attributes['reason'] != '', concat(' ', Attributes['reason']), if(Attributes['stage'] != '', concat(' ', Attributes['stage']), ''))) AS series, max(Value) AS value "
         "FROM otel_metrics_sum WHERE MetricName IN ('tether.capture.records.dropped', 'tether.capture.rows.written', 'tether.capture.insert.failures') "

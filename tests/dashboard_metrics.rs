@@ -321,3 +321,38 @@ fn a_window_without_a_whole_hour_reads_five_minute_buckets_only() {
     assert_eq!((p[2].1, p[3].1), (p[0].1, p[1].1), "an hour-aligned window is all whole hours: {p:?}");
 }
 
+
+/// Issue 17: clients whose clocks look wrong, in the metrics API, equal from the aggregate and
+/// from the raw rows. `ahead` sends timestamps 2 h after arrival (and one 30 s after: within
+/// the minute's tolerance); `broken` sends one invalid timestamp; `offline` edited a day
+/// before syncing (a long delay is not suspicious: offline and a slow clock look alike).
+#[tokio::test]
+async fn clients_with_suspicious_clocks_are_listed_from_the_aggregate_as_from_the_raw_rows() {
+    use tether_pro::internals::metrics::{self, MetricsQuery, Source};
+    let ch = clickhouse().await;
+    ch.migrate().await;
+    let d = day();
+    ch.rows(&format!(
+        "INSERT INTO sync_mutations (request_id, started_at, position, mutation_id, model, operation, client_id, client_timestamp, client_timestamp_raw, outcome, reason) VALUES
+         ('r1', '{d} 10:01:00', 0, 'm1', 'Task', 'update', 'ahead', '{d} 12:01:00', '', 'applied', ''),
+         ('r1', '{d} 10:01:00', 1, 'm2', 'Task', 'update', 'ahead', '{d} 12:06:00', '', 'applied', ''),
+         ('r2', '{d} 10:12:00', 0, 'm3', 'Task', 'update', 'ahead', '{d} 10:12:30', '', 'applied', ''),
+         ('r3', '{d} 10:02:00', 0, 'm4', 'Task', 'update', 'broken', NULL, '\"yesterday\"', 'rejected', 'validation_failed'),
+         ('r4', '{d} 10:03:00', 0, 'm5', 'Task', 'update', 'offline', '{d} 10:03:00' - INTERVAL 1 DAY, '', 'applied', ''),
+         ('r5', '{d} 11:00:00', 0, 'm6', 'Task', 'update', 'later', '{d} 13:00:00', '', 'applied', '')"
+    ))
+    .await;
+    let state = dashboard::DashboardState::new(ch.client());
+    let q = MetricsQuery { window: None, from: Some(format!("{d}T10:00:00Z")), to: Some(format!("{d}T10:30:00Z")) };
+    let window = q.window(chrono::Utc::now()).unwrap();
+    let api = metrics::compute(&state, window).await.unwrap();
+    let raw = metrics::compute_from(&state, window, Source::RawRows).await.unwrap();
+    let listed: Vec<(String, u64, u64, i64)> = api.suspicious_clocks.iter().map(|e| (e.client_id.clone(), e.future, e.invalid, e.furthest_ahead_ms)).collect();
+    assert_eq!(listed, vec![("ahead".to_owned(), 2, 0, 7_500_000), ("broken".to_owned(), 0, 1, 0)], "'later' is outside the window");
+    assert_eq!(api.suspicious_clocks, raw.suspicious_clocks);
+    // Through the HTTP API as well.
+    let base = serve(dashboard::mount(dashboard::DashboardState::new(ch.client()))).await;
+    let (status, m) = get(&format!("{base}/tether/dashboard/metrics?{}", range())).await;
+    assert_eq!(status, 200);
+    assert_eq!(m["suspicious_clocks"][0], json!({"client_id": "ahead", "future": 2, "invalid": 0, "furthest_ahead_ms": 7_500_000}));
+}

@@ -734,3 +734,34 @@ async fn a_mutation_whose_detail_was_not_kept_says_so() {
     assert!(page.contains("&#34;[not kept: capture.applied]&#34;"), "the rebuilt request body marks the payload");
     assert!(page.contains("refused and kept whole"), "a rejected mutation keeps its payload");
 }
+
+/// Issue 17: a client sending a timestamp two hours ahead and an invalid one is listed on the
+/// overview under suspicious clocks, and its page says what its clock did.
+#[tokio::test(flavor = "current_thread")]
+async fn a_client_with_a_clock_ahead_is_named_on_the_overview_and_its_page() {
+    let mut e = env().await;
+    let now = chrono::Utc::now().timestamp_millis();
+    e.push("01JCCCCCCCCCCCCCCCCCCCCCK1", vec![
+        mutation(&ulid(), "01JAAAAAAAAAAAAAAAAAAAAAK1", "Task", "create", json!({"title": "from the future"}), now + 2 * 3_600_000),
+        mutation(&ulid(), "01JAAAAAAAAAAAAAAAAAAAAAK3", "Task", "create", json!({"title": "offline"}), now - 3_600_000),
+    ])
+    .await;
+    // The server refuses the whole push (422); its mutation is captured all the same.
+    let invalid = json!({"client_id": "01JCCCCCCCCCCCCCCCCCCCCCK1", "mutations": [
+        {"mutation_id": ulid(), "entity_id": "01JAAAAAAAAAAAAAAAAAAAAAK2", "model": "Task", "operation": "create", "payload": {"title": "x"}, "version": 1, "timestamp": "yesterday"}]});
+    assert_eq!(e.send("/tether/push", invalid.to_string().into_bytes()).await.0, 422);
+    e.push(CLIENT, vec![mutation(&ulid(), "01JAAAAAAAAAAAAAAAAAAAAAK4", "Task", "create", json!({"title": "fine"}), now)]).await;
+    let d = e.dashboard().await;
+    let o = d.ok("").await;
+    assert!(o.contains("Clients with suspicious clocks"), "{o}");
+    let section = &o[o.find("Clients with suspicious clocks").unwrap()..];
+    let section = &section[..section.find("</table>").unwrap()];
+    assert!(section.contains("01JCCCCCCCCCCCCCCCCCCCCCK1") && !section.contains(CLIENT), "{section}");
+    assert!(section.contains("<td class=\"num\">1</td><td class=\"num\">1</td><td class=\"num\">1 h 59 min</td>") || section.contains("<td class=\"num\">1</td><td class=\"num\">1</td><td class=\"num\">2 h 0 min</td>"), "{section}");
+    let c = d.ok("/clients/01JCCCCCCCCCCCCCCCCCCCCCK1").await;
+    assert!(c.contains("Over 3 mutations, the push arrived a median"), "{c}");
+    assert!(c.contains("<strong>1 timestamped more than a minute after they arrived</strong>"), "{c}");
+    assert!(c.contains("<strong>1 with a missing or invalid timestamp.</strong>"), "{c}");
+    let fine = d.ok(&format!("/clients/{CLIENT}")).await;
+    assert!(!fine.contains("<strong>"), "nothing suspicious about a good clock");
+}

@@ -392,7 +392,7 @@ async fn every_panel_variable_and_alert_query_runs_and_links_resolve() {
             }
         }
     }
-    assert_eq!(titles.len(), 4, "{titles:?}");
+    assert_eq!(titles.len(), 5, "{titles:?}");
     assert!(queries >= 25, "queries run: {queries}");
 }
 

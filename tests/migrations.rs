@@ -45,6 +45,8 @@ async fn every_table_and_view_exists_and_answers() {
         "sync_requests",
         "sync_requests_5m",
         "sync_requests_5m_mv",
+        "sync_clock_anomalies_5m",
+        "sync_clock_anomalies_5m_mv",
     ] {
         assert!(tables.iter().any(|x| x == t), "{t} missing from {tables:?}");
         ch.rows(&format!("SELECT * FROM {t} LIMIT 1")).await;

@@ -24,6 +24,7 @@ pub fn differences(api: &Metrics, raw: &Metrics) -> (Vec<String>, f64) {
     same("rates", format!("{:?}", api.rates), format!("{:?}", raw.rates));
     same("top models", format!("{:?}", api.top_models), format!("{:?}", raw.top_models));
     same("top clients", format!("{:?}", api.top_clients), format!("{:?}", raw.top_clients));
+    same("suspicious clocks", format!("{:?}", api.suspicious_clocks), format!("{:?}", raw.suspicious_clocks));
     same("health buckets", api.health.len().to_string(), raw.health.len().to_string());
     let mut close = |what: String, a: f64, b: f64| {
         let rel = if a == b { 0.0 } else { (a - b).abs() / a.abs().max(b.abs()) };

@@ -178,6 +178,21 @@ pub struct TopEntry {
     pub rejections: u64,
 }
 
+/// A client whose clock looks wrong. A timestamp after its own push's arrival can only be a
+/// clock ahead of the server's; one before it is offline time or a clock behind, which one
+/// mutation cannot tell apart (so it is not counted here; the client page shows the delays).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row, utoipa::ToSchema)]
+pub struct ClockEntry {
+    /// The client id (as stored: capped and redacted).
+    pub client_id: String,
+    /// Mutations timestamped more than 60 s after their push arrived.
+    pub future: u64,
+    /// Mutations whose timestamp was missing or not valid epoch milliseconds.
+    pub invalid: u64,
+    /// The most a timestamp was ahead of its push's arrival, in milliseconds (0: none).
+    pub furthest_ahead_ms: i64,
+}
+
 /// One five-minute bucket of the health strip.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HealthBucket {
@@ -216,6 +231,9 @@ pub struct Metrics {
     pub top_models: Vec<TopEntry>,
     /// At most 10 clients, most mutations first.
     pub top_clients: Vec<TopEntry>,
+    /// At most 10 clients with suspicious clocks in the window (timestamps more than 60 s
+    /// after their push arrived, or missing or invalid ones), most such mutations first.
+    pub suspicious_clocks: Vec<ClockEntry>,
     /// The thresholds the health strip was judged by.
     pub thresholds: HealthThresholds,
     /// Every five-minute bucket of the window, oldest first.
@@ -283,6 +301,8 @@ pub struct Queries {
     pub top_models: String,
     /// The top clients by mutations.
     pub top_clients: String,
+    /// Clients with suspicious clocks.
+    pub clocks: String,
 }
 
 impl Source {
@@ -355,6 +375,11 @@ fn aggregate_queries() -> Queries {
         ),
         top_models,
         top_clients,
+        clocks: format!(
+            "SELECT client_id, sum(future) AS future, sum(invalid) AS invalid, max(furthest_ahead_ms) AS furthest_ahead_ms
+             FROM sync_clock_anomalies_5m WHERE {AGG_WINDOW}
+             GROUP BY client_id ORDER BY sum(future) + sum(invalid) DESC, client_id LIMIT {TOP_N}"
+        ),
     }
 }
 
@@ -385,6 +410,15 @@ fn raw_queries() -> Queries {
         ),
         top_models: top("model"),
         top_clients: top("client_id"),
+        // The same rule as migration 9's view.
+        clocks: format!(
+            "SELECT client_id, countIf(ahead > 60000) AS future, countIf(client_timestamp IS NULL) AS invalid,
+                    toInt64(ifNull(maxIf(ahead, ahead > 60000), 0)) AS furthest_ahead_ms
+             FROM (SELECT client_id, client_timestamp, toUnixTimestamp64Milli(client_timestamp) - toUnixTimestamp64Milli(started_at) AS ahead
+                   FROM sync_mutations WHERE {RAW_WINDOW})
+             WHERE client_timestamp IS NULL OR ahead > 60000
+             GROUP BY client_id ORDER BY countIf(ahead > 60000) + countIf(client_timestamp IS NULL) DESC, client_id LIMIT {TOP_N}"
+        ),
     }
 }
 
@@ -401,11 +435,12 @@ pub async fn compute_from(state: &DashboardState, window: Window, source: Source
     let c = &state.client.clone().with_setting("prefer_column_name_to_alias", "1");
     // A statement ignores parameters it does not use.
     let run = |sql: &str| p.iter().fold(c.query_raw(sql), |q, (k, v)| q.param(k, *v));
-    let (kinds, buckets, top_models, top_clients) = tokio::try_join!(
+    let (kinds, buckets, top_models, top_clients, suspicious_clocks) = tokio::try_join!(
         run(&q.kinds).fetch_all::<KindRow>(),
         run(&q.buckets).fetch_all::<BucketRow>(),
         run(&q.top_models).fetch_all::<TopEntry>(),
         run(&q.top_clients).fetch_all::<TopEntry>(),
+        run(&q.clocks).fetch_all::<ClockEntry>(),
     )?;
 
     let mut totals = Totals::default();
@@ -487,6 +522,7 @@ pub async fn compute_from(state: &DashboardState, window: Window, source: Source
         rates,
         top_models,
         top_clients,
+        suspicious_clocks,
         thresholds: state.thresholds,
         health,
     })

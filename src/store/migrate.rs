@@ -30,6 +30,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 6, name: "faithful_capture", sql: include_str!("migrations/0006_faithful_capture.sql") },
     Migration { version: 7, name: "payload_once", sql: include_str!("migrations/0007_payload_once.sql") },
     Migration { version: 8, name: "metrics_projections", sql: include_str!("migrations/0008_metrics_projections.sql") },
+    Migration { version: 9, name: "clock_anomalies", sql: include_str!("migrations/0009_clock_anomalies.sql") },
 ];
 
 /// The columns the capture pipeline inserts, with the types the migrations give them (as
@@ -103,7 +104,7 @@ pub const INSERTED_COLUMNS: &[(&str, &[(&str, &str)])] = &[
 
 /// Tables whose TTL follows `retention.days` / `retention.aggregate_days`.
 const RAW_TTL: &[(&str, &str)] = &[("sync_requests", "started_at"), ("sync_mutations", "started_at")];
-const AGG_TTL: &[(&str, &str)] = &[("sync_requests_5m", "bucket"), ("sync_mutations_5m", "bucket")];
+const AGG_TTL: &[(&str, &str)] = &[("sync_requests_5m", "bucket"), ("sync_mutations_5m", "bucket"), ("sync_clock_anomalies_5m", "bucket")];
 
 /// What a migration run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -784,3 +784,37 @@ pub async fn models_of_entity(c: &clickhouse::Client, entity_id: &str, limit: u6
         .fetch_all()
         .await
 }
+
+/// A client's clock against the server's, over its mutations in a range: delay = arrival of
+/// the push minus the mutation's timestamp, in milliseconds.
+#[derive(Debug, Clone, Default, clickhouse::Row, Deserialize)]
+pub struct ClientClock {
+    pub mutations: u64,
+    /// Timestamps missing or invalid.
+    pub invalid: u64,
+    /// Timestamps more than 60 s after arrival (a clock ahead).
+    pub future: u64,
+    /// Median and largest delay over the valid timestamps (0 when none).
+    pub median_delay_ms: i64,
+    pub max_delay_ms: i64,
+    /// The most negative delay (a timestamp ahead of arrival), 0 when none is.
+    pub furthest_ahead_ms: i64,
+}
+
+/// `ClientClock` for `client_id` in `[from_us, to_us)` (either end open).
+pub async fn client_clock(c: &clickhouse::Client, client_id: &str, from_us: Option<i64>, to_us: Option<i64>) -> clickhouse::error::Result<ClientClock> {
+    c.query_raw(
+        "SELECT count() AS mutations, countIf(delay IS NULL) AS invalid, countIf(delay < -60000) AS future,
+                toInt64(ifNull(quantileExactIf(0.5)(delay, delay IS NOT NULL), 0)) AS median_delay_ms,
+                toInt64(ifNull(maxIf(delay, delay IS NOT NULL), 0)) AS max_delay_ms,
+                toInt64(greatest(0, -ifNull(minIf(delay, delay IS NOT NULL), 0))) AS furthest_ahead_ms
+         FROM (SELECT toUnixTimestamp64Milli(started_at) - toUnixTimestamp64Milli(client_timestamp) AS delay FROM sync_mutations
+               WHERE client_id = {client:String}
+                 AND started_at >= fromUnixTimestamp64Micro({from:Int64}, 'UTC') AND started_at < fromUnixTimestamp64Micro({to:Int64}, 'UTC'))",
+    )
+    .param("client", client_id)
+    .param("from", from_us.unwrap_or(0))
+    .param("to", to_us.unwrap_or(4_102_444_800_000_000))
+    .fetch_one()
+    .await
+}

@@ -31,6 +31,8 @@ pub(super) async fn client(State(state): State<DashboardState>, id: Result<Path<
     let more = rows.len() > TIMELINE_PAGE_SIZE;
     rows.truncate(TIMELINE_PAGE_SIZE);
     let muts = queries::mutations_of(c, &client_id, &rows, TIMELINE_MUTATIONS).await?;
+    let clock = queries::client_clock(c, &client_id, from_us, to_us).await?;
+    let words = crate::dashboard::history::span_words;
     let nav = Nav::new(&prefix(&state), "", format!("Client {client_id}"));
     let keep: Vec<(&str, &str)> = vec![("from", p.get("from").unwrap_or("")), ("to", p.get("to").unwrap_or(""))];
     let older = more.then(|| {
@@ -62,6 +64,10 @@ pub(super) async fn client(State(state): State<DashboardState>, id: Result<Path<
         newest,
         from: p.owned("from").unwrap_or_default(),
         to: p.owned("to").unwrap_or_default(),
+        median_delay: words(clock.median_delay_ms),
+        max_delay: words(clock.max_delay_ms),
+        furthest_ahead: words(clock.furthest_ahead_ms),
+        clock,
         nav,
     };
     html(&page)

@@ -54,6 +54,11 @@ pub(super) async fn overview(State(state): State<DashboardState>, p: Params) -> 
         latency: svg::spark(&latency, "p95 latency per five minutes", " ms"),
         top_models: top(&m.top_models, &|k| format!("{}/requests{}", nav.prefix, query_string(&[("model", k)]))),
         top_clients: top(&m.top_clients, &|k| nav.client(k)),
+        suspicious_clocks: m
+            .suspicious_clocks
+            .iter()
+            .map(|e| (e.client_id.clone(), nav.client(&e.client_id), e.future, e.invalid, crate::dashboard::history::span_words(e.furthest_ahead_ms)))
+            .collect(),
         failures: failures.iter().map(|x| MutationLine::new(&nav, x)).collect(),
         conflicts: conflicts.iter().map(|x| MutationLine::new(&nav, x)).collect(),
         pipeline: state.capture.as_ref().map(|c| views::PipelineHealth::new(&c.totals())),

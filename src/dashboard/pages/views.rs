@@ -346,6 +346,9 @@ pub struct OverviewPage {
     pub latency: Spark,
     pub top_models: Vec<TopLine>,
     pub top_clients: Vec<TopLine>,
+    /// Clients with timestamps in the future or invalid ones: (client, link, future, invalid,
+    /// furthest ahead).
+    pub suspicious_clocks: Vec<(String, String, u64, u64, String)>,
     pub failures: Vec<MutationLine>,
     pub conflicts: Vec<MutationLine>,
     /// The capture pipeline's health, when the dashboard runs in the capturing process.
@@ -584,6 +587,11 @@ pub struct ClientPage {
     pub newest: Option<String>,
     pub from: String,
     pub to: String,
+    /// The client's clock over the range: counts, and delays in words.
+    pub clock: queries::ClientClock,
+    pub median_delay: String,
+    pub max_delay: String,
+    pub furthest_ahead: String,
 }
 
 #[derive(Template)]
