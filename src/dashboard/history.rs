@@ -239,15 +239,22 @@ pub fn explain(row: &Lost<'_>, winner: Option<&ConflictWinner>) -> ConflictExpla
 
 /// Everything but the current state, which the caller looks up (it needs the replay target).
 pub async fn load(c: &clickhouse::Client, model: &str, entity_id: &str, after: Option<&Cursor>) -> clickhouse::error::Result<(RecordHistory, Vec<queries::HistoryPoint>)> {
-    let mut rows = queries::record_history(c, model, entity_id, after, HISTORY_PAGE_SIZE as u64 + 1).await?;
+    // Two rounds of statements that do not depend on each other, each run concurrently: the
+    // page waits for the slowest of each, not for the sum.
+    let (mut rows, (counts, points)) = tokio::try_join!(
+        queries::record_history(c, model, entity_id, after, HISTORY_PAGE_SIZE as u64 + 1),
+        queries::record_overview(c, model, entity_id, TIMELINE_POINTS),
+    )?;
     let more = rows.len() > HISTORY_PAGE_SIZE;
     rows.truncate(HISTORY_PAGE_SIZE);
-    let (counts, points) = queries::record_overview(c, model, entity_id, TIMELINE_POINTS).await?;
-    let versions = queries::client_versions(c, &rows).await?;
     let ids: Vec<&str> = rows.iter().map(|r| r.mutation_id.as_str()).collect();
-    let replays = queries::replays_of_mutations(c, &ids).await?;
     let conflict_ids: Vec<&str> = rows.iter().filter(|r| r.outcome == MutationOutcome::Conflict).map(|r| r.mutation_id.as_str()).collect();
-    let winners = queries::conflict_winners(c, &conflict_ids, &[entity_id]).await?;
+    let entities = [entity_id];
+    let (versions, replays, winners) = tokio::try_join!(
+        queries::client_versions(c, &rows),
+        queries::replays_of_mutations(c, &ids),
+        queries::conflict_winners(c, &conflict_ids, &entities),
+    )?;
     let next_cursor = more.then(|| {
         let last = rows.last().expect("a full page");
         crate::dashboard::pages::encode_cursor(&Cursor { started_us: last.started_us, request_id: last.request_id.clone(), position: last.position })

@@ -667,8 +667,8 @@ pub async fn record_overview(
     entity_id: &str,
     points: u64,
 ) -> clickhouse::error::Result<(HistoryCounts, Vec<HistoryPoint>)> {
-    let counts = c
-        .query_raw(
+    let counts = async {
+        c.query_raw(
             "SELECT count() AS mutations, countIf(outcome = 'applied') AS applied, countIf(outcome = 'conflict') AS conflicts,
                     countIf(outcome = 'rejected') AS rejected, uniqExact(client_id) AS clients
              FROM sync_mutations WHERE entity_id = {entity:String} AND model = {model:String}",
@@ -676,9 +676,10 @@ pub async fn record_overview(
         .param("entity", entity_id)
         .param("model", model)
         .fetch_one::<HistoryCounts>()
-        .await?;
-    let pts = c
-        .query_raw(
+        .await
+    };
+    let pts = async {
+        c.query_raw(
             "SELECT toUnixTimestamp64Micro(started_at) AS started_us, client_id, outcome FROM sync_mutations
              WHERE entity_id = {entity:String} AND model = {model:String}
              ORDER BY started_at, request_id, position LIMIT {points:UInt64}",
@@ -687,8 +688,9 @@ pub async fn record_overview(
         .param("model", model)
         .param("points", points)
         .fetch_all()
-        .await?;
-    Ok((counts, pts))
+        .await
+    };
+    tokio::try_join!(counts, pts)
 }
 
 /// `client_version` of each of `requests` (the mutation rows do not carry it).
