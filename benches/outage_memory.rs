@@ -104,7 +104,22 @@ fn main() {
         }
     };
 
+    // Each phase lasts at least its time, and the up phases until rows are written (at most a
+    // minute more): on a loaded machine the nice-19 pipeline may not have written anything
+    // yet, and an outage before the first write or a recovery cut short proves nothing.
+    let wait_for_rows = |phase: &'static str, more_than: u64, samples: &mut Vec<Sample>, sample: &mut dyn FnMut(&'static str, &mut Vec<Sample>)| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let rows = rt.block_on(support::count(&url, &database, "sync_mutations"));
+            if rows > more_than || Instant::now() >= deadline {
+                return rows;
+            }
+            std::thread::sleep(step);
+            sample(phase, samples);
+        }
+    };
     run_phase("up", warm, &mut samples, &mut sample);
+    let rows_before_outage = wait_for_rows("up", 0, &mut samples, &mut sample);
     let baseline = samples.last().expect("samples").rss_kib;
     let pushes_before_outage = counters.pushes.load(Ordering::Relaxed);
     // Stopping waits for ClickHouse to exit (it lingers on keep-alive connections): sample
@@ -122,6 +137,7 @@ fn main() {
     clickhouse = Some(support::start_local(port, Some(dir.path().join("ch"))));
     let up_at = t0.elapsed();
     run_phase("recovered", recovery, &mut samples, &mut sample);
+    wait_for_rows("recovered", rows_before_outage, &mut samples, &mut sample);
     stop.store(true, Ordering::Relaxed);
     rt.block_on(load).expect("the load");
     let (_, hwm_kib) = support::rss_kib(pid).expect("the server's /proc/PID/status");
@@ -165,6 +181,7 @@ fn main() {
     assert_eq!(errors, 0, "the server must keep answering while ClickHouse is down");
     assert!(pushes > pushes_before_outage, "load continued through the outage");
     assert!(stat_u64(&stats, "insert_failures") > 0, "the pipeline must have seen the outage");
+    assert!(rows_before_outage > 0, "rows were written before the outage");
     assert!(rows > 0 && rows == stat_u64(&stats, "mutations_written"), "rows arrived after recovery: {rows}");
     drop(clickhouse);
 }
