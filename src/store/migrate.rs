@@ -31,7 +31,6 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 7, name: "payload_once", sql: include_str!("migrations/0007_payload_once.sql") },
     Migration { version: 8, name: "metrics_projections", sql: include_str!("migrations/0008_metrics_projections.sql") },
     Migration { version: 9, name: "clock_anomalies", sql: include_str!("migrations/0009_clock_anomalies.sql") },
-    Migration { version: 10, name: "record_lookup", sql: include_str!("migrations/0010_record_lookup.sql") },
 ];
 
 /// The columns the capture pipeline inserts, with the types the migrations give them (as
