@@ -48,15 +48,35 @@ const ORDINARY: &[&str] = &["tokenize {s}", "https://example.test/{s}?x=1&page=2
 #[derive(Debug, Clone)]
 pub struct Carried {
     pub token: String,
+    /// The whole string it was put in (the carrier template filled in).
+    pub text: String,
     /// Recognised only with the text after it (a body cut right after it may keep it).
     pub needs_tail: bool,
 }
 
 /// The tokens of `carried` that occur exactly once in `inputs` (elsewhere they may also be
-/// ordinary text), and (with `cut`, for text that may have been cut short) only those
-/// recognised without what follows them.
+/// ordinary text), inside the string they were carried in (its text through the token, as it
+/// is or JSON-escaped once or twice, as it reads inside a string), and (with `cut`, for text that may have been cut short)
+/// only those recognised without what follows them. A token whose carrier did not make it into
+/// the inputs (its map entry overwritten by a later one of the same key) may still be there,
+/// put by the fuzzer into ordinary text or a key, where no rule applies to it (found by the
+/// rows and redact targets: libFuzzer copies compared strings into its inputs).
 pub fn checkable_carried(carried: &[Carried], inputs: &str, cut: bool) -> Vec<String> {
-    carried.iter().filter(|c| !(cut && c.needs_tail) && inputs.matches(c.token.as_str()).count() == 1).map(|c| c.token.clone()).collect()
+    let escaped = |s: &str| {
+        let quoted = serde_json::to_string(s).expect("a string serializes");
+        quoted[1..quoted.len() - 1].to_owned()
+    };
+    carried
+        .iter()
+        .filter(|c| !(cut && c.needs_tail) && inputs.matches(c.token.as_str()).count() == 1)
+        .filter(|c| {
+            // Through the token: a body cut right after it keeps what makes it a credential.
+            let through = c.text.find(c.token.as_str()).map_or(c.text.as_str(), |at| &c.text[..at + c.token.len()]);
+            let once = escaped(through);
+            [through.to_owned(), escaped(&once), once].iter().any(|t| inputs.contains(t.as_str()))
+        })
+        .map(|c| c.token.clone())
+        .collect()
 }
 
 /// The word parts of a key, lowercased (README "Redaction"): the runs of letters and digits,
@@ -336,10 +356,11 @@ impl<'a> Gen<'a> {
                 let token = self.token(u)?;
                 if u.arbitrary()? {
                     let (template, key, needs_tail) = *u.choose(CARRIERS)?;
+                    let text = template.replace("{s}", &token);
                     if key.is_none_or(|k| self.oracle.is_sensitive(k)) {
-                        self.carried.push(Carried { token: token.clone(), needs_tail });
+                        self.carried.push(Carried { token: token.clone(), text: text.clone(), needs_tail });
                     }
-                    template.replace("{s}", &token)
+                    text
                 } else {
                     u.choose(ORDINARY)?.replace("{s}", &token)
                 }
