@@ -104,7 +104,8 @@ async fn three_clients_an_offline_edit_that_loses_and_its_replay() {
     let entry = |i: usize, client: &str, version_header: &str, ts: String, op: &str, version: u64, outcome: &str, reason: &str, diff: Value, replays: Value, conflict: Value| {
         json!({
             "request_id": r(i, "request_id"), "position": 0, "mutation_id": r(i, "mutation_id"), "client_id": client,
-            "client_version": version_header, "client_time": ts, "client_time_raw": "", "server_time": rfc3339_us(us(i)),
+            "client_version": version_header, "client_time": ts.clone(), "client_time_raw": "", "server_time": rfc3339_us(us(i)),
+            "delay_ms": us(i).div_euclid(1000) - chrono::DateTime::parse_from_rfc3339(&ts).unwrap().timestamp_millis(),
             "operation": op, "version": version, "outcome": outcome, "reason": reason, "diff": diff,
             "trace_id": if r(i, "trace_id").is_empty() { Value::Null } else { json!(r(i, "trace_id")) },
             "replays": replays, "conflict": conflict,

@@ -71,6 +71,9 @@ pub struct HistoryEntry {
     pub client_time_raw: String,
     /// When the push arrived at the server, RFC 3339 with microseconds.
     pub server_time: String,
+    /// Arrival minus client time, in milliseconds: time offline plus the client clock's lag
+    /// (negative: a clock ahead). `null` when the client time is invalid.
+    pub delay_ms: Option<i64>,
     /// `create`, `update` or `delete` (as pushed).
     pub operation: String,
     /// The mutation's `version`.
@@ -270,6 +273,7 @@ pub async fn load(c: &clickhouse::Client, model: &str, entity_id: &str, after: O
             client_time: r.client_ts_ms.map(rfc3339_ms),
             client_time_raw: if r.client_ts_ms.is_some() { String::new() } else { r.client_ts_raw.clone() },
             server_time: rfc3339_us(r.started_us),
+            delay_ms: r.client_ts_ms.map(|l| r.started_us.div_euclid(1000) - l),
             operation: r.operation.clone(),
             version: r.version,
             outcome: r.outcome.clone(),

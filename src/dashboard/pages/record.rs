@@ -117,6 +117,8 @@ pub struct HistoryLine {
     pub client_link: String,
     pub client_time: String,
     pub server_time: String,
+    /// The delay in words, `ahead` when negative.
+    pub delay: String,
     pub diff: DiffView,
     pub explanation: Option<ExplanationView>,
 }
@@ -128,6 +130,9 @@ impl HistoryLine {
             client_link: nav.client(&e.client_id),
             client_time: e.client_time.clone().unwrap_or_else(|| format!("invalid: {}", e.client_time_raw)),
             server_time: e.server_time.clone(),
+            delay: e.delay_ms.map_or_else(String::new, |d| {
+                if d < 0 { format!("{} before it was made (clock ahead)", history::span_words(d)) } else { format!("{} later", history::span_words(d)) }
+            }),
             diff: diff_view(&e.diff.as_ref().map(|d| d.to_string()).unwrap_or_default()),
             explanation: e.conflict.as_ref().map(|c| ExplanationView::new(nav, c)),
             e: e.clone(),
