@@ -259,10 +259,10 @@ async fn every_page_shows_known_traffic() {
     // Each conflict is explained by the write it lost to (T2's create, client time 5 s; the
     // update was made at 4 s), on the conflicts page and on its request's page.
     let why = format!(
-        "The server&#39;s version won; this update was not applied. Client <bdi>{CLIENT}</bdi> wrote the record last (mutation 01JM0000000000000000000002, version 1, arrived "
+        "The server&#39;s version won; this update was not applied. Client <bdi>{CLIENT}</bdi>&#39;s write (mutation 01JM0000000000000000000002, version 1, arrived "
     );
     let why = why.replace("<bdi>", "").replace("</bdi>", "");
-    let earlier = "this edit was made before it, 1 s earlier by the clocks";
+    let earlier = "gave the record its updated_at; this edit was made 1 s earlier by the clocks";
     for page in [&c, &detail] {
         assert!(page.contains(&why) && page.contains(earlier), "no explanation in {page}");
         assert!(page.contains(&format!("href=\"{PREFIX}/requests/{first}#m-1\">mutation <code><bdi>01JM0000000000000000000002</bdi></code></a>")));
@@ -751,6 +751,8 @@ async fn a_client_with_a_clock_ahead_is_named_on_the_overview_and_its_page() {
         {"mutation_id": ulid(), "entity_id": "01JAAAAAAAAAAAAAAAAAAAAAK2", "model": "Task", "operation": "create", "payload": {"title": "x"}, "version": 1, "timestamp": "yesterday"}]});
     assert_eq!(e.send("/tether/push", invalid.to_string().into_bytes()).await.0, 422);
     e.push(CLIENT, vec![mutation(&ulid(), "01JAAAAAAAAAAAAAAAAAAAAAK4", "Task", "create", json!({"title": "fine"}), now)]).await;
+    // Every timestamp of this one is ahead: its longest "delay" is negative and says so.
+    e.push("01JCCCCCCCCCCCCCCCCCCCCCK9", vec![mutation(&ulid(), "01JAAAAAAAAAAAAAAAAAAAAAK5", "Task", "create", json!({"title": "ahead"}), now + 3_600_000)]).await;
     let d = e.dashboard().await;
     let o = d.ok("").await;
     assert!(o.contains("Clients with suspicious clocks"), "{o}");
@@ -762,6 +764,11 @@ async fn a_client_with_a_clock_ahead_is_named_on_the_overview_and_its_page() {
     assert!(c.contains("Over 3 mutations, the push arrived a median"), "{c}");
     assert!(c.contains("<strong>1 timestamped more than a minute after they arrived</strong>"), "{c}");
     assert!(c.contains("<strong>1 with a missing or invalid timestamp.</strong>"), "{c}");
+    let ahead = d.ok("/clients/01JCCCCCCCCCCCCCCCCCCCCCK9").await;
+    assert!(ahead.contains("<em>before</em> the edit by this client's clock (every timestamp ahead of its arrival)"), "{ahead}");
+    // A typed trailing slash keeps its query string.
+    let slash = d.get("/?window=1h").await;
+    assert_eq!((slash.status, slash.location.as_deref()), (308, Some(format!("{PREFIX}?window=1h").as_str())));
     let fine = d.ok(&format!("/clients/{CLIENT}")).await;
     assert!(!fine.contains("<strong>"), "nothing suspicious about a good clock");
 }

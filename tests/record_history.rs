@@ -131,7 +131,7 @@ async fn three_clients_an_offline_edit_that_loses_and_its_replay() {
                     "server_updated_at": got["mutations"][2]["conflict"]["server_updated_at"],
                     "edit_gap_ms": 180_000,
                     "delay_ms": us(2) / 1000 - (t0 + 120_000),
-                    "summary": format!("The server's version won; this update was not applied. Client client-B wrote the record last (mutation 01JM00000000000000000000B1, version 2, arrived {}); this edit was made before it, 3 min 0 s earlier by the clocks, and under the Tether rule an edit older than the record's updated_at conflicts.", rfc3339_us(us(1))),
+                    "summary": format!("The server's version won; this update was not applied. Client client-B's write (mutation 01JM00000000000000000000B1, version 2, arrived {}) gave the record its updated_at; this edit was made 3 min 0 s earlier by the clocks, and under the Tether rule an edit older than the record's updated_at conflicts.", rfc3339_us(us(1))),
                 })),
             entry(3, "client-C", "web/3.0", clone_ts.clone(), "update", 2, "applied", "",
                 json!([{"path": ["notes"], "change": "changed", "old": "2 l", "new": "1 l"}, {"path": ["title"], "change": "changed", "old": "Oat milk", "new": "Soy milk"}]), json!([]), Value::Null),
@@ -167,7 +167,7 @@ async fn three_clients_an_offline_edit_that_loses_and_its_replay() {
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     for needle in [
-        "The server&#39;s version won; this update was not applied. Client client-B wrote the record last",
+        "The server&#39;s version won; this update was not applied. Client client-B&#39;s write (mutation 01JM00000000000000000000B1, version 2, arrived",
         &format!("href=\"{PREFIX}/requests/{}#m-0\"", r(1, "request_id")),
         &format!("href=\"{PREFIX}/clients/client-C\""),
         &replay.replay_id,
@@ -185,4 +185,93 @@ async fn three_clients_an_offline_edit_that_loses_and_its_replay() {
     assert_eq!(status(format!("{dash}{PREFIX}/records/Note/{E}.json")).await, 404);
     assert_eq!(status(format!("{dash}{PREFIX}/records/Task/{E}.json?after=zz")).await, 400);
     assert_eq!(status(format!("{dash}{PREFIX}/records/Task/nope")).await, 404);
+}
+
+/// A create is applied whatever its time, so the last write applied is not always the one
+/// whose `updated_at` a conflict was checked against (found by a fresh-eyes test): the winner
+/// is the applied write with the latest client time, and the gap is positive.
+#[tokio::test(flavor = "current_thread")]
+async fn the_winner_is_the_write_that_set_updated_at_not_the_last_one_applied() {
+    let CapturedHost { ch, server: _server, app, capture, guard, sub: _sub } = captured_host().await;
+    let sync = serve(app.clone()).await;
+    let http = reqwest::Client::new();
+    let t = chrono::Utc::now().timestamp_millis() - 600_000;
+    for (client, id, op, ts) in [("client-A", "01JM00000000000000000000W1", "create", t + 200_000), ("client-B", "01JM00000000000000000000W2", "create", t), ("client-C", "01JM00000000000000000000W3", "update", t + 100_000)] {
+        let r = http
+            .post(format!("{sync}/tether/push"))
+            .json(&json!({"client_id": client, "mutations": [mutation(id, op, json!({"title": client}), 1, ts)]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    for _ in 0..200 {
+        if capture.stats().totals().requests_written >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(guard);
+    let dash = serve(dashboard::mount(DashboardState::new(ch.client()))).await;
+    let got: Value = http.get(format!("{dash}{PREFIX}/records/Task/{E}.json")).send().await.unwrap().json().await.unwrap();
+    let outcomes: Vec<&str> = got["mutations"].as_array().unwrap().iter().map(|m| m["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["applied", "applied", "conflict"], "{got}");
+    let c = &got["mutations"][2]["conflict"];
+    assert_eq!(c["winner"]["mutation_id"], "01JM00000000000000000000W1", "A's create set updated_at, not B's later-applied older one");
+    assert_eq!(c["edit_gap_ms"], 100_000);
+    let updated_at = chrono::DateTime::parse_from_rfc3339(c["server_updated_at"].as_str().unwrap()).unwrap().timestamp_millis();
+    assert_eq!(updated_at, t + 200_000, "the winner's client time is the updated_at the server compared against");
+    assert!(c["summary"].as_str().unwrap().contains("Client client-A's write (mutation 01JM00000000000000000000W1, version 1"), "{c}");
+}
+
+/// Ids a path segment cannot carry (found by a fresh-eyes test): `x.json` next to `x`, and
+/// `..`. Links and search lead to the query form, which serves the right record.
+#[tokio::test(flavor = "current_thread")]
+async fn ids_ending_in_json_or_made_of_dots_are_linked_by_query() {
+    let CapturedHost { ch, server: _server, app, capture, guard, sub: _sub } = captured_host().await;
+    let sync = serve(app.clone()).await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let t = chrono::Utc::now().timestamp_millis();
+    let ids = ["x.json", "x", ".."];
+    let mut mutations: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| json!({"mutation_id": format!("01JM00000000000000000000D{i}"), "entity_id": id, "model": "Task", "operation": "create", "payload": {"title": id}, "version": 1, "timestamp": t}))
+        .collect();
+    // A model with a `/` in it, found by `Model/entity_id` all the same.
+    mutations.push(json!({"mutation_id": "01JM00000000000000000000D9", "entity_id": "y", "model": "A/B", "operation": "create", "payload": {}, "version": 1, "timestamp": t}));
+    let r = http.post(format!("{sync}/tether/push")).json(&json!({"client_id": "c", "mutations": mutations})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    for _ in 0..200 {
+        if capture.stats().totals().requests_written >= 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(guard);
+    let dash = serve(dashboard::mount(DashboardState::new(ch.client()))).await;
+    let request_id = ch.rows("SELECT request_id FROM sync_requests").await[0]["request_id"].as_str().unwrap().to_owned();
+    let detail = http.get(format!("{dash}{PREFIX}/requests/{request_id}")).send().await.unwrap().text().await.unwrap();
+    for (id, link) in [("x.json", "/record?model=Task&#38;entity_id=x.json"), ("x", "/records/Task/x"), ("..", "/record?model=Task&#38;entity_id=..")] {
+        assert!(detail.contains(&format!("href=\"{PREFIX}{link}\"")), "{id}: no {link} in {:?}", detail.match_indices("/record").map(|(i, _)| &detail[i..i + 60]).collect::<Vec<_>>());
+    }
+    // The query form serves each record, as HTML and JSON; the path form keeps `.json` for JSON.
+    for id in ["x.json", ".."] {
+        let url = format!("{dash}{PREFIX}/record?model=Task&entity_id={}", id.replace('.', "%2E"));
+        let page = http.get(&url).send().await.unwrap();
+        assert_eq!(page.status(), 200, "{id}");
+        let v: Value = http.get(format!("{url}&format=json")).send().await.unwrap().json().await.unwrap();
+        assert_eq!((v["entity_id"].as_str(), v["counts"]["mutations"].as_u64()), (Some(id), Some(1)), "{id}");
+    }
+    let v: Value = http.get(format!("{dash}{PREFIX}/records/Task/x.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["entity_id"], "x", "the path form's .json is the JSON of x");
+    // Search lands on the query form for them.
+    let found = http.get(format!("{dash}{PREFIX}/search?q=x.json")).send().await.unwrap();
+    assert_eq!(found.headers()["location"], format!("{PREFIX}/record?model=Task&entity_id=x.json"));
+    let found = http.get(format!("{dash}{PREFIX}/search?q=A%2FB%2Fy")).send().await.unwrap();
+    assert_eq!(found.headers()["location"], format!("{PREFIX}/records/A%2FB/y"));
+    // The query form wants both parameters.
+    assert_eq!(http.get(format!("{dash}{PREFIX}/record?model=Task")).send().await.unwrap().status(), 400);
 }

@@ -109,8 +109,9 @@ pub struct HistoryReplay {
 /// older than the record's `updated_at` conflicts, and by default the server's version wins.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ConflictExplanation {
-    /// The last write to this record the server applied before this mutation; `null` when no
-    /// such write was captured (it predates capture or retention).
+    /// The write that gave the record the `updated_at` this mutation was checked against: of
+    /// the writes to this record the server applied before it, the one with the latest client
+    /// time. `null` when no such write was captured (it predates capture or retention).
     pub winner: Option<ConflictWinnerEntry>,
     /// The record's `updated_at` the server compared against, from the conflict answer; `null`
     /// when the answer did not carry it.
@@ -204,12 +205,16 @@ pub fn explain(row: &Lost<'_>, winner: Option<&ConflictWinner>) -> ConflictExpla
         _ => None,
     };
     let delay_ms = row.client_ts_ms.map(|l| row.started_us.div_euclid(1000) - l);
-    let older = edit_gap_ms.map_or_else(String::new, |g| {
-        if g >= 0 { format!(", {} earlier by the clocks", span_words(g)) } else { format!(", {} later by the clocks", span_words(g)) }
-    });
+    // Why, in the Tether rule's terms; a later timestamp that still conflicted was decided by
+    // the host's own rule.
+    let why = match edit_gap_ms {
+        Some(g) if g >= 0 => format!("this edit was made {} earlier by the clocks, and under the Tether rule an edit older than the record's updated_at conflicts", span_words(g)),
+        Some(g) => format!("this edit's timestamp is {} later, so the host's own rule, not the Tether timestamp rule, decided", span_words(g)),
+        None => "under the Tether rule an edit older than the record's updated_at conflicts".to_owned(),
+    };
     let summary = match winner {
         Some(w) => format!(
-            "The server's version won; this {} was not applied. Client {} wrote the record last (mutation {}, version {}, arrived {}); this edit was made before it{older}, and under the Tether rule an edit older than the record's updated_at conflicts.",
+            "The server's version won; this {} was not applied. Client {}'s write (mutation {}, version {}, arrived {}) gave the record its updated_at; {why}.",
             row.operation,
             w.client_id,
             w.mutation_id,
@@ -217,7 +222,7 @@ pub fn explain(row: &Lost<'_>, winner: Option<&ConflictWinner>) -> ConflictExpla
             rfc3339_us(w.started_us),
         ),
         None => format!(
-            "The server's version won; this {} was not applied. The record's updated_at ({}) was newer than this edit{older}; the write that set it was not captured.",
+            "The server's version won; this {} was not applied. The record's updated_at ({}) came from a write that was not captured; {why}.",
             row.operation,
             updated_at.as_deref().unwrap_or("not in the answer"),
         ),

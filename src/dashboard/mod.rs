@@ -77,11 +77,12 @@ pub fn router(state: DashboardState) -> Router {
     // With replay off its routes do not exist at all: every replay path answers the router's
     // 404 whatever the method (never a 405 or an extractor's 400 that would tell them apart).
     let replay = if state.replay.is_some() { replay::router() } else { Router::new() };
-    Router::new()
-        .merge(api::router())
-        .merge(pages::router(&state))
-        .merge(replay)
-        .with_state(state)
+    security_headers(Router::new().merge(api::router()).merge(pages::router(&state)).merge(replay).with_state(state))
+}
+
+/// The headers every dashboard response carries.
+fn security_headers(router: Router) -> Router {
+    router
         .layer(SetResponseHeaderLayer::overriding(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)))
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
         .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
@@ -100,9 +101,15 @@ pub fn mount(state: DashboardState) -> Router {
     }
     // `/tether/dashboard/` is where people type it; the overview lives at the bare prefix.
     let target = prefix.clone();
-    Router::new()
-        .nest(&prefix, router(state))
-        .route(&format!("{prefix}/"), axum::routing::get(move || async move { axum::response::Redirect::permanent(&target) }))
+    // The query string goes along (`/tether/dashboard/?window=1h` keeps its window).
+    let slash = security_headers(Router::new().route(
+        &format!("{prefix}/"),
+        axum::routing::get(move |uri: axum::http::Uri| async move {
+            let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+            axum::response::Redirect::permanent(&format!("{target}{query}"))
+        }),
+    ));
+    Router::new().nest(&prefix, router(state)).merge(slash)
 }
 
 /// The dashboard as `tether-pro serve` runs it: mounted under `serve.prefix`, auth from the

@@ -32,7 +32,7 @@ pub use rows::{MutationRow, RequestRow, RowSettings, Rows};
 
 use crate::telemetry::Telemetry;
 pub use spool::{Spool, SpooledBatch};
-pub use crate::store::writer::{ClickHouseWriter, WriteError};
+pub use crate::store::writer::{ClickHouseWriter, DEFAULT_SCHEMA_GRACE, WriteError};
 
 /// A running capture pipeline: hands out layers and reports its counters.
 #[derive(Clone)]

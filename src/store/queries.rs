@@ -750,27 +750,36 @@ pub struct ConflictWinner {
     pub diff: String,
 }
 
-/// For each conflict with one of `mutation_ids` on one of `entity_ids`, the last applied
-/// mutation of the same record (model and entity id) processed before it (arrival, then
-/// position), wherever it is in the history. Callers match the answers to their conflicts by
-/// (`conflict_request_id`, `conflict_position`).
+/// For each conflict with one of `mutation_ids` on one of `entity_ids`, the write that gave
+/// the record the `updated_at` it was checked against: of the applied mutations of the same
+/// record (model and entity id) processed before it (arrival, then position), the one with
+/// the latest client timestamp (the server keeps `updated_at` at the newest edit it applied;
+/// a create is applied whatever its time, so the last one applied is not always it). Callers
+/// match the answers to their conflicts by (`conflict_request_id`, `conflict_position`).
 pub async fn conflict_winners(c: &clickhouse::Client, mutation_ids: &[&str], entity_ids: &[&str]) -> clickhouse::error::Result<Vec<ConflictWinner>> {
     if mutation_ids.is_empty() {
         return Ok(Vec::new());
     }
-    // One order key (microseconds * 1000 + position) so one ASOF inequality covers both.
+    // One order key (microseconds * 1000 + position) for "processed before"; `k` ranks the
+    // candidates (client time, then order, then request id, so ties pick one row for every
+    // column).
     c.query_raw(
-        "SELECT l.request_id AS conflict_request_id, l.position AS conflict_position, w.request_id AS request_id,
-                w.position AS position, w.mutation_id AS mutation_id, w.client_id AS client_id, w.started_us AS started_us,
-                w.client_ts_ms AS client_ts_ms, w.version AS version, w.diff AS diff
+        "SELECT l.request_id AS conflict_request_id, l.position AS conflict_position,
+                argMax(w.request_id, w.k) AS request_id, argMax(w.position, w.k) AS position,
+                argMax(w.mutation_id, w.k) AS mutation_id, argMax(w.client_id, w.k) AS client_id,
+                argMax(w.started_us, w.k) AS started_us, argMax(w.client_ts_ms, w.k) AS client_ts_ms,
+                argMax(w.version, w.k) AS version, argMax(w.diff, w.k) AS diff
          FROM (SELECT request_id, position, model, entity_id, toUnixTimestamp64Micro(started_at) * 1000 + position AS ord
                FROM sync_mutations WHERE mutation_id IN {ids:Array(String)} AND outcome = 'conflict') AS l
-         ASOF INNER JOIN
+         INNER JOIN
               (SELECT request_id, position, mutation_id, model, entity_id, client_id, toUnixTimestamp64Micro(started_at) AS started_us,
                       toUnixTimestamp64Milli(client_timestamp) AS client_ts_ms, version, diff,
-                      toUnixTimestamp64Micro(started_at) * 1000 + position AS ord
+                      toUnixTimestamp64Micro(started_at) * 1000 + position AS ord,
+                      tuple(ifNull(client_ts_ms, toInt64(-9223372036854775808)), ord, request_id) AS k
                FROM sync_mutations WHERE entity_id IN {entities:Array(String)} AND outcome = 'applied') AS w
-         ON l.model = w.model AND l.entity_id = w.entity_id AND l.ord > w.ord",
+         ON l.model = w.model AND l.entity_id = w.entity_id
+         WHERE w.ord < l.ord
+         GROUP BY l.request_id, l.position",
     )
     .param("ids", mutation_ids)
     .param("entities", entity_ids)

@@ -74,6 +74,7 @@ pub fn router(state: &DashboardState) -> Router<DashboardState> {
         .route("/failures", get(failures::failures))
         .route("/clients/{client_id}", get(client::client))
         .route("/records/{model}/{entity_id}", get(record::record))
+        .route("/record", get(record::by_query))
         .route("/search", get(search::search))
         .layer(axum::middleware::map_response_with_state(state.clone(), error::render))
         .route("/assets/app.css", get(css))

@@ -20,20 +20,41 @@ const JSON_SUFFIX: &str = ".json";
 
 pub(super) async fn record(State(state): State<DashboardState>, path: Result<Path<(String, String)>, PathRejection>, p: Params) -> PageResult {
     let Path((model, entity)) = path.map_err(|_| bad("The model or entity id could not be read."))?;
-    if let Some(entity_id) = entity.strip_suffix(JSON_SUFFIX) {
-        return Ok(match load(&state, &model, entity_id, &p).await {
-            Ok((h, _)) => Json(h).into_response(),
-            Err(PageError::BadRequest(m)) => DashboardError::BadRequest(m).into_response(),
-            Err(PageError::NotFound(_)) => DashboardError::NotFound.into_response(),
-            Err(PageError::Unavailable) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"error": "ClickHouse is unavailable"}))).into_response(),
-        });
+    match entity.strip_suffix(JSON_SUFFIX) {
+        Some(entity_id) => json(&state, &model, entity_id, &p).await,
+        None => page(&state, model, entity, &p).await,
     }
-    let (h, points) = load(&state, &model, &entity, &p).await?;
-    let nav = Nav::new(&prefix(&state), "", format!("{model} {entity}"));
+}
+
+/// `/record?model=…&entity_id=…[&format=json]`: the same for any id, including those a path
+/// cannot carry (`.`, `..`, or ending in `.json`); [`Nav::record`] links there for them.
+pub(super) async fn by_query(State(state): State<DashboardState>, p: Params) -> PageResult {
+    let (Some(model), Some(entity)) = (p.owned("model"), p.owned("entity_id")) else {
+        return Err(bad("The parameters model and entity_id are required."));
+    };
+    match p.one_of("format", &["html", "json"])? {
+        Some("json") => json(&state, &model, &entity, &p).await,
+        _ => page(&state, model, entity, &p).await,
+    }
+}
+
+async fn json(state: &DashboardState, model: &str, entity_id: &str, p: &Params) -> PageResult {
+    Ok(match load(state, model, entity_id, p).await {
+        Ok((h, _)) => Json(h).into_response(),
+        Err(PageError::BadRequest(m)) => DashboardError::BadRequest(m).into_response(),
+        Err(PageError::NotFound(_)) => DashboardError::NotFound.into_response(),
+        Err(PageError::Unavailable) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"error": "ClickHouse is unavailable"}))).into_response(),
+    })
+}
+
+async fn page(state: &DashboardState, model: String, entity: String, p: &Params) -> PageResult {
+    let (h, points) = load(state, &model, &entity, p).await?;
+    let nav = Nav::new(&prefix(state), "", format!("{model} {entity}"));
     let self_link = nav.record(&model, &entity);
+    let json_link = nav.record_json(&model, &entity);
     let page = RecordPage {
-        json_link: format!("{}{JSON_SUFFIX}", self_link),
-        next: h.next_cursor.as_ref().map(|c| format!("{self_link}{}", query_string(&[("after", c)]))),
+        json_link,
+        next: h.next_cursor.as_ref().map(|c| format!("{self_link}{}{}", if self_link.contains('?') { "&" } else { "?" }, query_string(&[("after", c)]).trim_start_matches('?'))),
         first: p.get("after").is_some().then(|| self_link.clone()),
         strip: timeline(&points, h.counts.mutations),
         current_state: h.current_state.as_ref().map(|v| serde_json::to_string_pretty(v).unwrap_or_default()),

@@ -28,7 +28,8 @@ pub(super) async fn search(State(state): State<DashboardState>, p: Params) -> Pa
         return Ok(to("mutation_id"));
     }
     // A record: its history when one model has this entity id, else the requests carrying it.
-    let record = |model: &str, entity: &str| Redirect::to(&format!("{base}/records/{}/{}", enc(model), enc(entity))).into_response();
+    let nav = Nav::new(&base, "", "");
+    let record = |model: &str, entity: &str| Redirect::to(&nav.record(model, entity)).into_response();
     if let Some(model) = p.get("model") {
         return Ok(record(model, term));
     }
@@ -37,11 +38,13 @@ pub(super) async fn search(State(state): State<DashboardState>, p: Params) -> Pa
         [_, _, ..] => return Ok(to("entity_id")),
         [] => {}
     }
-    // `Model/entity_id`, as the record page's title reads.
-    if let Some((model, entity)) = term.split_once('/')
-        && queries::models_of_entity(c, entity, 100).await?.iter().any(|m| m == model)
-    {
-        return Ok(record(model, entity));
+    // `Model/entity_id`, as the record page's title reads; either may hold a `/` itself, so
+    // each split is tried (the first few).
+    for (at, _) in term.match_indices('/').take(8) {
+        let (model, entity) = (&term[..at], &term[at + 1..]);
+        if !entity.is_empty() && queries::models_of_entity(c, entity, 100).await?.iter().any(|m| m == model) {
+            return Ok(record(model, entity));
+        }
     }
     Ok(to("client_id"))
 }

@@ -206,9 +206,23 @@ impl Nav {
     pub fn client(&self, id: &str) -> String {
         format!("{}/clients/{}", self.prefix, enc(id))
     }
-    /// A record's history page.
+    /// A record's history page: `/records/{model}/{entity_id}`, or `/record?…` for ids a path
+    /// segment cannot carry (`.` and `..` are resolved away by clients; a trailing `.json`
+    /// selects the JSON form).
     pub fn record(&self, model: &str, entity_id: &str) -> String {
-        format!("{}/records/{}/{}", self.prefix, enc(model), enc(entity_id))
+        if path_safe(model) && path_safe(entity_id) {
+            format!("{}/records/{}/{}", self.prefix, enc(model), enc(entity_id))
+        } else {
+            format!("{}/record{}", self.prefix, query_string(&[("model", model), ("entity_id", entity_id)]))
+        }
+    }
+    /// The same as JSON.
+    pub fn record_json(&self, model: &str, entity_id: &str) -> String {
+        if path_safe(model) && path_safe(entity_id) {
+            format!("{}/records/{}/{}.json", self.prefix, enc(model), enc(entity_id))
+        } else {
+            format!("{}/record{}", self.prefix, query_string(&[("model", model), ("entity_id", entity_id), ("format", "json")]))
+        }
     }
 }
 
@@ -637,6 +651,11 @@ mod tests {
         assert_eq!(m[0].field, "title");
         assert_eq!(m[0].messages, vec!["The title field is required."]);
     }
+}
+
+/// Whether `s` can be a path segment of a record link as it is.
+fn path_safe(s: &str) -> bool {
+    !matches!(s, "." | "..") && !s.ends_with(".json")
 }
 
 /// One dot of a record's timeline strip.
