@@ -22,7 +22,7 @@ use super::{DashboardError, DashboardState};
         version = "1",
         description = "Sync health of a Tether server, answered from five-minute aggregates. Failure rate = failed requests (outcome error: non-2xx or transport failure) / requests. Conflict rate = conflicting mutations / mutations. Rejection rate = rejected mutations (duplicates excluded) / mutations. A health bucket is idle with no requests; failing when its failure rate is at least thresholds.failing_failure_rate; degraded when its failure rate is at least thresholds.degraded_failure_rate, its conflict rate at least thresholds.degraded_conflict_rate, or its p95 above thresholds.degraded_p95_ms; ok otherwise."
     ),
-    paths(metrics_api, record_history),
+    paths(metrics_api, record_history, record_history_by_query),
     components(schemas(Metrics, ErrorBody, metrics::WindowSpan, RecordHistory))
 )]
 pub struct ApiDoc;
@@ -77,6 +77,27 @@ async fn metrics_api(
 )]
 #[allow(dead_code)] // documentation only: `pages::record` serves it
 fn record_history() {}
+
+/// The same for any id, including those a path segment cannot carry (`.`, `..`, or ending in
+/// `.json`). Without `format=json` it is the HTML page.
+#[utoipa::path(
+    get,
+    path = "/record",
+    params(
+        ("model" = String, Query, description = "The record's model, as pushed (1 to 1024 characters)"),
+        ("entity_id" = String, Query, description = "The record's entity id, as pushed (1 to 1024 characters)"),
+        ("format" = String, Query, description = "`json` for this answer; `html` (the default) for the page"),
+        ("after" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of at most 50 mutations", body = RecordHistory),
+        (status = 400, description = "Bad or missing parameters", body = ErrorBody),
+        (status = 404, description = "No captured mutation touches this record", body = ErrorBody),
+        (status = 503, description = "ClickHouse unavailable", body = ErrorBody),
+    )
+)]
+#[allow(dead_code)] // documentation only: `pages::record::by_query` serves it
+fn record_history_by_query() {}
 
 async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi_json())
