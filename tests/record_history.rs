@@ -81,6 +81,7 @@ async fn three_clients_an_offline_edit_that_loses_and_its_replay() {
 
     let mut state = DashboardState::new(ch.client());
     state.replay = Some(ReplayState::new(replayer.clone()));
+    state.trace_url = Some("https://grafana.example/d/tether-traces/tether-traces?var-trace_id={trace_id}".into());
     let dash = serve(dashboard::mount(state)).await;
     let got: Value = http.get(format!("{dash}{PREFIX}/records/Task/{E}.json")).send().await.unwrap().json().await.unwrap();
 
@@ -177,6 +178,15 @@ async fn three_clients_an_offline_edit_that_loses_and_its_replay() {
         assert!(html.contains(needle), "{needle} not on the page");
     }
     assert_eq!(html.matches("<circle ").count(), 4, "one dot per mutation");
+    // With serve.trace_url, each trace id links to the trace viewer.
+    let trace = r(0, "trace_id");
+    assert!(trace.len() == 32, "captured with a trace id");
+    assert!(html.contains(&format!("<a href=\"https://grafana.example/d/tether-traces/tether-traces?var-trace_id={trace}\"><code>{trace}</code></a>")), "no trace link");
+    // A trace URL that is not http(s) or a path, or lacks the placeholder, is refused.
+    for bad in ["javascript:alert(1)//{trace_id}", "https://grafana.example/no-placeholder", "grafana/{trace_id}"] {
+        let cfg = tether_pro::config::ServeConfig { trace_url: Some(bad.into()), ..Default::default() };
+        assert!(cfg.validate().is_err(), "{bad}");
+    }
     // Unknown records, bad cursors and other models are 404/400, in the route's own format.
     let status = |path: String| {
         let http = http.clone();

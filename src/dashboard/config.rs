@@ -21,6 +21,11 @@ pub struct ServeConfig {
     pub mutations_page_size: usize,
     /// When a five-minute bucket is degraded or failing.
     pub health: super::HealthThresholds,
+    /// Where a trace id links to: a URL with `{trace_id}` in it, e.g. Grafana's trace view
+    /// (`https://grafana.example/d/tether-traces/tether-traces?var-trace_id={trace_id}`) or
+    /// Jaeger's (`https://jaeger.example/trace/{trace_id}`). Unset (the default): trace ids
+    /// are shown, not linked.
+    pub trace_url: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -33,6 +38,7 @@ impl Default for ServeConfig {
             basic_password: None,
             mutations_page_size: super::DashboardState::DEFAULT_MUTATIONS_PAGE_SIZE,
             health: super::HealthThresholds::default(),
+            trace_url: None,
         }
     }
 }
@@ -46,6 +52,11 @@ impl ServeConfig {
             self.prefix
         );
         ensure_valid!(self.mutations_page_size >= 1, "serve.mutations_page_size must be at least 1");
+        ensure_valid!(
+            self.trace_url.as_deref().is_none_or(|u| (u.starts_with("https://") || u.starts_with("http://") || u.starts_with('/')) && u.contains("{trace_id}")),
+            "serve.trace_url must be an http(s) URL or a path with {{trace_id}} in it, got {:?}",
+            self.trace_url
+        );
         ensure_valid!(
             self.bearer_token.as_deref().is_none_or(|t| !t.trim().is_empty()),
             "serve.bearer_token is set but empty (unset it to serve without auth)"

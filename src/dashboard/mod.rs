@@ -40,6 +40,8 @@ pub struct DashboardState {
     /// The capture pipeline's counters, when the dashboard runs in the capturing process
     /// (the overview page then shows its health); `None` for a standalone `tether-pro serve`.
     pub capture: Option<std::sync::Arc<crate::capture::CaptureStats>>,
+    /// `serve.trace_url`: where trace ids link to (`{trace_id}` replaced); `None`: not linked.
+    pub trace_url: Option<String>,
 }
 
 impl DashboardState {
@@ -58,6 +60,7 @@ impl DashboardState {
             mutations_page_size: Self::DEFAULT_MUTATIONS_PAGE_SIZE,
             replay: None,
             capture: None,
+            trace_url: None,
         }
     }
 
@@ -138,6 +141,7 @@ pub fn app_in_process(
         mutations_page_size: serve.mutations_page_size,
         replay,
         capture,
+        trace_url: serve.trace_url.clone(),
     };
     let prefix = if serve.prefix.is_empty() { "/".to_owned() } else { serve.prefix.clone() };
     let mut app = mount(state);

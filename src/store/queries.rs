@@ -734,7 +734,7 @@ pub async fn replays_of_mutations(c: &clickhouse::Client, mutation_ids: &[&str])
     .await
 }
 
-/// For a conflict: the last write to the same record the server applied before it.
+/// For a conflict: the write that gave the record the `updated_at` it was checked against.
 #[derive(Debug, Clone, clickhouse::Row, Deserialize)]
 pub struct ConflictWinner {
     /// The conflict's push and position.

@@ -49,7 +49,8 @@ async fn json(state: &DashboardState, model: &str, entity_id: &str, p: &Params) 
 
 async fn page(state: &DashboardState, model: String, entity: String, p: &Params) -> PageResult {
     let (h, points) = load(state, &model, &entity, p).await?;
-    let nav = Nav::new(&prefix(state), "", format!("{model} {entity}"));
+    let mut nav = Nav::new(&prefix(state), "", format!("{model} {entity}"));
+    nav.trace_url = state.trace_url.clone();
     let self_link = nav.record(&model, &entity);
     let json_link = nav.record_json(&model, &entity);
     let page = RecordPage {
@@ -142,6 +143,7 @@ pub struct HistoryLine {
     pub delay: String,
     pub diff: DiffView,
     pub explanation: Option<ExplanationView>,
+    pub trace_link: Option<String>,
 }
 
 impl HistoryLine {
@@ -156,6 +158,7 @@ impl HistoryLine {
             }),
             diff: diff_view(&e.diff.as_ref().map(|d| d.to_string()).unwrap_or_default()),
             explanation: e.conflict.as_ref().map(|c| ExplanationView::new(nav, c)),
+            trace_link: e.trace_id.as_deref().and_then(|t| nav.trace(t)),
             e: e.clone(),
         }
     }

@@ -49,7 +49,8 @@ pub(super) async fn request(State(state): State<DashboardState>, id: Result<Path
         let len = rebuilt.len() as u64;
         crate::pipeline::rows::cap_text(rebuilt, REBUILT_BODY_SHOWN_BYTES, len).0
     };
-    let nav = Nav::new(&prefix(&state), "requests", format!("Request {}", r.request_id));
+    let mut nav = Nav::new(&prefix(&state), "requests", format!("Request {}", r.request_id));
+    nav.trace_url = state.trace_url.clone();
     let page_link = |n: u64| format!("{}{}#mutations", nav.request(&r.request_id), query_string(&[("page", &n.to_string())]));
     let summary = queries::RequestSummary {
         request_id: r.request_id.clone(),
@@ -72,6 +73,7 @@ pub(super) async fn request(State(state): State<DashboardState>, id: Result<Path
         r: RequestLine::new(&nav, &summary),
         reasons: r.reason_keys.iter().zip(&r.reason_counts).map(|(k, n)| ReasonCount { reason: k.clone(), count: *n }).collect(),
         has_more: r.has_more,
+        trace_link: nav.trace(&r.trace_id),
         trace_id: r.trace_id.clone(),
         span_id: r.span_id.clone(),
         replay_link: if r.replay_of.is_empty() { String::new() } else { nav.request(&r.replay_of) },

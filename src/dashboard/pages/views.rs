@@ -193,18 +193,25 @@ pub struct Nav {
     pub home: String,
     pub active: &'static str,
     pub title: String,
+    /// `serve.trace_url`, for pages that link trace ids.
+    pub trace_url: Option<String>,
 }
 
 impl Nav {
     pub fn new(prefix: &str, active: &'static str, title: impl Into<String>) -> Self {
         let home = if prefix.is_empty() { "/".to_owned() } else { prefix.to_owned() };
-        Nav { prefix: prefix.to_owned(), home, active, title: title.into() }
+        Nav { prefix: prefix.to_owned(), home, active, title: title.into(), trace_url: None }
     }
     pub fn request(&self, id: &str) -> String {
         format!("{}/requests/{}", self.prefix, enc(id))
     }
     pub fn client(&self, id: &str) -> String {
         format!("{}/clients/{}", self.prefix, enc(id))
+    }
+    /// Where `trace_id` links to (`serve.trace_url`), when configured and the id is one.
+    pub fn trace(&self, trace_id: &str) -> Option<String> {
+        let template = self.trace_url.as_deref()?;
+        (trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| template.replace("{trace_id}", trace_id))
     }
     /// A record's history page: `/records/{model}/{entity_id}`, or `/record?…` for ids a path
     /// segment cannot carry (`.` and `..` are resolved away by clients; a trailing `.json`
@@ -500,6 +507,7 @@ pub struct RequestPage {
     pub reasons: Vec<ReasonCount>,
     pub has_more: bool,
     pub trace_id: String,
+    pub trace_link: Option<String>,
     pub span_id: String,
     pub replay_of: String,
     pub replay_link: String,
