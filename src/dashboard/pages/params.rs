@@ -30,6 +30,12 @@ impl Params {
         self.0.iter().rev().find(|(k, v)| k == name && !v.trim().is_empty()).map(|(_, v)| v.trim())
     }
 
+    /// The last non-empty value of `name` exactly as sent, blanks kept (an id is matched
+    /// exactly: `" x"` is not `"x"`).
+    pub fn exact(&self, name: &str) -> Option<&str> {
+        self.0.iter().rev().find(|(k, v)| k == name && !v.is_empty()).map(|(_, v)| v.as_str())
+    }
+
     pub fn owned(&self, name: &str) -> Option<String> {
         self.get(name).map(str::to_owned)
     }

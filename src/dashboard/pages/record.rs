@@ -14,8 +14,8 @@ use crate::dashboard::history::{self, HistoryEntry, RecordHistory};
 use crate::dashboard::{DashboardError, DashboardState};
 use crate::store::queries::HistoryPoint;
 
-/// The JSON form of the route; an entity id that itself ends in `.json` is reached with one
-/// more `.json` (its HTML page then is not reachable by URL, only its JSON).
+/// The JSON form of the path route; an entity id that itself ends in `.json` takes the query
+/// form (`by_query`).
 const JSON_SUFFIX: &str = ".json";
 
 pub(super) async fn record(State(state): State<DashboardState>, path: Result<Path<(String, String)>, PathRejection>, p: Params) -> PageResult {
@@ -29,7 +29,7 @@ pub(super) async fn record(State(state): State<DashboardState>, path: Result<Pat
 /// `/record?model=…&entity_id=…[&format=json]`: the same for any id, including those a path
 /// cannot carry (`.`, `..`, or ending in `.json`); [`Nav::record`] links there for them.
 pub(super) async fn by_query(State(state): State<DashboardState>, p: Params) -> PageResult {
-    let (Some(model), Some(entity)) = (p.owned("model"), p.owned("entity_id")) else {
+    let (Some(model), Some(entity)) = (p.exact("model").map(str::to_owned), p.exact("entity_id").map(str::to_owned)) else {
         return Err(bad("The parameters model and entity_id are required."));
     };
     match p.one_of("format", &["html", "json"])? {
