@@ -75,6 +75,17 @@ impl Redactor {
                     continue;
                 }
             }
+            // A cut that ends with a sensitive key and then a credential-like word, no separator
+            // (`Bearer api_key <credential>`, found by a fresh-eyes test).
+            if end < b.len() && (b[end] == b' ' || b[end] == b'\t') {
+                let key_start = start + b[start..end].iter().rposition(|&c| !is_word_byte(c)).map_or(0, |p| p + 1);
+                let next = skip_inline_space(b, end);
+                let next_end = credential_end(b, next);
+                if key_start < end && self.word_matches(&text[key_start..end]) && looks_like_credential(&b[next..next_end]) {
+                    (start, end) = (next, next_end);
+                    continue;
+                }
+            }
             if let Some((key_end, sep, mode)) = self.pair_after_credential(b, text, start, end) {
                 let vend = redact_pair_value(text, key_end, sep, mode, skip_inline_space, out);
                 if vend > end {
@@ -156,7 +167,17 @@ impl Redactor {
                         i = cs;
                         continue;
                     }
-                    if looks_like_credential(&b[cs..ce]) {
+                    // `Bearer secret <credential>`: a sensitive key word between the scheme and
+                    // the credential (found by a fresh-eyes test); `extend_cut` takes the rest.
+                    let key_then_credential = ce < n
+                        && (b[ce] == b' ' || b[ce] == b'\t')
+                        && b[cs..ce].iter().all(|&c| is_word_byte(c))
+                        && self.word_matches(&text[cs..ce])
+                        && {
+                            let next = skip_inline_space(b, ce);
+                            looks_like_credential(&b[next..credential_end(b, next)])
+                        };
+                    if looks_like_credential(&b[cs..ce]) || key_then_credential {
                         out.push_str(&text[emitted..cs]);
                         out.push_str(REDACTED);
                         let end = self.extend_cut(text, cs, ce, out);
@@ -675,7 +696,12 @@ mod tests {
             ("\u{b}BeArEr /bearer QZX7AA", "\u{b}BeArEr [REDACTED]"),
             ("Token x=Bearer Basic dXNlcjpwYXNz9 end", "Token [REDACTED] end"),
             ("Bearer ab/token bonds", "Bearer [REDACTED] bonds"),
-            ("Bearer ab/subtoken QZX7AA", "Bearer [REDACTED] QZX7AA"),
+            ("Bearer ab/subtoken QZX7AA", "Bearer [REDACTED]"),
+            // Found by a fresh-eyes test: a sensitive key word between scheme and credential.
+            ("Bearer api_key QZX7secret9 end", "Bearer [REDACTED] end"),
+            ("Bearer secret QZX7secret9 end", "Bearer [REDACTED] end"),
+            ("token\tPassword\tQZX7secret9", "token\t[REDACTED]"),
+            ("Bearer secret plans", "Bearer secret plans"),
             // Found by a local redact_text campaign: a pair value ending in a scheme word and
             // a sensitive key ('token = token X-SeCreT: <value>') kept the key's value.
             ("token =   token    X-SeCreT:\"s3cr3t20202000\"   &", "token =   [REDACTED]:\"[REDACTED]\"   &"),
