@@ -9,8 +9,9 @@ use std::io::Read;
 
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::Value;
 use serde_json::value::RawValue;
+
+use super::json::Json;
 
 use crate::capture::CapturedBody;
 
@@ -89,7 +90,7 @@ fn decode_one(coding: &str, input: &[u8], max_bytes: usize) -> (Vec<u8>, bool, O
 #[derive(Debug, Clone, PartialEq)]
 pub struct LenientJson {
     /// The body parsed after the repair.
-    pub value: Value,
+    pub value: Json<'static>,
     /// Positions (in the `mutations` array) of mutations whose strings had to be repaired.
     pub broken_mutations: Vec<usize>,
 }
@@ -103,7 +104,7 @@ pub fn parse_lenient(bytes: &[u8]) -> Option<LenientJson> {
     if repaired_at.is_empty() {
         return None;
     }
-    let value: Value = serde_json::from_str(&text).ok()?;
+    let value = Json::parse(text.as_bytes()).ok()?.into_owned();
     Some(LenientJson { broken_mutations: mutations_containing(&text, &repaired_at), value })
 }
 
@@ -192,20 +193,25 @@ impl StateValue {
         }
     }
 
-    /// [`Self::into_object`] from a borrowed state: JSON text is parsed straight from the
-    /// record (no copy of the text); only an object state is cloned.
-    pub fn to_object(&self) -> Option<Object> {
-        match self {
-            StateValue::Object(o) => Some(o.clone()),
-            StateValue::Json(text) => parse_object(text),
-        }
+    /// The state as a tree borrowing from the record (`None` when it is not a JSON object):
+    /// JSON text is parsed in place, an object state is read where it is. Text with broken
+    /// strings is repaired as in [`Self::into_object`].
+    pub fn tree(&self) -> Option<Json<'_>> {
+        let tree = match self {
+            StateValue::Object(o) => return Some(Json::from_map(o)),
+            StateValue::Json(text) => match Json::parse(text.as_bytes()) {
+                Ok(t) => t,
+                Err(_) => parse_lenient(text.as_bytes())?.value,
+            },
+        };
+        tree.is_object().then_some(tree)
     }
 }
 
 fn parse_object(text: &str) -> Option<Object> {
     let value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(_) => parse_lenient(text.as_bytes())?.value,
+        Err(_) => parse_lenient(text.as_bytes())?.value.to_value(),
     };
     match value {
         serde_json::Value::Object(o) => Some(o),
@@ -217,6 +223,7 @@ fn parse_object(text: &str) -> Option<Object> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use std::io::Write;
 
     fn captured(bytes: Vec<u8>, encoding: &str) -> CapturedBody {
@@ -297,6 +304,10 @@ mod tests {
         assert!(d.error.unwrap().contains("gzip body could not be decoded past 0 bytes"));
     }
 
+    struct LenientValue {
+        value: Value,
+    }
+
     /// The issue's input: a lone surrogate in one mutation's title hid the whole push.
     #[test]
     fn lenient_pass_repairs_lone_surrogates_and_names_the_mutation() {
@@ -304,6 +315,7 @@ mod tests {
         assert!(serde_json::from_slice::<Value>(body).is_err());
         let l = parse_lenient(body).unwrap();
         assert_eq!(l.broken_mutations, vec![1]);
+        let l = LenientValue { value: l.value.to_value() };
         assert_eq!(l.value["client_id"], "c1");
         assert_eq!(l.value["mutations"][1]["payload"]["title"], "\u{FFFD}");
         assert_eq!(l.value["mutations"][0]["payload"]["title"], "ok 😀", "a valid pair is kept");
@@ -317,6 +329,7 @@ mod tests {
         body.extend_from_slice(br#""},{"t":"fine"}]}"#);
         let l = parse_lenient(&body).unwrap();
         assert_eq!(l.broken_mutations, vec![0, 1]);
+        let l = LenientValue { value: l.value.to_value() };
         assert_eq!(l.value["mutations"][1]["t"], "\u{FFFD}\u{FFFD}", "one per invalid byte, as from_utf8_lossy");
         assert!(parse_lenient(br#"{"a":1}"#).is_none(), "nothing to repair");
         assert!(parse_lenient(br#"{"a":"\ud83d""#).is_none(), "still not JSON");

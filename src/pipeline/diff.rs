@@ -12,6 +12,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use std::fmt::Write as _;
+
+use super::json::{Json, Kind, Node, write_str};
 use super::redact::{REDACTED, Redactor, drop_deep};
 
 /// Paths in a diff are at most this long; deeper differences are reported as one `changed`
@@ -83,104 +86,162 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
 /// cloned into the change with `Value::clone`, which recurses; values parsed by serde_json
 /// are at most 128 deep.)
 pub fn diff(before: &Value, after: &Value) -> Vec<Change> {
+    changes(before, after)
+        .into_iter()
+        .map(|c| Change {
+            path: c.path.iter().map(Step::to_segment).collect(),
+            change: c.change,
+            old: c.old.map(Node::to_value),
+            new: c.new.map(Node::to_value),
+        })
+        .collect()
+}
+
+/// One step of a borrowed path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step<'t> {
+    /// An object key.
+    Key(&'t str),
+    /// An array index.
+    Index(usize),
+}
+
+impl Step<'_> {
+    fn to_segment(&self) -> PathSegment {
+        match *self {
+            Step::Key(k) => PathSegment::Key(k.to_owned()),
+            Step::Index(i) => PathSegment::Index(i),
+        }
+    }
+}
+
+/// A change found by [`changes`], borrowing both sides from the trees compared.
+#[derive(Debug)]
+pub struct Found<'t, N> {
+    /// Where, from the root.
+    pub path: Vec<Step<'t>>,
+    /// What happened there.
+    pub change: ChangeKind,
+    /// The value before (`removed`, `changed`).
+    pub old: Option<&'t N>,
+    /// The value after (`added`, `changed`).
+    pub new: Option<&'t N>,
+}
+
+/// [`diff`] by reference, for any tree ([`Json`](super::json::Json) or `Value`): nothing is
+/// copied.
+pub fn changes<'t, N: Node>(before: &'t N, after: &'t N) -> Vec<Found<'t, N>> {
     let mut out = Vec::new();
     let mut path = Vec::new();
     diff_at(before, after, &mut path, &mut out);
     out
 }
 
-fn diff_at(a: &Value, b: &Value, path: &mut Vec<PathSegment>, out: &mut Vec<Change>) {
-    match (a, b) {
-        (Value::Object(ma), Value::Object(mb)) if path.len() < MAX_DEPTH => {
-            let mut keys: Vec<&String> = ma.keys().chain(mb.keys()).collect();
-            keys.sort_unstable();
-            keys.dedup();
-            for k in keys {
-                match (ma.get(k), mb.get(k)) {
-                    (Some(x), Some(y)) => {
-                        path.push(PathSegment::Key(k.clone()));
-                        diff_at(x, y, path, out);
-                        path.pop();
+fn diff_at<'t, N: Node>(a: &'t N, b: &'t N, path: &mut Vec<Step<'t>>, out: &mut Vec<Found<'t, N>>) {
+    match (a.kind(), b.kind()) {
+        // Both sides iterate in sorted key order: a merge visits the union of keys in order.
+        (Kind::Object(ea), Kind::Object(eb)) if path.len() < MAX_DEPTH => {
+            let (mut ea, mut eb) = (ea.peekable(), eb.peekable());
+            loop {
+                match (ea.peek(), eb.peek()) {
+                    (Some(&(ka, x)), Some(&(kb, y))) => match ka.cmp(kb) {
+                        std::cmp::Ordering::Equal => {
+                            path.push(Step::Key(ka));
+                            diff_at(x, y, path, out);
+                            path.pop();
+                            ea.next();
+                            eb.next();
+                        }
+                        std::cmp::Ordering::Less => {
+                            out.push(child_change(path, Step::Key(ka), ChangeKind::Removed, Some(x), None));
+                            ea.next();
+                        }
+                        std::cmp::Ordering::Greater => {
+                            out.push(child_change(path, Step::Key(kb), ChangeKind::Added, None, Some(y)));
+                            eb.next();
+                        }
+                    },
+                    (Some(&(ka, x)), None) => {
+                        out.push(child_change(path, Step::Key(ka), ChangeKind::Removed, Some(x), None));
+                        ea.next();
                     }
-                    (Some(x), None) => out.push(child_change(path, PathSegment::Key(k.clone()), ChangeKind::Removed, Some(x), None)),
-                    (None, Some(y)) => out.push(child_change(path, PathSegment::Key(k.clone()), ChangeKind::Added, None, Some(y))),
-                    (None, None) => {}
+                    (None, Some(&(kb, y))) => {
+                        out.push(child_change(path, Step::Key(kb), ChangeKind::Added, None, Some(y)));
+                        eb.next();
+                    }
+                    (None, None) => break,
                 }
             }
         }
-        (Value::Array(xa), Value::Array(xb)) if path.len() < MAX_DEPTH => {
+        (Kind::Array(xa), Kind::Array(xb)) if path.len() < MAX_DEPTH => {
             let common = xa.len().min(xb.len());
             for i in 0..common {
-                path.push(PathSegment::Index(i));
+                path.push(Step::Index(i));
                 diff_at(&xa[i], &xb[i], path, out);
                 path.pop();
             }
             for (i, x) in xa.iter().enumerate().skip(common) {
-                out.push(child_change(path, PathSegment::Index(i), ChangeKind::Removed, Some(x), None));
+                out.push(child_change(path, Step::Index(i), ChangeKind::Removed, Some(x), None));
             }
             for (i, y) in xb.iter().enumerate().skip(common) {
-                out.push(child_change(path, PathSegment::Index(i), ChangeKind::Added, None, Some(y)));
+                out.push(child_change(path, Step::Index(i), ChangeKind::Added, None, Some(y)));
             }
         }
         _ => {
             if !deep_eq(a, b) {
-                out.push(Change {
-                    path: path.clone(),
-                    change: ChangeKind::Changed,
-                    old: Some(a.clone()),
-                    new: Some(b.clone()),
-                });
+                out.push(Found { path: path.clone(), change: ChangeKind::Changed, old: Some(a), new: Some(b) });
             }
         }
     }
 }
 
-fn child_change(
-    path: &[PathSegment],
-    seg: PathSegment,
-    change: ChangeKind,
-    old: Option<&Value>,
-    new: Option<&Value>,
-) -> Change {
+fn child_change<'t, N>(path: &[Step<'t>], step: Step<'t>, change: ChangeKind, old: Option<&'t N>, new: Option<&'t N>) -> Found<'t, N> {
     let mut p = Vec::with_capacity(path.len() + 1);
     p.extend_from_slice(path);
-    p.push(seg);
-    Change { path: p, change, old: old.cloned(), new: new.cloned() }
+    p.push(step);
+    Found { path: p, change, old, new }
 }
 
 /// `a == b` without recursion (serde_json's `PartialEq` recurses).
-fn deep_eq(a: &Value, b: &Value) -> bool {
+fn deep_eq<N: Node>(a: &N, b: &N) -> bool {
     let mut stack = vec![(a, b)];
     while let Some((a, b)) = stack.pop() {
-        match (a, b) {
-            (Value::Array(xa), Value::Array(xb)) => {
+        match (a.kind(), b.kind()) {
+            (Kind::Array(xa), Kind::Array(xb)) => {
                 if xa.len() != xb.len() {
                     return false;
                 }
                 stack.extend(xa.iter().zip(xb));
             }
-            (Value::Object(ma), Value::Object(mb)) => {
-                if ma.len() != mb.len() {
+            (Kind::Object(ea), Kind::Object(eb)) => {
+                if a.object_len() != b.object_len() {
                     return false;
                 }
-                for (k, x) in ma {
-                    match mb.get(k) {
-                        Some(y) => stack.push((x, y)),
-                        None => return false,
+                // Same length, keys sorted and unique: equal maps pair up entry by entry.
+                for ((ka, x), (kb, y)) in ea.zip(eb) {
+                    if ka != kb {
+                        return false;
                     }
+                    stack.push((x, y));
                 }
             }
-            (Value::Array(_) | Value::Object(_), _) | (_, Value::Array(_) | Value::Object(_)) => return false,
-            (Value::Number(x), Value::Number(y)) => {
-                if !numbers_equal(x, y) {
+            (Kind::Number(x), Kind::Number(y)) => {
+                if !digits_equal(x, y) {
                     return false;
                 }
             }
-            _ => {
-                if a != b {
+            (Kind::String(x), Kind::String(y)) => {
+                if x != y {
                     return false;
                 }
             }
+            (Kind::Bool(x), Kind::Bool(y)) => {
+                if x != y {
+                    return false;
+                }
+            }
+            (Kind::Null, Kind::Null) => {}
+            _ => return false,
         }
     }
     true
@@ -195,9 +256,13 @@ pub fn json_eq(a: &Value, b: &Value) -> bool {
 /// `123456789012345678901234567890` and `...891` are not (a float comparison would say they
 /// are). Compares the canonical decimal form of the digits as written.
 pub fn numbers_equal(a: &serde_json::Number, b: &serde_json::Number) -> bool {
-    // `as_str`: the digits as sent (arbitrary_precision), no allocation for the common case
-    // of identical spelling.
-    let (a, b) = (a.as_str(), b.as_str());
+    // `as_str`: the digits as sent (arbitrary_precision).
+    digits_equal(a.as_str(), b.as_str())
+}
+
+/// [`numbers_equal`] on the digits as written; no allocation for the common case of
+/// identical spelling.
+fn digits_equal(a: &str, b: &str) -> bool {
     a == b || canonical_decimal(a) == canonical_decimal(b)
 }
 
@@ -351,10 +416,10 @@ fn navigate_create<'a>(mut cur: &'a mut Value, path: &[PathSegment]) -> &'a mut 
 /// that single entry.
 pub fn redact_changes(changes: &mut Vec<Change>, redactor: &Redactor) {
     for c in changes.iter_mut() {
-        let first_sensitive = c
-            .path
-            .iter()
-            .position(|seg| matches!(seg, PathSegment::Key(k) if redactor.is_sensitive(k)));
+        let first_sensitive = sensitive_cut(c.path.iter().map(|seg| match seg {
+            PathSegment::Key(k) => Some(k.as_str()),
+            PathSegment::Index(_) => None,
+        }), redactor);
         if let Some(i) = first_sensitive
             && i + 1 < c.path.len()
         {
@@ -373,6 +438,74 @@ pub fn redact_changes(changes: &mut Vec<Change>, redactor: &Redactor) {
     }
     // Changes below one sensitive key are adjacent (the diff walks each subtree in one go).
     changes.dedup_by(|later, earlier| later.path == earlier.path);
+}
+
+/// The position of the first sensitive key on a path (`None` stands for an index).
+fn sensitive_cut<'k>(keys: impl Iterator<Item = Option<&'k str>>, redactor: &Redactor) -> Option<usize> {
+    keys.enumerate().find(|(_, k)| k.is_some_and(|k| redactor.is_sensitive(k))).map(|(i, _)| i)
+}
+
+/// Writes changes found in borrowed trees as the JSON text of the stored diff: exactly
+/// `serde_json::to_string` of [`diff`] after [`redact_changes`], with nothing copied.
+pub(crate) fn write_redacted_changes(changes: &[Found<'_, Json<'_>>], redactor: &Redactor, out: &mut String) {
+    /// A side of a change as stored.
+    enum Side<'t, 'a> {
+        Redacted,
+        Value(&'t Json<'a>),
+    }
+    out.push('[');
+    let mut last: Option<&[Step<'_>]> = None;
+    for c in changes {
+        let cut = sensitive_cut(c.path.iter().map(|s| match s {
+            Step::Key(k) => Some(*k),
+            Step::Index(_) => None,
+        }), redactor);
+        let (path, kind, old, new) = match cut {
+            Some(i) if i + 1 < c.path.len() => (&c.path[..=i], ChangeKind::Changed, Some(Side::Redacted), Some(Side::Redacted)),
+            Some(_) => (&c.path[..], c.change, c.old.map(|_| Side::Redacted), c.new.map(|_| Side::Redacted)),
+            None => (&c.path[..], c.change, c.old.map(Side::Value), c.new.map(Side::Value)),
+        };
+        if last == Some(path) {
+            continue;
+        }
+        if last.is_some() {
+            out.push(',');
+        }
+        last = Some(path);
+        out.push_str("{\"path\":[");
+        for (i, step) in path.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            match step {
+                Step::Key(k) => write_str(k, out),
+                Step::Index(n) => {
+                    let _ = write!(out, "{n}");
+                }
+            }
+        }
+        out.push_str("],\"change\":\"");
+        out.push_str(match kind {
+            ChangeKind::Added => "added",
+            ChangeKind::Removed => "removed",
+            ChangeKind::Changed => "changed",
+        });
+        out.push('"');
+        for (name, side) in [("old", old), ("new", new)] {
+            let Some(side) = side else { continue };
+            out.push_str(",\"");
+            out.push_str(name);
+            out.push_str("\":");
+            match side {
+                Side::Redacted => write_str(REDACTED, out),
+                Side::Value(v) => {
+                    redactor.write_redacted(v, out);
+                }
+            }
+        }
+        out.push('}');
+    }
+    out.push(']');
 }
 
 #[cfg(test)]

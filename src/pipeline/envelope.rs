@@ -12,53 +12,70 @@
 
 use serde_json::Value;
 
+use super::json::{Json, Text};
+use super::redact::{Redactor, json_pointer};
 pub use crate::store::rows::MovedPayload;
 use crate::store::rows::MutationRow;
 
 /// Stands in for a payload the capture policy did not keep, in a rebuilt body.
 pub const NOT_KEPT: &str = "[not kept: capture.applied]";
 
-fn mutation_list(body: &mut Value) -> Option<&mut Vec<Value>> {
-    body.get_mut("mutations").and_then(Value::as_array_mut)
+fn mutation_list<'b, 'a>(body: &'b mut Json<'a>) -> Option<&'b mut Vec<Json<'a>>> {
+    let Json::Object(entries) = body else { return None };
+    let i = entries.binary_search_by(|(k, _)| k.as_str().cmp("mutations")).ok()?;
+    entries[i].1.as_array_mut()
 }
 
-/// Removes the payloads of the mutations `drop` says (in body order) and returns their
-/// positions. Run before redaction: what is not kept is not walked.
-pub fn drop_payloads(body: &mut Value, drop: impl Iterator<Item = bool>) -> Vec<u32> {
+/// A payload taken out of the envelope, kept to be put back if the body must be stored whole.
+pub(crate) struct Taken<'a> {
+    position: u32,
+    /// `None`: not kept by the capture policy.
+    payload: Option<Json<'a>>,
+}
+
+/// The positions of taken payloads.
+pub(crate) fn positions(taken: &[Taken<'_>]) -> Vec<u32> {
+    let mut p: Vec<u32> = taken.iter().map(|t| t.position).collect();
+    p.sort_unstable();
+    p
+}
+
+/// Removes the payloads of the mutations `drop` says (in body order).
+pub(crate) fn drop_payloads<'a>(body: &mut Json<'a>, drop: impl Iterator<Item = bool>) -> Vec<Taken<'a>> {
     let Some(list) = mutation_list(body) else { return Vec::new() };
     let mut dropped = Vec::new();
     for (position, (m, drop)) in list.iter_mut().zip(drop).enumerate() {
-        if drop && let Some(payload) = m.as_object_mut().and_then(|o| o.remove("payload")) {
-            super::redact::drop_deep(payload);
-            dropped.push(position as u32);
+        if drop && m.remove("payload").is_some() {
+            dropped.push(Taken { position: position as u32, payload: None });
         }
     }
     dropped
 }
 
-/// Fills each row's `payload` from the (redacted) body and takes out of the body every
-/// object payload whose text fits in `cap`; returns their positions. Rows whose payload was
-/// dropped by [`drop_payloads`] keep an empty `payload`.
-pub fn move_payloads(body: &mut Value, rows: &mut [MutationRow], cap: usize) -> Vec<u32> {
+/// Fills each kept row's `payload` (and `redacted_paths`) with its payload written redacted,
+/// and takes out of the body every object payload whose text fits in `cap`. Rows whose
+/// payload was dropped by [`drop_payloads`] keep an empty `payload`.
+pub(crate) fn move_payloads<'a>(body: &mut Json<'a>, rows: &mut [MutationRow], redactor: &Redactor, cap: usize) -> Vec<Taken<'a>> {
+    // A sensitive `mutations` key hides the whole list (nothing is written per row), a
+    // sensitive `payload` key every payload (each row says `{}`), as in the redacted body.
+    if redactor.is_sensitive("mutations") {
+        return Vec::new();
+    }
+    let hidden = redactor.is_sensitive("payload");
     let Some(list) = mutation_list(body) else { return Vec::new() };
     let mut moved = Vec::new();
     for (position, (m, row)) in list.iter_mut().zip(rows.iter_mut()).enumerate() {
         if !row.detail_kept {
             continue;
         }
-        let Some(fields) = m.as_object_mut() else {
-            row.payload = "{}".to_owned();
-            continue;
-        };
-        match fields.get("payload") {
-            Some(p) if p.is_object() => {
-                let text = serde_json::to_string(p).unwrap_or_default();
+        match m.get("payload") {
+            Some(p) if p.is_object() && !hidden => {
+                let mut text = String::new();
+                redactor.write_redacted_recording(p, &mut text, &mut |path| row.redacted_paths.push(json_pointer(path)));
+                row.redacted_paths.sort_unstable();
                 if text.len() <= cap {
                     row.payload = text;
-                    if let Some(p) = fields.remove("payload") {
-                        super::redact::drop_deep(p);
-                    }
-                    moved.push(position as u32);
+                    moved.push(Taken { position: position as u32, payload: m.remove("payload") });
                 } else {
                     let len = text.len() as u64;
                     row.payload = super::rows::cap_text(text, cap, len).0;
@@ -70,13 +87,13 @@ pub fn move_payloads(body: &mut Value, rows: &mut [MutationRow], cap: usize) -> 
     moved
 }
 
-/// Puts the moved payloads back into the (redacted) body from the rows: for a body that must
-/// be stored whole after all (its envelope alone is past the cap).
-pub fn restore_payloads(body: &mut Value, moved: &[u32], rows: &[MutationRow]) {
+/// Puts taken payloads back into the body (for a body that must be stored whole after all:
+/// its envelope alone is past the cap); a payload not kept shows as [`NOT_KEPT`].
+pub(crate) fn restore_payloads<'a>(body: &mut Json<'a>, taken: Vec<Taken<'a>>) {
     let Some(list) = mutation_list(body) else { return };
-    for row in rows.iter().filter(|r| moved.contains(&r.position)) {
-        if let Some(fields) = list.get_mut(row.position as usize).and_then(Value::as_object_mut) {
-            fields.insert("payload".to_owned(), payload_value(&row.payload, row.detail_kept));
+    for t in taken {
+        if let Some(m) = list.get_mut(t.position as usize) {
+            m.insert(Text::Plain("payload"), t.payload.unwrap_or(Json::String(Text::Plain(NOT_KEPT))));
         }
     }
 }
@@ -97,7 +114,7 @@ pub fn rebuild(envelope: &str, moved: &[u32], payloads: &[MovedPayload]) -> Stri
         return envelope.to_owned();
     }
     let Ok(mut body) = serde_json::from_str::<Value>(envelope) else { return envelope.to_owned() };
-    if let Some(list) = mutation_list(&mut body) {
+    if let Some(list) = body.get_mut("mutations").and_then(Value::as_array_mut) {
         for &position in moved {
             let Some(fields) = list.get_mut(position as usize).and_then(Value::as_object_mut) else { continue };
             let found = payloads.iter().find(|p| p.position == position);

@@ -10,6 +10,7 @@ pub(crate) mod dead_letter;
 pub(crate) mod decode;
 pub(crate) mod diff;
 pub mod envelope;
+pub(crate) mod json;
 pub mod redact;
 pub(crate) mod rows;
 mod spool;

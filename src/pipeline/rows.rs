@@ -5,15 +5,14 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
 use super::decode::{self, DecodedBody};
+use super::diff;
 use super::envelope;
-use super::diff::{self, Change};
+use super::json::{Json, Text};
 use super::redact::Redactor;
-use super::redact::{PathRef, json_pointer};
 use crate::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind, StateValue, cap_identifier};
-use crate::protocol::{Object, SYNC_KEY};
+use crate::protocol::SYNC_KEY;
 
 pub use crate::store::rows::{MutationRow, RequestRow, Rows};
 
@@ -73,31 +72,21 @@ impl KeepApplied {
 pub use crate::store::schema::reason;
 use crate::store::schema::{MutationOutcome, RequestOutcome};
 
-/// A body made ready for rows: decoded, and parsed when it is whole JSON.
-struct ParsedBody {
-    decoded: DecodedBody,
-    value: Option<Value>,
-    /// Positions of mutations whose broken strings the lenient pass repaired.
-    broken: Vec<usize>,
-}
-
-fn parse(body: &CapturedBody, s: &RowSettings) -> ParsedBody {
-    let decoded = decode::decode(body, s.decoded_max_bytes);
-    let mut parsed = ParsedBody { decoded, value: None, broken: Vec::new() };
-    if !body.is_whole() || body.total == 0 || parsed.decoded.capped || parsed.decoded.error.is_some() {
-        return parsed;
+/// A decoded body parsed into a tree borrowing from it, when it is whole JSON; with the
+/// positions of mutations whose broken strings the lenient pass repaired (then the tree owns
+/// its repaired text).
+fn parse<'d>(body: &CapturedBody, decoded: &'d DecodedBody) -> (Option<Json<'d>>, Vec<usize>) {
+    if !body.is_whole() || body.total == 0 || decoded.capped || decoded.error.is_some() {
+        return (None, Vec::new());
     }
     // serde_json's recursion limit turns absurd nesting into an error, not a stack overflow.
-    match serde_json::from_slice::<Value>(&parsed.decoded.bytes) {
-        Ok(v) => parsed.value = Some(v),
-        Err(_) => {
-            if let Some(l) = decode::parse_lenient(&parsed.decoded.bytes) {
-                parsed.value = Some(l.value);
-                parsed.broken = l.broken_mutations;
-            }
-        }
+    match Json::parse(&decoded.bytes) {
+        Ok(v) => (Some(v), Vec::new()),
+        Err(_) => match decode::parse_lenient(&decoded.bytes) {
+            Some(l) => (Some(l.value), l.broken_mutations),
+            None => (None, Vec::new()),
+        },
     }
-    parsed
 }
 
 /// Cuts `text` to at most `cap` bytes on a character boundary, with a marker.
@@ -114,15 +103,19 @@ pub fn cap_text(mut text: String, cap: usize, true_size: u64) -> (String, bool) 
     (text, true)
 }
 
-/// The stored text of a body whose JSON (if any) is already redacted, and whether it is not
-/// the whole body (cut at the cap, not retained, not decoded whole, or incomplete).
-fn body_text(body: &CapturedBody, parsed: &ParsedBody, s: &RowSettings) -> (String, bool) {
-    let d = &parsed.decoded;
-    let mut text = match &parsed.value {
-        Some(v) => json_text(v),
+/// The stored text of a body (its tree written redacted, or its text scrubbed when it did
+/// not parse), and whether it is not the whole body (cut at the cap, not retained, not
+/// decoded whole, or incomplete).
+fn body_text(body: &CapturedBody, d: &DecodedBody, tree: Option<&Json<'_>>, s: &RowSettings) -> (String, bool) {
+    let mut text = match tree {
+        Some(v) => {
+            let mut t = String::with_capacity(d.bytes.len());
+            s.redactor.write_redacted(v, &mut t);
+            t
+        }
         None => s.redactor.redact_text(&String::from_utf8_lossy(&d.bytes)),
     };
-    if let (None, Some(e)) = (&parsed.value, &d.error) {
+    if let (None, Some(e)) = (tree, &d.error) {
         text.push_str(&format!("…[{}]", s.redactor.redact_text(e)));
     }
     let retained_all = body.retained as u64 == body.total;
@@ -147,21 +140,10 @@ fn incomplete_marker(body: &CapturedBody) -> String {
     }
 }
 
-/// Redacts in place, then serializes with the column cap.
-fn redacted_text(mut v: Value, s: &RowSettings) -> String {
-    s.redactor.redact_value(&mut v);
-    capped(json_text(&v), s)
-}
-
-/// JSON text of a value. `serde_json::to_string` writes bytes directly; `Value`'s `Display`
-/// goes through `fmt::Write` and was a tenth of the pipeline's time.
-fn json_text(v: &Value) -> String {
-    serde_json::to_string(v).unwrap_or_default()
-}
-
-/// JSON column text, capped like bodies (a 10 MB payload keeps its true size in the request
-/// row, not in every column).
-fn capped(text: String, s: &RowSettings) -> String {
+/// A tree written redacted, with the column cap (a 10 MB payload keeps its true size in the
+/// request row, not in every column).
+fn redacted_text(v: &Json<'_>, s: &RowSettings) -> String {
+    let text = s.redactor.redacted_text(v);
     let len = text.len() as u64;
     cap_text(text, s.body_cap_bytes, len).0
 }
@@ -170,15 +152,11 @@ fn capped(text: String, s: &RowSettings) -> String {
 /// at [`MAX_IDENTIFIER_BYTES`](crate::capture::MAX_IDENTIFIER_BYTES) before it is copied
 /// anywhere, and redacted (a string can carry a credential; a field of the wrong type, e.g.
 /// `"model": {"password": ...}`, is stored as its redacted JSON text).
-fn str_field(v: &Value, key: &str, r: &Redactor) -> String {
+fn str_field(v: &Json<'_>, key: &str, r: &Redactor) -> String {
     match v.get(key) {
-        Some(Value::String(s)) => identifier(s, r),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => {
-            let mut other = other.clone();
-            r.redact_value(&mut other);
-            cap_identifier(&json_text(&other)).into_owned()
-        }
+        Some(Json::String(t)) => identifier(t.as_str(), r),
+        Some(Json::Null) | None => String::new(),
+        Some(other) => cap_identifier(&r.redacted_text(other)).into_owned(),
     }
 }
 
@@ -199,36 +177,30 @@ const MAX_CLIENT_TIMESTAMP_MS: i64 = 10_413_791_999_999;
 /// A mutation's client time, and the raw JSON text when it is not valid. Valid: an integer of
 /// epoch milliseconds from 0 to 2299-12-31 (`DateTime64`'s range); anything else (missing,
 /// a string, a float, negative, year 3000) is `None`: no invented date.
-fn client_timestamp(m: &Value, r: &Redactor) -> (Option<DateTime<Utc>>, String) {
+fn client_timestamp(m: &Json<'_>, r: &Redactor) -> (Option<DateTime<Utc>>, String) {
     let raw = m.get("timestamp");
     let valid = raw
-        .and_then(Value::as_number)
-        .filter(|n| n.is_i64() || n.is_u64())
-        .and_then(serde_json::Number::as_i64)
+        .and_then(Json::as_i64)
         .filter(|ms| (0..=MAX_CLIENT_TIMESTAMP_MS).contains(ms))
         .and_then(DateTime::from_timestamp_millis);
     match (valid, raw) {
         (Some(t), _) => (Some(t), String::new()),
-        (None, Some(v)) => {
-            let mut v = v.clone();
-            r.redact_value(&mut v);
-            (None, cap_text(json_text(&v), 256, 0).0)
-        }
+        (None, Some(v)) => (None, cap_text(r.redacted_text(v), 256, 0).0),
         (None, None) => (None, String::new()),
     }
 }
 
 /// What the response said about one mutation.
-struct Verdict {
+struct Verdict<'r> {
     outcome: MutationOutcome,
     reason: String,
-    data: Option<Value>,
+    data: Option<&'r Json<'r>>,
 }
 
-fn verdicts(resp: &Value, redactor: &Redactor) -> HashMap<String, VecDeque<Verdict>> {
-    let mut map: HashMap<String, VecDeque<Verdict>> = HashMap::new();
-    if let Some(applied) = resp.get("applied").and_then(Value::as_array) {
-        for id in applied.iter().filter_map(Value::as_str) {
+fn verdicts<'r>(resp: &'r Json<'r>, redactor: &Redactor) -> HashMap<String, VecDeque<Verdict<'r>>> {
+    let mut map: HashMap<String, VecDeque<Verdict<'r>>> = HashMap::new();
+    if let Some(applied) = resp.get("applied").and_then(Json::as_array) {
+        for id in applied.iter().filter_map(Json::as_str) {
             map.entry(identifier(id, redactor)).or_default().push_back(Verdict {
                 outcome: MutationOutcome::Applied,
                 reason: String::new(),
@@ -237,43 +209,47 @@ fn verdicts(resp: &Value, redactor: &Redactor) -> HashMap<String, VecDeque<Verdi
         }
     }
     for (key, default_outcome) in [("rejected", MutationOutcome::Rejected), ("conflicts", MutationOutcome::Conflict)] {
-        for r in resp.get(key).and_then(Value::as_array).into_iter().flatten() {
+        for r in resp.get(key).and_then(Json::as_array).into_iter().flatten() {
             let reason = str_field(r, "reason", redactor);
             let outcome = if reason == "duplicate" { MutationOutcome::Duplicate } else { default_outcome };
-            let data = r.get("data").filter(|d| !d.is_null()).cloned();
+            let data = r.get("data").filter(|d| !d.is_null());
             map.entry(str_field(r, "mutation_id", redactor)).or_default().push_back(Verdict { outcome, reason, data });
         }
     }
     map
 }
 
-/// A reported state as an object (in a `Value`, so it is diffed without a copy) carrying the
-/// sync key.
-fn state_object(v: &StateValue, entity_id: &str) -> Option<Value> {
-    let mut o = v.to_object()?;
-    if !o.contains_key(SYNC_KEY) {
-        o.insert(SYNC_KEY.to_owned(), Value::String(entity_id.to_owned()));
+/// A reported state as a tree (borrowed from the record) carrying the sync key.
+fn state_tree<'a>(v: &'a StateValue, entity_id: &'a str) -> Option<Json<'a>> {
+    let mut o = v.tree()?;
+    if o.get(SYNC_KEY).is_none() {
+        o.insert(Text::Plain(SYNC_KEY), Json::String(Text::Borrowed(entity_id)));
     }
-    Some(Value::Object(o))
+    Some(o)
 }
 
-/// Field diff of two states (objects, or absent); the sync key is identity, not a field.
-fn state_diff(before: Option<&Value>, after: Option<&Value>) -> Vec<Change> {
-    let empty = Value::Object(Object::new());
-    let mut changes = diff::diff(before.unwrap_or(&empty), after.unwrap_or(&empty));
-    changes.retain(|c| !matches!(c.path.as_slice(), [diff::PathSegment::Key(k)] if k == SYNC_KEY));
-    changes
+/// Stands in for an absent state.
+static EMPTY: Json<'static> = Json::Object(Vec::new());
+
+/// Field diff of two states (objects, or absent), written as stored (redacted); the sync key
+/// is identity, not a field.
+fn state_diff(before: Option<&Json<'_>>, after: Option<&Json<'_>>, s: &RowSettings) -> String {
+    let mut changes = diff::changes(before.unwrap_or(&EMPTY), after.unwrap_or(&EMPTY));
+    changes.retain(|c| !matches!(c.path.as_slice(), [diff::Step::Key(k)] if *k == SYNC_KEY));
+    let mut text = String::new();
+    diff::write_redacted_changes(&changes, &s.redactor, &mut text);
+    let len = text.len() as u64;
+    cap_text(text, s.body_cap_bytes, len).0
 }
 
 /// Adds what the capture itself found wrong with the request body to the error text.
-fn body_notes(error: &mut String, req: &ParsedBody, mutations: &[MutationRow]) {
+fn body_notes(error: &mut String, decoded: &DecodedBody, broken: &[usize], mutations: &[MutationRow]) {
     let mut notes = Vec::new();
-    if let Some(e) = &req.decoded.error {
+    if let Some(e) = &decoded.error {
         notes.push(format!("request body: {e}"));
     }
-    if !req.broken.is_empty() {
-        let which: Vec<String> = req
-            .broken
+    if !broken.is_empty() {
+        let which: Vec<String> = broken
             .iter()
             .map(|&p| match mutations.get(p) {
                 Some(m) if !m.mutation_id.is_empty() => format!("#{p} ({})", m.mutation_id),
@@ -313,7 +289,7 @@ fn client_gone(rec: &CaptureRecord) -> bool {
     rec.client_gone && !rec.response_body.is_whole()
 }
 
-fn error_text(rec: &CaptureRecord, resp: Option<&Value>, s: &RowSettings) -> String {
+fn error_text(rec: &CaptureRecord, resp: Option<&Json<'_>>, s: &RowSettings) -> String {
     if client_gone(rec) {
         return "client disconnected before the response".to_owned();
     }
@@ -335,7 +311,7 @@ fn error_text(rec: &CaptureRecord, resp: Option<&Value>, s: &RowSettings) -> Str
 }
 
 /// The verdict of a mutation the response does not mention.
-fn unanswered(rec: &CaptureRecord, gone: bool, success: bool, broken: bool) -> Verdict {
+fn unanswered(rec: &CaptureRecord, gone: bool, success: bool, broken: bool) -> Verdict<'static> {
     let (outcome, reason) = if gone {
         (MutationOutcome::Unknown, reason::CLIENT_DISCONNECTED.to_owned())
     } else if broken {
@@ -348,14 +324,16 @@ fn unanswered(rec: &CaptureRecord, gone: bool, success: bool, broken: bool) -> V
     Verdict { outcome, reason, data: None }
 }
 
-/// Builds the rows of one record. Diffs are computed on the raw values and redacted after
-/// (so a changed secret shows as changed, never its value); every JSON tree is redacted in
-/// place once, never copied to be redacted.
+/// Builds the rows of one record. Each body and state is parsed once into a tree borrowing
+/// from the record; diffs are computed on the raw trees and every text is redacted as it is
+/// written (so a changed secret shows as changed, never its value), nothing copied to be
+/// redacted.
 pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
-    let mut req_body = parse(&rec.request_body, s);
-    let mut resp_body = parse(&rec.response_body, s);
+    let req_decoded = decode::decode(&rec.request_body, s.decoded_max_bytes);
+    let resp_decoded = decode::decode(&rec.response_body, s.decoded_max_bytes);
+    let (mut req, broken) = parse(&rec.request_body, &req_decoded);
+    let (resp, _) = parse(&rec.response_body, &resp_decoded);
     let gone = client_gone(rec);
-    let (req, resp) = (&mut req_body.value, &mut resp_body.value);
     let success = (200..300).contains(&rec.http_status) && !gone;
     let client_id = req.as_ref().map(|v| str_field(v, "client_id", &s.redactor)).unwrap_or_default();
     let error = error_text(rec, resp.as_ref(), s);
@@ -381,11 +359,11 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
         request_body_bytes: rec.request_body.total,
         request_body_truncated: false,
         request_body_moved: Vec::new(),
-        request_content_encoding: req_body.decoded.encoding.clone(),
+        request_content_encoding: req_decoded.encoding.clone(),
         response_body: String::new(),
         response_body_bytes: rec.response_body.total,
         response_body_truncated: false,
-        response_content_encoding: resp_body.decoded.encoding.clone(),
+        response_content_encoding: resp_decoded.encoding.clone(),
         error,
         trace_id: rec.trace_id.clone(),
         span_id: rec.span_id.clone(),
@@ -395,11 +373,11 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
     let mut mutations = Vec::new();
     if rec.kind == RequestKind::Pull {
         let r = resp.as_ref();
-        request.snapshot_count = r.and_then(|v| v.get("snapshots")).and_then(Value::as_array).map_or(0, |a| a.len() as u32);
-        request.has_more = r.and_then(|v| v.get("has_more")).and_then(Value::as_bool).unwrap_or(false);
+        request.snapshot_count = r.and_then(|v| v.get("snapshots")).and_then(Json::as_array).map_or(0, |a| a.len() as u32);
+        request.has_more = r.and_then(|v| v.get("has_more")).and_then(Json::as_bool).unwrap_or(false);
         request.outcome = if gone { RequestOutcome::Unknown } else if success { RequestOutcome::Ok } else { RequestOutcome::Error }.as_str().to_owned();
     } else {
-        let mut verdicts = match (&*resp, success) {
+        let mut verdicts = match (&resp, success) {
             (Some(v), true) => verdicts(v, &s.redactor),
             _ => HashMap::new(),
         };
@@ -413,8 +391,7 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
         for st in &rec.states {
             states.entry(identifier(&st.mutation_id, &s.redactor)).or_default().push_back(st);
         }
-        let empty = Vec::new();
-        let list = req.as_ref().and_then(|v| v.get("mutations")).and_then(Value::as_array).unwrap_or(&empty);
+        let list = req.as_ref().and_then(|v| v.get("mutations")).and_then(Json::as_array).unwrap_or(&[]);
         let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
         let (mut applied, mut rejected, mut conflicts, mut duplicates, mut unprocessed) = (0u32, 0u32, 0u32, 0u32, 0u32);
         mutations.reserve(list.len());
@@ -424,7 +401,7 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
             let verdict = verdicts
                 .get_mut(&mutation_id)
                 .and_then(VecDeque::pop_front)
-                .unwrap_or_else(|| unanswered(rec, gone, success, req_body.broken.contains(&position)));
+                .unwrap_or_else(|| unanswered(rec, gone, success, broken.contains(&position)));
             match verdict.outcome {
                 MutationOutcome::Applied => applied += 1,
                 MutationOutcome::Conflict => conflicts += 1,
@@ -440,22 +417,25 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
             let state = states.get_mut(&mutation_id).and_then(VecDeque::pop_front);
             let has_state = state.is_some();
             let detail_kept = verdict.outcome != MutationOutcome::Applied || ambiguous.contains(&mutation_id) || s.applied.keeps(&mutation_id);
+            let (mut state_before, mut state_after, mut diff_text) = (String::new(), String::new(), String::new());
             // Without its detail, a state is never parsed.
-            let state = state.filter(|_| detail_kept);
-            let mut before = state.and_then(|st| st.before.as_ref()).and_then(|v| state_object(v, &entity_id));
-            let after = state.and_then(|st| st.after.as_ref()).and_then(|v| state_object(v, &entity_id));
-            if before.is_none() && verdict.outcome == MutationOutcome::Conflict {
-                // The host told the client its state; that is the "before" of a conflict.
-                before = verdict.data.as_ref().and_then(|d| d.get("server_state")).filter(|s| s.is_object()).cloned();
+            if detail_kept {
+                let reported_before = state.and_then(|st| st.before.as_ref()).and_then(|v| state_tree(v, &entity_id));
+                let after = state.and_then(|st| st.after.as_ref()).and_then(|v| state_tree(v, &entity_id));
+                let mut before = reported_before.as_ref();
+                if before.is_none() && verdict.outcome == MutationOutcome::Conflict {
+                    // The host told the client its state; that is the "before" of a conflict.
+                    before = verdict.data.and_then(|d| d.get("server_state")).filter(|s| s.is_object());
+                }
+                diff_text = match verdict.outcome {
+                    // Unknown: the client went away, but the host said what it did to the record.
+                    MutationOutcome::Applied | MutationOutcome::Unknown if has_state => state_diff(before, after.as_ref(), s),
+                    MutationOutcome::Conflict => state_diff(before, payload, s),
+                    _ => "[]".to_owned(),
+                };
+                state_before = before.map(|b| redacted_text(b, s)).unwrap_or_default();
+                state_after = after.as_ref().map(|a| redacted_text(a, s)).unwrap_or_default();
             }
-            let mut changes = match verdict.outcome {
-                // Unknown: the client went away, but the host said what it did to the record.
-                MutationOutcome::Applied | MutationOutcome::Unknown if has_state => state_diff(before.as_ref(), after.as_ref()),
-                MutationOutcome::Conflict => state_diff(before.as_ref(), payload),
-                _ => Vec::new(),
-            };
-            diff::redact_changes(&mut changes, &s.redactor);
-            let diff_text = if detail_kept { capped(serde_json::to_string(&changes).unwrap_or_else(|_| "[]".into()), s) } else { String::new() };
             let (client_timestamp, client_timestamp_raw) = client_timestamp(m, &s.redactor);
             mutations.push(MutationRow {
                 request_id: rec.request_id.clone(),
@@ -468,14 +448,14 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
                 client_id: client_id.clone(),
                 client_timestamp,
                 client_timestamp_raw,
-                version: m.get("version").and_then(Value::as_u64).unwrap_or(0),
+                version: m.get("version").and_then(Json::as_u64).unwrap_or(0),
                 outcome: verdict.outcome.as_str().to_owned(),
                 reason: verdict.reason,
                 reason_data: verdict.data.map(|d| redacted_text(d, s)).unwrap_or_default(),
-                // Filled from the redacted request body below: redacted once, not twice.
+                // Filled from the request body below, with the paths redaction changed.
                 payload: String::new(),
-                state_before: before.map(|b| redacted_text(b, s)).unwrap_or_default(),
-                state_after: after.map(|a| redacted_text(a, s)).unwrap_or_default(),
+                state_before,
+                state_after,
                 has_state,
                 detail_kept,
                 diff: diff_text,
@@ -498,49 +478,34 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
         };
     }
 
+    let mut taken = Vec::new();
     if let Some(v) = req.as_mut() {
-        // Payloads the policy does not keep go before redaction walks them.
-        request.request_body_moved = envelope::drop_payloads(v, mutations.iter().map(|m| !m.detail_kept));
-        // One pass over the whole request; the paths inside each mutation's payload go to
-        // that mutation's row.
-        let mut on_redacted = |path: &[PathRef<'_>]| {
-            if let [PathRef::Key("mutations"), PathRef::Index(i), PathRef::Key("payload"), rest @ ..] = path
-                && !rest.is_empty()
-                && let Some(row) = mutations.get_mut(*i)
-            {
-                row.redacted_paths.push(json_pointer(rest));
-            }
-        };
-        s.redactor.redact_value_recording(v, &mut on_redacted);
-        for row in &mut mutations {
-            row.redacted_paths.sort_unstable();
-        }
-        // Each payload is stored once: in its mutation row, out of the request body.
-        let moved = envelope::move_payloads(v, &mut mutations, s.body_cap_bytes);
-        request.request_body_moved.extend(moved);
-        request.request_body_moved.sort_unstable();
+        // Each payload is stored once: in its mutation row, out of the request body. Payloads
+        // the policy does not keep are never written.
+        taken = envelope::drop_payloads(v, mutations.iter().map(|m| !m.detail_kept));
+        taken.extend(envelope::move_payloads(v, &mut mutations, &s.redactor, s.body_cap_bytes));
+        request.request_body_moved = envelope::positions(&taken);
     }
-    if let Some(v) = resp.as_mut() {
-        s.redactor.redact_value(v);
-    }
-    (request.request_body, request.request_body_truncated) = body_text(&rec.request_body, &req_body, s);
+    (request.request_body, request.request_body_truncated) = body_text(&rec.request_body, &req_decoded, req.as_ref(), s);
     if request.request_body_truncated && !request.request_body_moved.is_empty() {
         // Even the envelope is past the cap: cut, it would not parse, and the payloads could
         // not be put back. Store the body whole and cut, as before the envelope, so what is
         // shown is its first part with the payloads in it.
-        if let Some(v) = req_body.value.as_mut() {
-            envelope::restore_payloads(v, &std::mem::take(&mut request.request_body_moved), &mutations);
-            (request.request_body, request.request_body_truncated) = body_text(&rec.request_body, &req_body, s);
+        if let Some(v) = req.as_mut() {
+            envelope::restore_payloads(v, taken);
+            request.request_body_moved.clear();
+            (request.request_body, request.request_body_truncated) = body_text(&rec.request_body, &req_decoded, req.as_ref(), s);
         }
     }
-    (request.response_body, request.response_body_truncated) = body_text(&rec.response_body, &resp_body, s);
-    body_notes(&mut request.error, &req_body, &mutations);
+    (request.response_body, request.response_body_truncated) = body_text(&rec.response_body, &resp_decoded, resp.as_ref(), s);
+    body_notes(&mut request.error, &req_decoded, &broken, &mutations);
     Rows { request, mutations }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use crate::capture::RequestKind;
     use bytes::Bytes;
 

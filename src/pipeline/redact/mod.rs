@@ -15,6 +15,7 @@
 
 mod keys;
 mod text;
+mod tree;
 
 use serde_json::Value;
 

@@ -1,0 +1,532 @@
+//! A JSON tree that borrows from the text it was parsed from (issue 15). The pipeline reads
+//! every body and reported state once into this tree, then redacts while it serializes
+//! (`Redactor::write_redacted`) and diffs by reference: no `serde_json::Value` tree with an
+//! allocation per string and per map node, no clone of a state to redact or diff it.
+//!
+//! It keeps `serde_json::Value`'s semantics where they show in stored text, so the columns
+//! are the same bytes as before: objects iterate and serialize in sorted key order with the
+//! last of duplicate keys winning (serde_json's `Map` is a `BTreeMap`), numbers keep the
+//! digits as written (`arbitrary_precision`), strings are escaped as serde_json escapes them.
+//! Parsing goes through serde_json, so what is valid JSON, and the nesting limit (128), are
+//! serde_json's.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+/// Text in a tree: a string's content, an object key or a number's digits.
+#[derive(Debug, Clone)]
+pub enum Text<'a> {
+    /// Borrowed from JSON text, and known to need no escaping (it was written without any).
+    Plain(&'a str),
+    /// Borrowed, and may need escaping.
+    Borrowed(&'a str),
+    /// Owned (unescaped from the input, or made by the pipeline).
+    Owned(String),
+}
+
+impl Text<'_> {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Text::Plain(s) | Text::Borrowed(s) => s,
+            Text::Owned(s) => s,
+        }
+    }
+
+    fn into_owned(self) -> Text<'static> {
+        match self {
+            Text::Plain(s) | Text::Borrowed(s) => Text::Owned(s.to_owned()),
+            Text::Owned(s) => Text::Owned(s),
+        }
+    }
+
+    /// Appends the text as a JSON string literal.
+    pub fn write_quoted(&self, out: &mut String) {
+        match self {
+            Text::Plain(s) => quote_plain(s, out),
+            Text::Borrowed(s) => write_str(s, out),
+            Text::Owned(s) => write_str(s, out),
+        }
+    }
+}
+
+impl PartialEq for Text<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+fn quote_plain(s: &str, out: &mut String) {
+    out.push('"');
+    out.push_str(s);
+    out.push('"');
+}
+
+/// Appends `s` as a JSON string literal, escaped exactly as serde_json escapes it.
+pub fn write_str(s: &str, out: &mut String) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        quote_plain(s, out);
+    } else {
+        // Rare (escapes in the input, or values made by redaction): serde_json's own escaping.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    }
+}
+
+/// A JSON value borrowing from its text (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json<'a> {
+    /// `null`.
+    Null,
+    /// `true` or `false`.
+    Bool(bool),
+    /// A number, its digits as written.
+    Number(Text<'a>),
+    /// A string.
+    String(Text<'a>),
+    /// An array.
+    Array(Vec<Json<'a>>),
+    /// An object: entries sorted by key, keys unique.
+    Object(Vec<(Text<'a>, Json<'a>)>),
+}
+
+/// serde_json's private key for a number under `arbitrary_precision` (its own `Value` reads
+/// numbers the same way).
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+impl<'a> Json<'a> {
+    /// Parses JSON text; strings without escapes are borrowed.
+    pub fn parse(bytes: &'a [u8]) -> Result<Json<'a>, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// A tree borrowing from a `serde_json::Value` (a state the host reported as an object).
+    pub fn from_value(v: &'a Value) -> Json<'a> {
+        match v {
+            Value::Null => Json::Null,
+            Value::Bool(b) => Json::Bool(*b),
+            Value::Number(n) => Json::Number(Text::Borrowed(n.as_str())),
+            Value::String(s) => Json::String(Text::Borrowed(s)),
+            Value::Array(items) => Json::Array(items.iter().map(Json::from_value).collect()),
+            Value::Object(map) => Json::from_map(map),
+        }
+    }
+
+    /// [`Self::from_value`] of an object.
+    pub fn from_map(map: &'a serde_json::Map<String, Value>) -> Json<'a> {
+        // `Map` iterates in sorted order, keys unique.
+        Json::Object(map.iter().map(|(k, v)| (Text::Borrowed(k), Json::from_value(v))).collect())
+    }
+
+    /// The same tree owning all its text.
+    pub fn into_owned(self) -> Json<'static> {
+        match self {
+            Json::Null => Json::Null,
+            Json::Bool(b) => Json::Bool(b),
+            Json::Number(t) => Json::Number(t.into_owned()),
+            Json::String(t) => Json::String(t.into_owned()),
+            Json::Array(items) => Json::Array(items.into_iter().map(Json::into_owned).collect()),
+            Json::Object(entries) => Json::Object(entries.into_iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()),
+        }
+    }
+
+    /// The value as a `serde_json::Value` (for the owned diff API).
+    pub fn to_value(&self) -> Value {
+        match self {
+            Json::Null => Value::Null,
+            Json::Bool(b) => Value::Bool(*b),
+            Json::Number(t) => serde_json::from_str(t.as_str()).unwrap_or(Value::Null),
+            Json::String(t) => Value::String(t.as_str().to_owned()),
+            Json::Array(items) => Value::Array(items.iter().map(Json::to_value).collect()),
+            Json::Object(entries) => Value::Object(entries.iter().map(|(k, v)| (k.as_str().to_owned(), v.to_value())).collect()),
+        }
+    }
+
+    /// The value of `key`, when this is an object that has it.
+    pub fn get(&self, key: &str) -> Option<&Json<'a>> {
+        let Json::Object(entries) = self else { return None };
+        entries.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok().map(|i| &entries[i].1)
+    }
+
+    /// Takes `key` out of an object.
+    pub fn remove(&mut self, key: &str) -> Option<Json<'a>> {
+        let Json::Object(entries) = self else { return None };
+        let i = entries.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
+        Some(entries.remove(i).1)
+    }
+
+    /// Sets `key` in an object (replacing its value); does nothing to anything else.
+    pub fn insert(&mut self, key: Text<'a>, value: Json<'a>) {
+        let Json::Object(entries) = self else { return };
+        match entries.binary_search_by(|(k, _)| k.as_str().cmp(key.as_str())) {
+            Ok(i) => entries[i].1 = value,
+            Err(i) => entries.insert(i, (key, value)),
+        }
+    }
+
+    /// The string, when this is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::String(t) => Some(t.as_str()),
+            _ => None,
+        }
+    }
+
+    /// The items, when this is an array.
+    pub fn as_array(&self) -> Option<&[Json<'a>]> {
+        match self {
+            Json::Array(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    /// The items, when this is an array.
+    pub fn as_array_mut(&mut self) -> Option<&mut Vec<Json<'a>>> {
+        match self {
+            Json::Array(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    /// The boolean, when this is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Json::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// The number as `u64`, when it is an integer in range (serde_json's `as_u64`).
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Json::Number(t) => t.as_str().parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// The number as `i64`, when it is an integer in range (serde_json's `as_i64`).
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Json::Number(t) => t.as_str().parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// Whether this is an object.
+    pub fn is_object(&self) -> bool {
+        matches!(self, Json::Object(_))
+    }
+
+    /// Whether this is `null`.
+    pub fn is_null(&self) -> bool {
+        matches!(self, Json::Null)
+    }
+
+    /// Appends the compact JSON text (as `serde_json::to_string` of the same `Value` writes).
+    pub fn write(&self, out: &mut String) {
+        match self {
+            Json::Null => out.push_str("null"),
+            Json::Bool(true) => out.push_str("true"),
+            Json::Bool(false) => out.push_str("false"),
+            Json::Number(t) => out.push_str(t.as_str()),
+            Json::String(t) => t.write_quoted(out),
+            Json::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    item.write(out);
+                }
+                out.push(']');
+            }
+            Json::Object(entries) => {
+                out.push('{');
+                for (i, (k, v)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    k.write_quoted(out);
+                    out.push(':');
+                    v.write(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+}
+
+impl fmt::Display for Json<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = String::new();
+        self.write(&mut s);
+        f.write_str(&s)
+    }
+}
+
+/// Sorts object entries by key; of duplicate keys the last one stays (as in serde_json's
+/// `Map`, where a later insert replaces the value).
+fn sorted_unique<'a>(mut entries: Vec<(Text<'a>, Json<'a>)>) -> Vec<(Text<'a>, Json<'a>)> {
+    if entries.windows(2).all(|w| w[0].0.as_str() < w[1].0.as_str()) {
+        return entries;
+    }
+    // Reversed, a stable sort puts the last of equal keys first, and `dedup` keeps the first.
+    entries.reverse();
+    entries.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    entries.dedup_by(|later, earlier| later.0.as_str() == earlier.0.as_str());
+    entries
+}
+
+struct TextSeed;
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(TextSeed)
+    }
+}
+
+impl<'de> Visitor<'de> for TextSeed {
+    type Value = Text<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Text<'de>, E> {
+        Ok(Text::Plain(s))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Text<'de>, E> {
+        Ok(Text::Owned(s.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Text<'de>, E> {
+        Ok(Text::Owned(s))
+    }
+}
+
+impl<'de> Deserialize<'de> for Json<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonVisitor)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> Visitor<'de> for JsonVisitor {
+    type Value = Json<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Json<'de>, E> {
+        Ok(Json::Null)
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Json<'de>, E> {
+        Ok(Json::Bool(b))
+    }
+    // Without `arbitrary_precision` numbers would come here; with it they come as a map.
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Json<'de>, E> {
+        Ok(Json::Number(Text::Owned(n.to_string())))
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Json<'de>, E> {
+        Ok(Json::Number(Text::Owned(n.to_string())))
+    }
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Json<'de>, E> {
+        Ok(serde_json::Number::from_f64(n).map_or(Json::Null, |n| Json::Number(Text::Owned(n.to_string()))))
+    }
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Json<'de>, E> {
+        Ok(Json::String(Text::Plain(s)))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Json<'de>, E> {
+        Ok(Json::String(Text::Owned(s.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Json<'de>, E> {
+        Ok(Json::String(Text::Owned(s)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Json::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
+        let Some(first) = map.next_key::<Text<'de>>()? else { return Ok(Json::Object(Vec::new())) };
+        if first.as_str() == NUMBER_TOKEN {
+            let digits: String = map.next_value()?;
+            return Ok(Json::Number(Text::Owned(digits)));
+        }
+        let mut entries = vec![(first, map.next_value()?)];
+        while let Some((k, v)) = map.next_entry()? {
+            entries.push((k, v));
+        }
+        Ok(Json::Object(sorted_unique(entries)))
+    }
+}
+
+/// A tree's node, for code that reads both [`Json`] and `serde_json::Value` (the diff).
+pub trait Node: Sized {
+    /// The object entries, in sorted key order.
+    type Entries<'n>: Iterator<Item = (&'n str, &'n Self)>
+    where
+        Self: 'n;
+    /// What this node is.
+    fn kind(&self) -> Kind<'_, Self>;
+    /// Number of entries of an object (0 otherwise).
+    fn object_len(&self) -> usize;
+    /// An owned copy, for a change that outlives the tree.
+    fn to_value(&self) -> Value;
+}
+
+/// A node's kind, with its content borrowed.
+pub enum Kind<'n, N: Node + 'n> {
+    /// `null`.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A number's digits as written.
+    Number(&'n str),
+    /// A string.
+    String(&'n str),
+    /// An array's items.
+    Array(&'n [N]),
+    /// An object's entries, sorted by key.
+    Object(N::Entries<'n>),
+}
+
+type ValueEntries<'n> = std::iter::Map<serde_json::map::Iter<'n>, fn((&'n String, &'n Value)) -> (&'n str, &'n Value)>;
+type JsonEntries<'n, 'a> = std::iter::Map<std::slice::Iter<'n, (Text<'a>, Json<'a>)>, fn(&'n (Text<'a>, Json<'a>)) -> (&'n str, &'n Json<'a>)>;
+
+fn value_entry<'n>((k, v): (&'n String, &'n Value)) -> (&'n str, &'n Value) {
+    (k.as_str(), v)
+}
+
+fn json_entry<'n, 'a>((k, v): &'n (Text<'a>, Json<'a>)) -> (&'n str, &'n Json<'a>) {
+    (k.as_str(), v)
+}
+
+impl Node for Value {
+    type Entries<'n> = ValueEntries<'n>;
+    fn kind(&self) -> Kind<'_, Self> {
+        match self {
+            Value::Null => Kind::Null,
+            Value::Bool(b) => Kind::Bool(*b),
+            Value::Number(n) => Kind::Number(n.as_str()),
+            Value::String(s) => Kind::String(s),
+            Value::Array(items) => Kind::Array(items),
+            Value::Object(map) => Kind::Object(map.iter().map(value_entry as fn(_) -> _)),
+        }
+    }
+    fn object_len(&self) -> usize {
+        self.as_object().map_or(0, serde_json::Map::len)
+    }
+    fn to_value(&self) -> Value {
+        self.clone()
+    }
+}
+
+impl<'a> Node for Json<'a> {
+    type Entries<'n>
+        = JsonEntries<'n, 'a>
+    where
+        'a: 'n;
+    fn kind(&self) -> Kind<'_, Self> {
+        match self {
+            Json::Null => Kind::Null,
+            Json::Bool(b) => Kind::Bool(*b),
+            Json::Number(t) => Kind::Number(t.as_str()),
+            Json::String(t) => Kind::String(t.as_str()),
+            Json::Array(items) => Kind::Array(items),
+            Json::Object(entries) => Kind::Object(entries.iter().map(json_entry as fn(_) -> _)),
+        }
+    }
+    fn object_len(&self) -> usize {
+        match self {
+            Json::Object(entries) => entries.len(),
+            _ => 0,
+        }
+    }
+    fn to_value(&self) -> Value {
+        Json::to_value(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn same_as_serde_json(text: &str) {
+        let tree = Json::parse(text.as_bytes());
+        let value = serde_json::from_str::<Value>(text);
+        match (tree, value) {
+            (Ok(t), Ok(v)) => {
+                assert_eq!(t.to_string(), serde_json::to_string(&v).unwrap(), "{text}");
+                assert_eq!(t.to_value(), v);
+                assert_eq!(Json::from_value(&v).to_string(), t.to_string());
+            }
+            (Err(_), Err(_)) => {}
+            (t, v) => panic!("{text}: tree {t:?}, serde_json {v:?}"),
+        }
+    }
+
+    #[test]
+    fn text_is_written_as_serde_json_writes_its_value() {
+        for text in [
+            r#"{"b":1,"a":[true,false,null],"c":{"z":"x","y":"\n\"\\\u0001é😀"}}"#,
+            r#"{"a":1,"a":2,"b":{"k":[1],"k":"last"},"a":3}"#,
+            r#"[1.0, -0, 1e5, 10E-1, 123456789012345678901234567890, -1.5e-300]"#,
+            r#""\ud83d\ude00 and \u00e9""#,
+            r#"{"$serde_json::private::Number":"12"}"#,
+            "{}",
+            "[]",
+            r#"{"a":"#,
+            r#""\ud83d""#,
+            "[1,]",
+            "nul",
+        ] {
+            same_as_serde_json(text);
+        }
+    }
+
+    #[test]
+    fn plain_strings_are_borrowed_and_escaped_ones_owned() {
+        let t = Json::parse(br#"{"k":"plain","e":"a\nb"}"#).unwrap();
+        assert!(matches!(t.get("k"), Some(Json::String(Text::Plain("plain")))));
+        assert!(matches!(t.get("e"), Some(Json::String(Text::Owned(s))) if s == "a\nb"));
+        assert_eq!(t.get("k").and_then(Json::as_str), Some("plain"));
+    }
+
+    #[test]
+    fn objects_are_edited_in_key_order() {
+        let mut t = Json::parse(br#"{"b":1,"d":2}"#).unwrap();
+        t.insert(Text::Plain("c"), Json::Null);
+        t.insert(Text::Plain("a"), Json::Bool(true));
+        t.insert(Text::Plain("b"), Json::Bool(false));
+        assert_eq!(t.to_string(), r#"{"a":true,"b":false,"c":null,"d":2}"#);
+        assert_eq!(t.remove("c"), Some(Json::Null));
+        assert_eq!(t.remove("zz"), None);
+        assert_eq!(t.to_string(), r#"{"a":true,"b":false,"d":2}"#);
+    }
+
+    fn arb_json() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            "-?[0-9]{1,3}(\\.[0-9]{1,2})?([eE]-?[0-9])?",
+            "[a-c\\\\\"\\n é😀]{0,6}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+        ];
+        leaf.prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec(("[a-d]{1,2}", inner), 0..5)
+                    .prop_map(|v| format!("{{{}}}", v.into_iter().map(|(k, x)| format!("\"{k}\":{x}")).collect::<Vec<_>>().join(","))),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_reads_and_writes_as_serde_json_does(text in arb_json()) {
+            same_as_serde_json(&text);
+        }
+    }
+}
