@@ -199,7 +199,7 @@ impl StateValue {
     pub fn tree(&self) -> Option<Json<'_>> {
         let tree = match self {
             StateValue::Object(o) => return Some(Json::from_map(o)),
-            StateValue::Json(text) => match Json::parse(text.as_bytes()) {
+            StateValue::Json(text) => match Json::parse_str(text) {
                 Ok(t) => t,
                 Err(_) => parse_lenient(text.as_bytes())?.value,
             },

@@ -70,8 +70,9 @@ pub(crate) fn move_payloads<'a>(body: &mut Json<'a>, rows: &mut [MutationRow], r
         }
         match m.get("payload") {
             Some(p) if p.is_object() && !hidden => {
-                let mut text = String::new();
-                redactor.write_redacted_recording(p, &mut text, &mut |path| row.redacted_paths.push(json_pointer(path)));
+                let text = super::json::written(|out| {
+                    redactor.write_redacted_recording(p, out, &mut |path| row.redacted_paths.push(json_pointer(path)));
+                });
                 row.redacted_paths.sort_unstable();
                 if text.len() <= cap {
                     row.payload = text;

@@ -65,6 +65,32 @@ fn quote_plain(s: &str, out: &mut String) {
     out.push('"');
 }
 
+/// The text `write` appends, in a string of exactly its size: written into a reused
+/// per-thread buffer first, so a growing output is not reallocated step by step.
+pub fn written(write: impl FnOnce(&mut String)) -> String {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            write(&mut buf);
+            let text = buf.as_str().to_owned();
+            // A huge body once should not pin its buffer for the thread's life.
+            if buf.capacity() > 1 << 20 {
+                *buf = String::new();
+            }
+            text
+        }
+        // Nested use (not expected): a buffer of its own.
+        Err(_) => {
+            let mut buf = String::new();
+            write(&mut buf);
+            buf
+        }
+    })
+}
+
 /// Appends `s` as a JSON string literal, escaped exactly as serde_json escapes it.
 pub fn write_str(s: &str, out: &mut String) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
@@ -99,7 +125,16 @@ const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 impl<'a> Json<'a> {
     /// Parses JSON text; strings without escapes are borrowed.
     pub fn parse(bytes: &'a [u8]) -> Result<Json<'a>, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        // One UTF-8 check of the whole text is cheaper than serde_json's check of each string.
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Json::parse_str(text),
+            Err(_) => serde_json::from_slice(bytes),
+        }
+    }
+
+    /// [`Self::parse`] of text already known to be UTF-8.
+    pub fn parse_str(text: &'a str) -> Result<Json<'a>, serde_json::Error> {
+        serde_json::from_str(text)
     }
 
     /// A tree borrowing from a `serde_json::Value` (a state the host reported as an object).
@@ -342,7 +377,8 @@ impl<'de> Visitor<'de> for JsonVisitor {
         Ok(Json::String(Text::Owned(s)))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        // serde_json gives no size hint; a few slots up front save most of the regrowth.
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(4));
         while let Some(item) = seq.next_element()? {
             items.push(item);
         }
@@ -354,7 +390,9 @@ impl<'de> Visitor<'de> for JsonVisitor {
             let digits: String = map.next_value()?;
             return Ok(Json::Number(Text::Owned(digits)));
         }
-        let mut entries = vec![(first, map.next_value()?)];
+        // Records have a handful to a few dozen fields: start with room for 16.
+        let mut entries = Vec::with_capacity(16);
+        entries.push((first, map.next_value()?));
         while let Some((k, v)) = map.next_entry()? {
             entries.push((k, v));
         }

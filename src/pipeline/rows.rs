@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::decode::{self, DecodedBody};
 use super::diff;
 use super::envelope;
-use super::json::{Json, Text};
+use super::json::{self, Json, Text};
 use super::redact::Redactor;
 use crate::capture::{CaptureRecord, CapturedBody, MutationState, RequestKind, StateValue, cap_identifier};
 use crate::protocol::SYNC_KEY;
@@ -236,8 +236,7 @@ static EMPTY: Json<'static> = Json::Object(Vec::new());
 fn state_diff(before: Option<&Json<'_>>, after: Option<&Json<'_>>, s: &RowSettings) -> String {
     let mut changes = diff::changes(before.unwrap_or(&EMPTY), after.unwrap_or(&EMPTY));
     changes.retain(|c| !matches!(c.path.as_slice(), [diff::Step::Key(k)] if *k == SYNC_KEY));
-    let mut text = String::new();
-    diff::write_redacted_changes(&changes, &s.redactor, &mut text);
+    let text = json::written(|out| diff::write_redacted_changes(&changes, &s.redactor, out));
     let len = text.len() as u64;
     cap_text(text, s.body_cap_bytes, len).0
 }

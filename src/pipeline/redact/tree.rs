@@ -5,7 +5,7 @@
 //! fuzz target's comparison).
 
 use super::{OnRedacted, PathRef, REDACTED, Redactor};
-use crate::pipeline::json::{Json, write_str};
+use crate::pipeline::json::{Json, write_str, written};
 
 impl Redactor {
     /// Appends `v`'s JSON text with every sensitive key's value replaced by [`REDACTED`] and
@@ -22,9 +22,9 @@ impl Redactor {
 
     /// `v` written redacted into a new string.
     pub(crate) fn redacted_text(&self, v: &Json<'_>) -> String {
-        let mut out = String::new();
-        self.write_redacted(v, &mut out);
-        out
+        written(|out| {
+            self.write_redacted(v, out);
+        })
     }
 
     fn write_at<'t>(&self, v: &'t Json<'_>, out: &mut String, path: &mut Vec<PathRef<'t>>, on: &mut Option<&mut OnRedacted<'_>>) -> usize {
