@@ -235,6 +235,14 @@ fn print_round(round: usize, variant: Variant, r: &Round) {
         );
     }
     println!("{line}  load {}", support::load_average());
+    // Where the process's CPU went in the window, per push, by thread name.
+    let by_thread: Vec<String> = m
+        .threads
+        .iter()
+        .filter(|(_, cpu)| !cpu.is_zero())
+        .map(|(name, cpu)| format!("{name} {:.0}", cpu.as_secs_f64() * 1e6 / m.pushes.max(1) as f64))
+        .collect();
+    println!("        cpu us/push by thread: {}", by_thread.join(", "));
 }
 
 fn summarize(results: &HashMap<Variant, Vec<Round>>) {

@@ -21,7 +21,7 @@ pub fn bodies(clients: usize, per_client: usize) -> Vec<Vec<Bytes>> {
         .collect()
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Measured {
     /// Pushes in the timed window.
     pub pushes: u64,
@@ -32,6 +32,8 @@ pub struct Measured {
     pub server_cpu: Duration,
     /// The server's CPU time when the window opened (to add work it deferred past the end).
     pub server_cpu_at_start: Duration,
+    /// The server's CPU in the window by thread name (where an overhead goes).
+    pub threads: std::collections::BTreeMap<String, Duration>,
 }
 
 impl Measured {
@@ -88,6 +90,7 @@ pub async fn run_fixed(url: &str, bodies: &[Vec<Bytes>], warmup: usize, server_p
         })
         .collect();
     barrier.wait().await;
+    let threads0 = super::thread_cpu(server_pid);
     let (start, cpu0) = (Instant::now(), super::cpu_time(server_pid).expect("the server's /proc/PID/stat"));
     let mut answers = Vec::new();
     for t in tasks {
@@ -95,6 +98,7 @@ pub async fn run_fixed(url: &str, bodies: &[Vec<Bytes>], warmup: usize, server_p
     }
     let elapsed = start.elapsed();
     let server_cpu = super::cpu_time(server_pid).expect("the server's /proc/PID/stat").saturating_sub(cpu0);
+    let threads = super::thread_cpu_delta(&threads0, &super::thread_cpu(server_pid));
     let mut errors = 0;
     for a in answers.iter().flatten() {
         let ok = match a {
@@ -107,7 +111,7 @@ pub async fn run_fixed(url: &str, bodies: &[Vec<Bytes>], warmup: usize, server_p
         errors += u64::from(!ok);
     }
     let timed = bodies.iter().map(|s| s.len().saturating_sub(warmup)).sum::<usize>() as u64;
-    Measured { pushes: timed, errors, elapsed, server_cpu, server_cpu_at_start: cpu0 }
+    Measured { pushes: timed, errors, elapsed, server_cpu, server_cpu_at_start: cpu0, threads }
 }
 
 /// Counters of an open-ended load.

@@ -271,14 +271,49 @@ pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// CPU time (user + system) a process has used so far.
-pub fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start at state (field 3).
-    let rest = &stat[stat.rfind(')')? + 2..];
+/// CPU time (user + system) of each live thread of a process, by thread id, with the
+/// thread's name (`comm`, 15 bytes at most: `tether-pro-pipe`, `tokio-rt-worker`, ...).
+pub fn thread_cpu(pid: u32) -> std::collections::HashMap<u32, (String, Duration)> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for task in dir.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].to_owned();
+        if let Some(cpu) = stat_cpu(&stat[close + 2..]) {
+            out.insert(tid, (name, cpu));
+        }
+    }
+    out
+}
+
+/// CPU per thread name over a window, from two [`thread_cpu`] readings (threads that ended
+/// inside the window are missing; threads started in it count from zero).
+pub fn thread_cpu_delta(
+    before: &std::collections::HashMap<u32, (String, Duration)>,
+    after: &std::collections::HashMap<u32, (String, Duration)>,
+) -> std::collections::BTreeMap<String, Duration> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for (tid, (name, cpu)) in after {
+        let start = before.get(tid).map_or(Duration::ZERO, |(_, c)| *c);
+        *by_name.entry(name.clone()).or_insert(Duration::ZERO) += cpu.saturating_sub(start);
+    }
+    by_name
+}
+
+/// Utime + stime of a `/proc/.../stat` line, from the field after the command name.
+fn stat_cpu(rest: &str) -> Option<Duration> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
+/// CPU time (user + system) a process has used so far.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at state (field 3).
+    stat_cpu(&stat[stat.rfind(')')? + 2..])
 }

@@ -746,6 +746,45 @@ mod tests {
         })
     }
 
+    /// Documents with sensitive keys and credential-carrying strings, for the stored form.
+    fn arb_sensitive_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            (0i64..3).prop_map(Value::from),
+            "(a|b|Bearer abcdefgh1234|x=1&token=zz9)".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::btree_map("(a|b|password|token)", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// The stored diff written from borrowed trees is, byte for byte, the owned diff after
+    /// `redact_changes`, serialized.
+    fn stored_forms_agree(before: &Value, after: &Value) {
+        let r = Redactor::default();
+        let mut owned = diff(before, after);
+        redact_changes(&mut owned, &r);
+        let (tb, ta) = (before.to_string(), after.to_string());
+        let (tb, ta) = (Json::parse(tb.as_bytes()).unwrap(), Json::parse(ta.as_bytes()).unwrap());
+        let mut written = String::new();
+        write_redacted_changes(&changes(&tb, &ta), &r, &mut written);
+        assert_eq!(written, serde_json::to_string(&owned).unwrap(), "{before} -> {after}");
+    }
+
+    #[test]
+    fn the_stored_diff_is_written_as_the_owned_one_serializes() {
+        stored_forms_agree(
+            &json!({"session": {"s1": {"expires": 1}, "other": [1, 2]}, "title": "a", "n": 1.0, "note": "Bearer abcdefgh1234"}),
+            &json!({"session": {"s1": {"expires": 2}, "other": [1]}, "title": "b\n\"q\"", "n": 1, "note": "Bearer zyxwvuts9876", "new": {"token": "t", "k": [null]}}),
+        );
+        stored_forms_agree(&json!({"a": {"api_key": {"k1": 1}}}), &json!({"a": {"api_key": {"k2": 1}}}));
+        stored_forms_agree(&json!([1, {"password": "p"}]), &json!([1]));
+        stored_forms_agree(&json!(1), &json!({"token": 1}));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -763,6 +802,11 @@ mod tests {
             }
             let round: Vec<Change> = serde_json::from_str(&serde_json::to_string(&changes).unwrap()).unwrap();
             prop_assert_eq!(round, changes);
+        }
+
+        #[test]
+        fn stored_diff_from_trees_matches_the_owned_one(before in arb_sensitive_json(), after in arb_sensitive_json()) {
+            stored_forms_agree(&before, &after);
         }
     }
 }
