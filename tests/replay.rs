@@ -181,6 +181,86 @@ async fn apply_sends_fresh_ids_after_durable_links_once_per_key() {
     drop(h.guard);
 }
 
+/// A target that holds the first state lookup of each replayer until both replayers made one:
+/// both are then past their idempotency-key check and neither has written a link, the race two
+/// dashboard replicas can run.
+struct Racing {
+    inner: InProcessTarget,
+    barrier: Arc<tokio::sync::Barrier>,
+    waited: std::sync::atomic::AtomicBool,
+    pushes: AtomicUsize,
+}
+
+#[async_trait]
+impl ReplayTarget for Racing {
+    async fn state(&self, model: &str, entity_id: &str) -> Result<Option<RecordState>, tether_pro::replay::TargetError> {
+        if !self.waited.swap(true, Ordering::SeqCst) {
+            self.barrier.wait().await;
+        }
+        self.inner.state(model, entity_id).await
+    }
+    async fn push(&self, req: &PushRequest, v: &str, replay_of: &str) -> Result<(u16, Option<PushResponse>), tether_pro::replay::TargetError> {
+        self.pushes.fetch_add(1, Ordering::SeqCst);
+        self.inner.push(req, v, replay_of).await
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn two_replicas_applying_one_key_at_once_change_the_host_once() {
+    let (h, id) = seeded().await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let racing = || {
+        Arc::new(Racing {
+            inner: InProcessTarget { app: h.app.clone(), server: h.server.clone() },
+            barrier: barrier.clone(),
+            waited: Default::default(),
+            pushes: AtomicUsize::new(0),
+        })
+    };
+    let (ta, tb) = (racing(), racing());
+    // Two replicas: their own ClickHouse clients and locks.
+    let (a, b) = (Replayer::new(h.ch.client(), ta.clone()), Replayer::new(h.ch.client(), tb.clone()));
+    let opts = |actor: &str| ApplyOptions { idempotency_key: "same-key".into(), actor: actor.into(), restamp: true, positions: Some(vec![0, 2]) };
+    let (oa, ob) = (opts("a@example"), opts("b@example"));
+    let (ra, rb) = tokio::join!(a.apply(&id, &oa), b.apply(&id, &ob));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    // Both passed the key check before either wrote a link, so both sent...
+    assert_eq!((ta.pushes.load(Ordering::SeqCst), tb.pushes.load(Ordering::SeqCst)), (1, 1));
+    assert!(ra.sent && rb.sent);
+    // ...the same replay with the same clone ids...
+    assert_eq!(ra.replay_id, rb.replay_id);
+    let clone_ids = |r: &tether_pro::replay::ReplayResult| r.links.iter().map(|l| l.clone_mutation_id.clone()).collect::<Vec<_>>();
+    assert_eq!(clone_ids(&ra), clone_ids(&rb));
+    assert_eq!(clone_ids(&ra).len(), 2);
+    // ...and the host applied each clone once: the second send of each was a duplicate.
+    h.settle(4).await;
+    let ids = clone_ids(&ra);
+    let outcomes = h
+        .ch
+        .rows(&format!(
+            "SELECT mutation_id, groupArray(outcome) AS outcomes FROM (SELECT mutation_id, outcome FROM sync_mutations
+             WHERE mutation_id IN ('{}', '{}') ORDER BY outcome) GROUP BY mutation_id ORDER BY mutation_id",
+            ids[0], ids[1]
+        ))
+        .await;
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(
+        outcomes,
+        sorted.iter().map(|m| json!({"mutation_id": m, "outcomes": ["applied", "duplicate"]})).collect::<Vec<_>>()
+    );
+    assert_eq!(h.server.state_blocking("Task", T1).unwrap().unwrap().state["title"], "one v2");
+    // The record: one link per clone, with the outcome of the send that won.
+    let record = Replayer::new(h.ch.client(), ta.clone()).links(&id).await.unwrap();
+    assert_eq!(record.len(), 2, "{record:?}");
+    assert!(record.iter().all(|l| l.status == "applied" && l.replay_id == ra.replay_id), "{record:?}");
+    let audit = h.ch.rows(&format!("SELECT clone_mutation_id, status FROM replays WHERE original_request_id = '{id}' ORDER BY position")).await;
+    assert_eq!(audit, ids.iter().map(|m| json!({"clone_mutation_id": m, "status": "applied"})).collect::<Vec<_>>());
+    // Two rows were written per clone and link (pending and answer, by each replica).
+    assert_eq!(h.ch.count("SELECT count() FROM replay_links").await, 8);
+    drop(h.guard);
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn the_http_target_replays_through_the_hosts_url() {
     let (h, id) = seeded().await;

@@ -2,6 +2,7 @@
 //! `replay.live_enabled`) apply a clone with fresh mutation ids through the host's normal push
 //! path, with durable audit links written before anything is sent.
 
+mod ids;
 mod plan;
 mod target;
 
@@ -96,7 +97,9 @@ pub struct ApplyOptions {
 pub struct Replayer {
     client: clickhouse::Client,
     target: Arc<dyn ReplayTarget>,
-    /// Applies run one at a time, so one idempotency key can never send twice.
+    /// Applies of this replayer run one at a time, so one idempotency key never sends twice from
+    /// one process. Across processes (several `serve` replicas) the derived ids do it: the
+    /// host refuses a second send of a clone as a duplicate (see `ids`).
     apply_lock: Arc<tokio::sync::Mutex<()>>,
     /// Everything a preview or an answer shows from the live host passes through it.
     redactor: Redactor,
@@ -197,12 +200,17 @@ impl Replayer {
         let selected = entries.iter().filter(|e| opts.positions.as_ref().is_none_or(|p| p.contains(&e.position)));
         let versions: std::collections::HashMap<u32, u64> = captured.mutations.iter().map(|m| (m.position, m.version)).collect();
         let clones: Vec<(PreviewEntry, crate::protocol::Mutation)> = selected
-            .filter_map(|e| plan::clone_mutation(e, versions.get(&e.position).copied().unwrap_or(1)).map(|c| (e.clone(), c)))
+            .filter_map(|e| {
+                let id = ids::clone_mutation_id(request_id, &opts.idempotency_key, e.position);
+                plan::clone_mutation(e, versions.get(&e.position).copied().unwrap_or(1), id).map(|c| (e.clone(), c))
+            })
             .collect();
         if clones.is_empty() {
             return Err(ReplayError::NothingToReplay);
         }
-        let replay_id = ulid::Ulid::new().to_string();
+        // Derived, not drawn: a second dashboard replica applying the same key at the same
+        // moment sends the same ids, which the host refuses as duplicates (see `ids`).
+        let replay_id = ids::replay_id(request_id, &opts.idempotency_key);
         let now = Utc::now();
         let mut rows: Vec<LinkRow> = clones
             .iter()
@@ -259,6 +267,12 @@ impl Replayer {
             r.host_reason = reason;
         }
         links::write(&self.client, &rows).await?;
+        if rows.iter().any(|r| r.status == MutationOutcome::Duplicate.as_str()) {
+            // Another replica sent the same clone first: the record is what both wrote (its
+            // outcome outranks this `duplicate` once it is written).
+            let merged = links::by_idempotency_key(&self.client, &opts.idempotency_key).await?;
+            return Ok(ReplayResult { replay_id, sent: true, host_http_status: status, links: merged });
+        }
         Ok(ReplayResult { replay_id, sent: true, host_http_status: status, links: rows })
     }
 }

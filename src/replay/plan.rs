@@ -285,9 +285,9 @@ pub fn preview(m: &CapturedMutation, current: Option<RecordState>, restamp_ms: O
     }
 }
 
-/// A clone of one mutation: a fresh ULID, the original's entity, model, operation and
-/// version, the preview's payload and timestamp.
-pub fn clone_mutation(p: &PreviewEntry, version: u64) -> Option<Mutation> {
+/// A clone of one mutation: `mutation_id` (see `replay::ids`), the original's entity, model,
+/// operation and version, the preview's payload and timestamp.
+pub fn clone_mutation(p: &PreviewEntry, version: u64, mutation_id: String) -> Option<Mutation> {
     if matches!(p.prediction, Prediction::Unreplayable(_)) {
         return None;
     }
@@ -297,7 +297,7 @@ pub fn clone_mutation(p: &PreviewEntry, version: u64) -> Option<Mutation> {
         _ => Operation::Delete,
     };
     Some(Mutation {
-        mutation_id: ulid::Ulid::new().to_string(),
+        mutation_id,
         entity_id: p.entity_id.clone(),
         model: p.model.clone(),
         operation,
@@ -425,13 +425,11 @@ mod tests {
     }
 
     #[test]
-    fn clones_get_fresh_distinct_ids_and_keep_the_rest() {
+    fn clones_take_the_given_id_and_keep_the_rest() {
         let p = preview(&captured("update", 9, Some(json!({"title": "t"}))), Some(state(1, false, json!({}))), None);
-        let a = clone_mutation(&p, 2).unwrap();
-        let b = clone_mutation(&p, 2).unwrap();
-        assert_ne!(a.mutation_id, b.mutation_id);
-        assert_ne!(a.mutation_id, "M");
-        assert!(crate::protocol::is_ulid(&a.mutation_id));
-        assert_eq!((a.entity_id.as_str(), a.timestamp, a.operation), ("E", 9, Operation::Update));
+        let a = clone_mutation(&p, 2, "01JM0000000000000000000C01".into()).unwrap();
+        assert_eq!(a.mutation_id, "01JM0000000000000000000C01");
+        assert_eq!((a.entity_id.as_str(), a.timestamp, a.operation, a.version), ("E", 9, Operation::Update, 2));
+        assert_eq!(a.payload, obj(json!({"title": "t"})));
     }
 }

@@ -1,5 +1,5 @@
-//! Durable original-to-clone audit links in `replay_links` (ReplacingMergeTree on
-//! `updated_at`: a `pending` row before the clone is sent, the host's answer after).
+//! Durable original-to-clone audit links in `replay_links`: a `pending` row before the clone
+//! is sent, the host's answer after; reads pick one row per link by [`latest`]'s rule.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -50,23 +50,40 @@ pub async fn write(client: &clickhouse::Client, rows: &[LinkRow]) -> clickhouse:
     insert.end().await
 }
 
-const COLUMNS: &str = "replay_id, original_request_id, original_mutation_id, clone_mutation_id, position, actor, idempotency_key, created_at, status, host_http_status, host_reason, updated_at";
+/// The row each link shows, of all rows written for it (by this or another dashboard
+/// replica): the one with the highest (status rank, `updated_at`). A send's outcome
+/// (`applied`, `rejected`, `conflict`) outranks `duplicate` (what the host answers the second
+/// of two replicas that sent the same derived clone id at the same moment), which outranks
+/// `failed` and `pending`; among equals the newest wins. `created_at` is the first writer's.
+/// The `replays` view (migration 0010) picks the same row.
+pub(crate) fn latest(filter: &str, order: &str) -> String {
+    format!(
+        "SELECT replay_id, original_request_id, w.1 AS original_mutation_id, clone_mutation_id, w.2 AS position,
+                w.3 AS actor, w.4 AS idempotency_key, first_created AS created_at, w.5 AS status,
+                w.6 AS host_http_status, w.7 AS host_reason, w.8 AS updated_at
+         FROM (
+             SELECT replay_id, original_request_id, clone_mutation_id, min(created_at) AS first_created,
+                    argMax((original_mutation_id, position, actor, idempotency_key, status, host_http_status, host_reason, updated_at),
+                           ({STATUS_RANK}, updated_at)) AS w
+             FROM replay_links WHERE {filter}
+             GROUP BY original_request_id, replay_id, clone_mutation_id
+         )
+         ORDER BY {order}"
+    )
+}
+
+/// The rank of a `status` (higher wins).
+const STATUS_RANK: &str = "multiIf(status = 'pending', 0, status = 'failed', 1, status = 'duplicate', 2, 3)";
 
 /// The latest row of every link of one idempotency key.
 pub async fn by_idempotency_key(client: &clickhouse::Client, key: &str) -> clickhouse::error::Result<Vec<LinkRow>> {
-    client
-        .query_raw(&format!("SELECT {COLUMNS} FROM replay_links FINAL WHERE idempotency_key = {{key:String}} ORDER BY position"))
-        .param("key", key)
-        .fetch_all()
-        .await
+    client.query_raw(&latest("idempotency_key = {key:String}", "position")).param("key", key).fetch_all().await
 }
 
 /// The latest row of every link of replays of one original request, newest replay first.
 pub async fn for_request(client: &clickhouse::Client, original_request_id: &str) -> clickhouse::error::Result<Vec<LinkRow>> {
     client
-        .query_raw(&format!(
-            "SELECT {COLUMNS} FROM replay_links FINAL WHERE original_request_id = {{id:String}} ORDER BY created_at DESC, replay_id, position"
-        ))
+        .query_raw(&latest("original_request_id = {id:String}", "created_at DESC, replay_id, position"))
         .param("id", original_request_id)
         .fetch_all()
         .await

@@ -725,10 +725,8 @@ pub async fn replays_of_mutations(c: &clickhouse::Client, mutation_ids: &[&str])
     if mutation_ids.is_empty() {
         return Ok(Vec::new());
     }
-    c.query_raw(
-        "SELECT original_mutation_id, replay_id, clone_mutation_id, status FROM replay_links FINAL
-         WHERE original_mutation_id IN {ids:Array(String)} ORDER BY created_at, replay_id, position",
-    )
+    let links = super::links::latest("original_mutation_id IN {ids:Array(String)}", "created_at, replay_id, position");
+    c.query_raw(&format!("SELECT original_mutation_id, replay_id, clone_mutation_id, status FROM ({links})"))
     .param("ids", mutation_ids)
     .fetch_all()
     .await
