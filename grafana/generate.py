@@ -122,8 +122,11 @@ conflicts = [
         f"SELECT {TIME5} AS time, concat(model, ' ', outcome) AS series, sum(mutations) AS n {MUT5} GROUP BY time, series ORDER BY time", "timeseries")]),
     panel("timeseries", "By reason", 8, 0, 8, 8, [target(
         f"SELECT {TIME5} AS time, reason, sum(mutations) AS n {MUT5} GROUP BY time, reason ORDER BY time", "timeseries")]),
+    # GLOBAL IN (here and in the explorer): on a cluster the subquery runs once and its
+    # result goes to every shard; ClickHouse refuses a plain IN over a second Distributed
+    # table (distributed_product_mode = 'deny'). On one node it is a plain IN.
     panel("timeseries", "Top clients", 16, 0, 8, 8, [target(
-        f"SELECT {TIME5} AS time, client_id, sum(mutations) AS n {MUT5} AND client_id IN "
+        f"SELECT {TIME5} AS time, client_id, sum(mutations) AS n {MUT5} AND client_id GLOBAL IN "
         f"(SELECT client_id FROM sync_mutations_5m WHERE {WIN5} AND outcome IN ('rejected', 'conflict') GROUP BY client_id ORDER BY sum(mutations) DESC LIMIT 10) "
         "GROUP BY time, client_id ORDER BY time", "timeseries")]),
     panel("table", "Failures by reason x model x client", 0, 8, 24, 8, [target(
@@ -158,7 +161,7 @@ def sv(name):
 
 FILT = (f"({sv('client')} = '' OR client_id = {sv('client')}) AND ({sv('kind')} = '__all' OR kind = {sv('kind')}) "
         f"AND ({sv('outcome')} = '__all' OR outcome = {sv('outcome')}) "
-        f"AND ({sv('model')} = '__all' OR request_id IN (SELECT request_id FROM sync_mutations WHERE $__timeFilter(started_at) AND model = {sv('model')}))")
+        f"AND ({sv('model')} = '__all' OR request_id GLOBAL IN (SELECT request_id FROM sync_mutations WHERE $__timeFilter(started_at) AND model = {sv('model')}))")
 explorer_vars = variables([
     textbox("client", "Client id"),
     query_var("model", f"SELECT DISTINCT model FROM sync_mutations_5m WHERE {WIN5} ORDER BY model"),

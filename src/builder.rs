@@ -249,12 +249,12 @@ impl Builder {
         } else {
             (Telemetry::disabled(), TelemetryGuard::disabled())
         };
-        let admin = server_client(&url, &config.clickhouse);
-        let writer = ClickHouseWriter::new(admin.clone().with_database(&config.clickhouse.database));
+        let writer = ClickHouseWriter::new(server_client(&url, &config.clickhouse).with_database(&config.clickhouse.database));
         let before = (self.migrate && config.capture.enabled).then(|| {
-            let (database, retention, timeout) = (config.clickhouse.database.clone(), config.retention, self.migrate_timeout);
+            let (clickhouse, retention, timeout) = (config.clickhouse.clone(), config.retention, self.migrate_timeout);
+            let url = url.clone();
             Box::pin(async move {
-                match tokio::time::timeout(timeout, migrate::migrate(&admin, &database, &retention)).await {
+                match tokio::time::timeout(timeout, migrate::migrate_configured(&url, &clickhouse, &retention)).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => eprintln!("tether-pro: could not migrate ClickHouse at {url} (capturing anyway): {e:#}"),
                     Err(_) => eprintln!(

@@ -22,7 +22,7 @@ pub enum Command {
     /// Run everything locally: ClickHouse, the reference sync server and simulated clients.
     Demo(DemoArgs),
     /// Create the database and apply pending schema migrations, then exit.
-    Migrate,
+    Migrate(MigrateArgs),
     /// Serve the dashboard: metrics API, inspection pages (against CLICKHOUSE_URL).
     Serve(ServeArgs),
     /// Run the reference Tether sync server alone.
@@ -31,6 +31,14 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Run the embedded local ClickHouse in the foreground.
     Clickhouse(ClickhouseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Print the statements the migrations run on each node of an empty database (cluster
+    /// mode: rewritten for `clickhouse.cluster`), without connecting to ClickHouse.
+    #[arg(long)]
+    pub print_ddl: bool,
 }
 
 #[derive(Debug, Args)]

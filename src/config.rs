@@ -125,6 +125,23 @@ impl Config {
             self.retention.aggregate_days >= self.retention.days,
             "retention.aggregate_days must be at least retention.days"
         );
+        if let Some(cluster) = &self.clickhouse.cluster {
+            // Spliced into DDL (Distributed engine) as a quoted name.
+            ensure_valid!(
+                !cluster.is_empty() && cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'),
+                "clickhouse.cluster must be a cluster name (letters, digits, _ - .), got {cluster:?}"
+            );
+        }
+        ensure_valid!(
+            self.clickhouse.cluster.is_some() || (!self.clickhouse.replicated && self.clickhouse.nodes.is_empty()),
+            "clickhouse.replicated and clickhouse.nodes need clickhouse.cluster"
+        );
+        for node in &self.clickhouse.nodes {
+            ensure_valid!(
+                node.starts_with("http://") || node.starts_with("https://"),
+                "clickhouse.nodes must hold http(s) URLs, got {node:?}"
+            );
+        }
         if let Some(url) = &self.clickhouse.url {
             ensure_valid!(
                 url.starts_with("http://") || url.starts_with("https://"),

@@ -22,15 +22,26 @@ async fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Demo(args) => demo(config, args).await,
-        Command::Migrate => {
+        Command::Migrate(args) if args.print_ddl => {
+            let c = &config.clickhouse;
+            let layout = c.cluster.as_deref().map(|cluster| tether_pro::store::cluster::ClusterLayout { cluster, database: &c.database, replicated: c.replicated });
+            for (version, stmt) in migrate::node_statements(&config.retention, layout) {
+                println!("-- migration {version}\n{stmt};\n");
+            }
+            Ok(())
+        }
+        Command::Migrate(_) => {
             let url = config.clickhouse.url.clone().context(
                 "migrate needs a ClickHouse: set CLICKHOUSE_URL (or clickhouse.url in the config file)",
             )?;
-            let report = migrate::migrate(&server_client(&url, &config.clickhouse), &config.clickhouse.database, &config.retention).await?;
+            let report = migrate::migrate_configured(&url, &config.clickhouse, &config.retention).await?;
             println!(
                 "database {}: applied {:?}, already applied {:?}",
                 config.clickhouse.database, report.applied, report.already_applied
             );
+            if let Some(cluster) = &config.clickhouse.cluster {
+                println!("cluster {cluster}: migrated on {} nodes: {}", report.nodes.len(), report.nodes.join(", "));
+            }
             // The drift itself is on stderr (migrate reports each column); the exit status
             // tells scripts and `docker compose` that the schema needs fixing.
             anyhow::ensure!(report.drift.is_empty(), "schema drift in database {}: {}", config.clickhouse.database, report.drift.join("; "));
@@ -41,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
                 "serve needs a ClickHouse: set CLICKHOUSE_URL (or clickhouse.url in the config file)",
             )?;
             let server = server_client(&url, &config.clickhouse);
-            migrate::migrate(&server, &config.clickhouse.database, &config.retention).await?;
+            migrate::migrate_configured(&url, &config.clickhouse, &config.retention).await?;
             let listen: std::net::SocketAddr = match args.listen {
                 Some(l) => l,
                 None => config.serve.listen.parse().context("serve.listen must be an address like 127.0.0.1:8080")?,
@@ -97,8 +108,7 @@ async fn sync_server(config: Config, args: SyncServerArgs) -> anyhow::Result<()>
         let db = &config.clickhouse.database;
         // ClickHouse being away must not keep the sync server from starting: the pipeline
         // retries (and the disk spool, when enabled, keeps what the memory cannot).
-        let admin = server_client(&url, &config.clickhouse);
-        let migrating = migrate::migrate(&admin, db, &config.retention);
+        let migrating = migrate::migrate_configured(&url, &config.clickhouse, &config.retention);
         match tokio::time::timeout(Duration::from_secs(10), migrating).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => eprintln!("tether-pro: could not migrate ClickHouse at {url} (capturing anyway): {e:#}"),
@@ -185,7 +195,7 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     let db = &config.clickhouse.database;
-    let report = migrate::migrate(&server_client(&ch_url, &config.clickhouse), db, &config.retention)
+    let report = migrate::migrate_configured(&ch_url, &config.clickhouse, &config.retention)
         .await
         .with_context(|| format!("migrating ClickHouse at {ch_url}"))?;
     println!("ClickHouse at {ch_url}, database `{db}` (migrations applied now: {:?})", report.applied);

@@ -146,6 +146,7 @@ async fn data_survives_a_restart_on_the_same_data_dir() {
         port: 0,
         ephemeral: false,
         startup_timeout: STARTUP,
+        ..Default::default()
     };
     let start = |opts: LocalClickHouseOptions| async move {
         tokio::task::spawn_blocking(move || LocalClickHouse::start(opts))

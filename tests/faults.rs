@@ -388,7 +388,7 @@ impl OwnClickHouse {
 
     /// Starts (or restarts) the server on the same port and data directory.
     async fn start(&mut self) {
-        let opts = LocalClickHouseOptions { data_dir: self.data.clone(), port: self.port, ephemeral: false, startup_timeout: Duration::from_secs(300) };
+        let opts = LocalClickHouseOptions { data_dir: self.data.clone(), port: self.port, ephemeral: false, startup_timeout: Duration::from_secs(300), ..Default::default() };
         let server = tokio::task::spawn_blocking(move || LocalClickHouse::start(opts)).await.unwrap();
         self.server = Some(server.unwrap_or_else(|e| panic!("the test's own ClickHouse did not start: {e:#}")));
     }

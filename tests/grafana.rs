@@ -5,6 +5,8 @@
 //! links). Links to the inspection pages are fetched from the served dashboard router.
 
 mod common;
+#[path = "common/grafana_sql.rs"]
+mod grafana_sql;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -16,101 +18,9 @@ use tether_pro::dashboard::{DashboardState, mount};
 use tether_pro::pipeline::{self, ClickHouseWriter};
 use tether_pro::sync::{self, SyncServer};
 use tracing_subscriber::layer::SubscriberExt;
-use yaml_rust2::{Yaml, YamlLoader};
+use grafana_sql::{INTERVALS_S, dashboards, expand_macros, expand_vars, panels, root, variable_values, yaml};
 
-/// Grafana's automatic interval (`$__interval_s`, `$__timeInterval(...)`'s N) depends on the
-/// time range and the panel's width: every query runs with each of these.
-const INTERVALS_S: [i64; 4] = [2, 60, 300, 3600];
 const PROVISIONED_UID: &str = "tether-clickhouse";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn dashboards() -> Vec<(String, Value)> {
-    let dir = root().join("grafana/dashboards");
-    let mut out: Vec<(String, Value)> = std::fs::read_dir(&dir)
-        .expect("grafana/dashboards exists")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).unwrap();
-            (p.file_name().unwrap().to_string_lossy().into_owned(), serde_json::from_str(&text).unwrap_or_else(|e| panic!("{p:?}: {e}")))
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(out.len() >= 4, "the four dashboards: {:?}", out.iter().map(|d| &d.0).collect::<Vec<_>>());
-    out
-}
-
-fn yaml(path: &str) -> Yaml {
-    let text = std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
-    YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}")).remove(0)
-}
-
-/// Expands the plugin's macros as grafana-clickhouse-datasource does (for a time range of
-/// unix seconds `from..to` and an interval of `interval` seconds).
-fn expand_macros(sql: &str, from: i64, to: i64, interval: i64) -> String {
-    fn with_arg(sql: &str, name: &str, f: impl Fn(&str) -> String) -> String {
-        let mut out = String::new();
-        let mut rest = sql;
-        let pat = format!("{name}(");
-        while let Some(i) = rest.find(&pat) {
-            out.push_str(&rest[..i]);
-            let after = &rest[i + pat.len()..];
-            let close = after.find(')').unwrap_or_else(|| panic!("unclosed {name} in {sql}"));
-            out.push_str(&f(after[..close].trim()));
-            rest = &after[close + 1..];
-        }
-        out.push_str(rest);
-        out
-    }
-    let s = with_arg(sql, "$__timeFilter", |c| format!("{c} >= toDateTime({from}) AND {c} <= toDateTime({to})"));
-    let s = with_arg(&s, "$__timeInterval", |c| format!("toStartOfInterval(toDateTime({c}), INTERVAL {interval} second)"));
-    let s = s
-        .replace("$__fromTime", &format!("toDateTime({from})"))
-        .replace("$__toTime", &format!("toDateTime({to})"))
-        .replace("$__interval_s", &interval.to_string());
-    assert!(!s.contains("$__"), "a macro the test does not expand: {s}");
-    s
-}
-
-/// Template variables with their defaults ('All' -> the variable's allValue).
-fn variable_values(dash: &Value) -> Vec<(String, String)> {
-    dash["templating"]["list"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            let name = v["name"].as_str().unwrap().to_owned();
-            let value = match v["type"].as_str().unwrap() {
-                "query" | "custom" if v["current"]["value"] == "$__all" => v["allValue"].as_str().expect("allValue for All").to_owned(),
-                "query" | "custom" => v["current"]["value"].as_str().unwrap_or("").to_owned(),
-                "textbox" | "constant" => v["query"].as_str().unwrap_or("").to_owned(),
-                _ => String::new(),
-            };
-            (name, value)
-        })
-        .collect()
-}
-
-/// Interpolates template variables as Grafana does, with the formats the dashboards use
-/// (`${name:percentencode}` is JavaScript's encodeURIComponent plus `!'()*`).
-fn expand_vars(sql: &str, vars: &[(String, String)]) -> String {
-    let percentencode = |v: &str| {
-        v.bytes()
-            .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-            .collect::<String>()
-    };
-    let mut s = sql.to_owned();
-    for (name, value) in vars {
-        s = s
-            .replace(&format!("${{{name}:percentencode}}"), &percentencode(value))
-            .replace(&format!("${{{name}}}"), value)
-            .replace(&format!("${name}"), value);
-    }
-    s
-}
 
 /// Runs `sql` and returns its column names (FORMAT JSON gives them even without rows).
 async fn columns(ch: &TestClickHouse, sql: &str) -> (Vec<String>, usize) {
@@ -166,15 +76,6 @@ fn used_columns(panel: &Value) -> BTreeSet<String> {
         }
     }
     set
-}
-
-fn panels(dash: &Value) -> Vec<&Value> {
-    let mut out = Vec::new();
-    for p in dash["panels"].as_array().unwrap() {
-        out.push(p);
-        out.extend(p["panels"].as_array().into_iter().flatten());
-    }
-    out
 }
 
 /// Every object with a `datasource` key must say `${datasource}`, and the provisioned uid

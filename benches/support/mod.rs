@@ -93,7 +93,7 @@ pub fn start_local(port: u16, data_dir: Option<std::path::PathBuf>) -> LocalClic
             (d, true)
         }
     };
-    LocalClickHouse::start(LocalClickHouseOptions { data_dir: dir.clone(), port, ephemeral, startup_timeout: Duration::from_secs(300) })
+    LocalClickHouse::start(LocalClickHouseOptions { data_dir: dir.clone(), port, ephemeral, startup_timeout: Duration::from_secs(300), ..Default::default() })
         .unwrap_or_else(|err| {
             if ephemeral {
                 let _ = std::fs::remove_dir_all(&dir);

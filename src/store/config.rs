@@ -21,6 +21,17 @@ pub struct ClickHouseConfig {
     /// Compression of inserted data: `lz4` saves bandwidth to a remote ClickHouse; `none`
     /// saves the pipeline's CPU (a third of it); `auto`: none on loopback, else lz4.
     pub compression: Compression,
+    /// Cluster mode: the name of a cluster in the servers' `remote_servers`. Migrations then
+    /// create `<table>_local` tables on every node and `Distributed` tables under the usual
+    /// names, which everything else reads and writes (README "Cluster mode"). Unset: one
+    /// server.
+    pub cluster: Option<String>,
+    /// With `cluster`: local tables are `Replicated*MergeTree` with the `{shard}` and
+    /// `{replica}` macros (needs ClickHouse Keeper and the macros on every node).
+    pub replicated: bool,
+    /// With `cluster`: the HTTP URL of every node the migrations run on. Empty: every host of
+    /// the cluster in `system.clusters`, with `url`'s scheme and port.
+    pub nodes: Vec<String>,
 }
 
 /// Compression of what the pipeline sends to ClickHouse.
@@ -61,6 +72,9 @@ impl Default for ClickHouseConfig {
             password: String::new(),
             embedded_data_dir: PathBuf::from(".tether-pro/clickhouse"),
             compression: Compression::Auto,
+            cluster: None,
+            replicated: false,
+            nodes: Vec::new(),
         }
     }
 }

@@ -20,8 +20,9 @@ use anyhow::{Context, Result, anyhow, bail};
 /// The launcher, embedded so the binary also works outside the repository.
 const LAUNCHER: &str = include_str!("../../scripts/clickhouse-local");
 
-/// How long [`Drop`] waits for a clean shutdown before killing the launcher.
-const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long [`Drop`] waits for a clean shutdown before killing the launcher (longer than
+/// the launcher's own deadline: 10 s, 30 s for a cluster member).
+const STOP_TIMEOUT: Duration = Duration::from_secs(35);
 
 /// How to start a [`LocalClickHouse`].
 #[derive(Debug, Clone)]
@@ -30,6 +31,11 @@ pub struct LocalClickHouseOptions {
     pub data_dir: PathBuf,
     /// HTTP port on 127.0.0.1; 0 picks a free one.
     pub port: u16,
+    /// Native TCP port on 127.0.0.1; 0 picks a free one. A cluster member needs a fixed one,
+    /// known to every member before any of them starts.
+    pub tcp_port: u16,
+    /// Make this server a member of a `remote_servers` cluster (see [`LocalCluster`]).
+    pub cluster: Option<LocalCluster>,
     /// Delete `data_dir` when the server stops (for tests with a temporary directory).
     pub ephemeral: bool,
     /// How long to wait for the server to answer. Generous by default because the first
@@ -42,10 +48,67 @@ impl Default for LocalClickHouseOptions {
         Self {
             data_dir: PathBuf::from(".tether-pro/clickhouse"),
             port: 0,
+            tcp_port: 0,
+            cluster: None,
             ephemeral: false,
             startup_timeout: Duration::from_secs(300),
         }
     }
+}
+
+/// A `remote_servers` cluster entry written into the member's config.xml, so that
+/// `Distributed('<name>', ...)` tables on it reach every shard. clickhouse-local has no
+/// Keeper: ON CLUSTER DDL and Replicated* engines do not run on such a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalCluster {
+    /// The cluster's name, as `clickhouse.cluster` names it.
+    pub name: String,
+    /// `host:tcp_port` of each shard (one replica each), in shard order, this member included.
+    pub shards: Vec<String>,
+    /// `<macros>` of this member, e.g. `("shard", "01")`, `("replica", "r1")`.
+    pub macros: Vec<(String, String)>,
+}
+
+/// Starts a cluster of `shards` local servers named `name` (ephemeral data directories
+/// under `parent`), each one shard with one replica and macros `shard=NN`, `replica=r1`.
+/// TCP ports are picked first because each member's config lists all of them. Members
+/// start one after the other; a failure stops those already started.
+pub fn start_cluster(name: &str, shards: usize, parent: &Path) -> Result<Vec<LocalClickHouse>> {
+    let ports = free_tcp_ports(shards)?;
+    let members: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut started = Vec::with_capacity(shards);
+    for (i, port) in ports.iter().enumerate() {
+        let data_dir = parent.join(format!("shard-{:02}", i + 1));
+        started.push(LocalClickHouse::start(LocalClickHouseOptions {
+            data_dir,
+            port: 0,
+            tcp_port: *port,
+            cluster: Some(LocalCluster {
+                name: name.to_string(),
+                shards: members.clone(),
+                macros: vec![
+                    ("shard".to_string(), format!("{:02}", i + 1)),
+                    ("replica".to_string(), "r1".to_string()),
+                ],
+            }),
+            ephemeral: true,
+            startup_timeout: Duration::from_secs(300),
+        })?);
+    }
+    Ok(started)
+}
+
+/// `n` distinct free TCP ports on loopback: all listeners are held open until every port is
+/// chosen, so the kernel cannot hand the same port out twice.
+fn free_tcp_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind(("127.0.0.1", 0)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("failed to pick free TCP ports for the cluster")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 /// A running local ClickHouse server, owned by this process.
@@ -69,6 +132,18 @@ impl LocalClickHouse {
             .arg(opts.port.to_string())
             .arg("--data")
             .arg(&opts.data_dir);
+        if opts.tcp_port != 0 {
+            cmd.arg("--tcp-port").arg(opts.tcp_port.to_string());
+        }
+        if let Some(cluster) = &opts.cluster {
+            cmd.arg("--cluster").arg(&cluster.name);
+            for shard in &cluster.shards {
+                cmd.arg("--shard").arg(shard);
+            }
+            for (key, value) in &cluster.macros {
+                cmd.arg("--macro").arg(format!("{key}={value}"));
+            }
+        }
         if opts.ephemeral {
             cmd.arg("--ephemeral");
         }
@@ -163,7 +238,7 @@ impl LocalClickHouse {
 
 impl Drop for LocalClickHouse {
     /// Closing the launcher's stdin is its stop signal: it shuts ClickHouse down cleanly.
-    /// If that takes longer than 15 s, kill the launcher (the server follows it).
+    /// If that takes longer than 35 s, kill the launcher (the server follows it).
     fn drop(&mut self) {
         drop(self.stdin.take());
         if self.wait_for_exit(STOP_TIMEOUT).is_none() {

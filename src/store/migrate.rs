@@ -7,7 +7,8 @@
 use clickhouse::Client;
 use serde::Deserialize;
 
-use super::config::RetentionConfig;
+use super::cluster::{ClusterLayout, LOCAL_SUFFIX};
+use super::config::{ClickHouseConfig, RetentionConfig};
 
 /// One embedded migration. `{retention_days}` and `{aggregate_retention_days}` are filled
 /// from the configuration (validated integers, never user text).
@@ -31,6 +32,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 7, name: "payload_once", sql: include_str!("migrations/0007_payload_once.sql") },
     Migration { version: 8, name: "metrics_projections", sql: include_str!("migrations/0008_metrics_projections.sql") },
     Migration { version: 9, name: "clock_anomalies", sql: include_str!("migrations/0009_clock_anomalies.sql") },
+    Migration { version: 10, name: "replay_links_across_replicas", sql: include_str!("migrations/0010_replay_links_across_replicas.sql") },
 ];
 
 /// The columns the capture pipeline inserts, with the types the migrations give them (as
@@ -117,6 +119,10 @@ pub struct MigrationReport {
     /// (someone altered the table). Inserts will be refused as bad data (dead-lettered and
     /// counted as `bad_data`) until it is fixed. Empty when the schema is as migrated.
     pub drift: Vec<String>,
+    /// In cluster mode, the nodes the migrations ran on (HTTP URLs, passwords never included);
+    /// `applied` and `already_applied` are then the union over the nodes, and each drift
+    /// line names its node. Empty for one server.
+    pub nodes: Vec<String>,
 }
 
 /// FNV-1a: a stable checksum for drift detection (not for security).
@@ -156,6 +162,23 @@ pub fn statements(sql: &str) -> Vec<String> {
     out
 }
 
+/// The statements one migration runs on a node: retention filled in and, in cluster mode,
+/// rewritten for `layout` (see [`ClusterLayout::rewrite`]).
+fn migration_statements(m: &Migration, retention: &RetentionConfig, layout: Option<ClusterLayout<'_>>) -> Vec<String> {
+    let stmts = statements(&render(m.sql, retention));
+    match layout {
+        Some(l) => stmts.iter().flat_map(|s| l.rewrite(s)).collect(),
+        None => stmts,
+    }
+}
+
+/// Every statement [`migrate_configured`] runs on each node of an empty database, in order,
+/// with the version of the migration it belongs to: the DDL to review before pointing
+/// tether-pro at a cluster (`tether-pro migrate --print-ddl`).
+pub fn node_statements(retention: &RetentionConfig, layout: Option<ClusterLayout<'_>>) -> Vec<(u32, String)> {
+    MIGRATIONS.iter().flat_map(|m| migration_statements(m, retention, layout).into_iter().map(move |s| (m.version, s))).collect()
+}
+
 fn render(sql: &str, r: &RetentionConfig) -> String {
     sql.replace("{retention_days}", &r.days.to_string())
         .replace("{aggregate_retention_days}", &r.aggregate_days.to_string())
@@ -172,6 +195,63 @@ struct Applied {
 ///
 /// `server` must not be bound to a database (the database may not exist yet).
 pub async fn migrate(server: &Client, database: &str, retention: &RetentionConfig) -> Result<MigrationReport, MigrateError> {
+    migrate_node(server, database, retention, None).await
+}
+
+/// Runs the migrations as `cfg` says: on the server at `url`, or, in cluster mode
+/// (`clickhouse.cluster`), on every node (`clickhouse.nodes`, or the cluster's hosts from
+/// `url`'s `system.clusters`), one after the other. Each node keeps its own
+/// `schema_migrations` and is checked for drift on its own.
+pub async fn migrate_configured(url: &str, cfg: &ClickHouseConfig, retention: &RetentionConfig) -> Result<MigrationReport, MigrateError> {
+    let Some(cluster) = cfg.cluster.as_deref() else {
+        return migrate(&super::server_client(url, cfg), &cfg.database, retention).await;
+    };
+    let layout = ClusterLayout { cluster, database: &cfg.database, replicated: cfg.replicated };
+    let nodes = if cfg.nodes.is_empty() { cluster_nodes(url, cfg, cluster).await? } else { cfg.nodes.clone() };
+    let mut all = MigrationReport::default();
+    for node in &nodes {
+        let r = migrate_node(&super::server_client(node, cfg), &cfg.database, retention, Some(layout)).await?;
+        for v in r.applied {
+            if !all.applied.contains(&v) {
+                all.applied.push(v);
+            }
+        }
+        for v in r.already_applied {
+            if !all.already_applied.contains(&v) && !all.applied.contains(&v) {
+                all.already_applied.push(v);
+            }
+        }
+        all.drift.extend(r.drift.into_iter().map(|d| format!("node {node}: {d}")));
+        all.nodes.push(node.clone());
+    }
+    all.applied.sort_unstable();
+    all.already_applied.retain(|v| !all.applied.contains(v));
+    Ok(all)
+}
+
+/// The HTTP URL of every host of `cluster` as `url`'s server lists it, with `url`'s scheme
+/// and port (nodes of one cluster usually share their HTTP port; set `clickhouse.nodes`
+/// otherwise).
+async fn cluster_nodes(url: &str, cfg: &ClickHouseConfig, cluster: &str) -> Result<Vec<String>, MigrateError> {
+    #[derive(Debug, clickhouse::Row, Deserialize)]
+    struct Host {
+        host_name: String,
+    }
+    let hosts: Vec<Host> = super::server_client(url, cfg)
+        .query_raw("SELECT DISTINCT host_name FROM system.clusters WHERE cluster = {c:String} ORDER BY host_name")
+        .param("c", cluster)
+        .fetch_all()
+        .await?;
+    if hosts.is_empty() {
+        return Err(MigrateError::NoSuchCluster(cluster.to_owned()));
+    }
+    let uri: http::Uri = url.parse().map_err(|_| MigrateError::NoSuchCluster(cluster.to_owned()))?;
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    Ok(hosts.into_iter().map(|h| format!("{scheme}://{}{port}", h.host_name)).collect())
+}
+
+async fn migrate_node(server: &Client, database: &str, retention: &RetentionConfig, layout: Option<ClusterLayout<'_>>) -> Result<MigrationReport, MigrateError> {
     server
         .query_raw("CREATE DATABASE IF NOT EXISTS {db:Identifier}")
         .param("db", database)
@@ -200,7 +280,7 @@ pub async fn migrate(server: &Client, database: &str, retention: &RetentionConfi
             report.already_applied.push(m.version);
             continue;
         }
-        for stmt in statements(&render(m.sql, retention)) {
+        for stmt in migration_statements(m, retention, layout) {
             db.query_raw(&stmt)
                 .execute()
                 .await
@@ -214,8 +294,12 @@ pub async fn migrate(server: &Client, database: &str, retention: &RetentionConfi
             .await?;
         report.applied.push(m.version);
     }
-    apply_retention(&db, database, retention).await?;
+    let suffix = if layout.is_some() { LOCAL_SUFFIX } else { "" };
+    apply_retention(&db, database, retention, suffix).await?;
     report.drift = schema_drift(&db, database).await?;
+    if layout.is_some() {
+        report.drift.extend(local_drift(&db, database).await?);
+    }
     for d in &report.drift {
         eprintln!("tether-pro: schema drift in database {database}: {d}; captured batches will be refused until it is fixed");
     }
@@ -246,6 +330,10 @@ pub enum MigrateError {
         /// The checksum of the SQL this build embeds.
         embedded: String,
     },
+    /// Cluster mode: the cluster is not in the server's `system.clusters` (its
+    /// `remote_servers`), so its nodes are unknown; holds the name.
+    #[error("cluster {0:?} is not in system.clusters of clickhouse.url; check remote_servers or set clickhouse.nodes")]
+    NoSuchCluster(String),
     /// A statement of a migration failed.
     #[error("migration {version:04}_{name} failed: {source}\n--- statement ---\n{statement}")]
     Failed {
@@ -270,15 +358,28 @@ struct Column {
 
 /// Compares the inserted tables' columns with [`INSERTED_COLUMNS`].
 pub async fn schema_drift(db: &Client, database: &str) -> clickhouse::error::Result<Vec<String>> {
+    drift_of(db, database, "").await
+}
+
+/// Cluster mode: the same check on a node's local tables (what the `Distributed` tables'
+/// inserts land in).
+async fn local_drift(db: &Client, database: &str) -> clickhouse::error::Result<Vec<String>> {
+    drift_of(db, database, LOCAL_SUFFIX).await
+}
+
+async fn drift_of(db: &Client, database: &str, suffix: &str) -> clickhouse::error::Result<Vec<String>> {
     let have: Vec<Column> = db
-        .query_raw("SELECT table, name, type FROM system.columns WHERE database = {db:String} AND table IN ('sync_requests', 'sync_mutations')")
+        .query_raw("SELECT table, name, type FROM system.columns WHERE database = {db:String} AND table IN ({r:String}, {m:String})")
         .param("db", database)
+        .param("r", format!("sync_requests{suffix}"))
+        .param("m", format!("sync_mutations{suffix}"))
         .fetch_all()
         .await?;
     let mut drift = Vec::new();
     for (table, columns) in INSERTED_COLUMNS {
+        let table = format!("{table}{suffix}");
         for (name, ty) in *columns {
-            match have.iter().find(|c| c.table == *table && c.name == *name) {
+            match have.iter().find(|c| c.table == table && c.name == *name) {
                 None => drift.push(format!("{table}.{name} is missing (expected {ty})")),
                 Some(c) if c.ty != *ty => drift.push(format!("{table}.{name} has type {} (expected {ty})", c.ty)),
                 Some(_) => {}
@@ -297,7 +398,7 @@ struct TableTtl {
 /// Sets each table's TTL to the configured days when it differs. Metadata only: existing
 /// parts are not rewritten (`materialize_ttl_after_modify = 0`); old partitions drop as they
 /// expire.
-async fn apply_retention(db: &Client, database: &str, r: &RetentionConfig) -> clickhouse::error::Result<()> {
+async fn apply_retention(db: &Client, database: &str, r: &RetentionConfig, suffix: &str) -> clickhouse::error::Result<()> {
     let tables: Vec<TableTtl> = db
         .query_raw("SELECT name, engine_full FROM system.tables WHERE database = {db:String}")
         .param("db", database)
@@ -305,7 +406,8 @@ async fn apply_retention(db: &Client, database: &str, r: &RetentionConfig) -> cl
         .await?;
     let wanted = RAW_TTL.iter().map(|t| (t, r.days)).chain(AGG_TTL.iter().map(|t| (t, r.aggregate_days)));
     for ((table, column), days) in wanted {
-        let Some(t) = tables.iter().find(|t| t.name == *table) else { continue };
+        let table = format!("{table}{suffix}");
+        let Some(t) = tables.iter().find(|t| t.name == table) else { continue };
         if t.engine_full.contains(&format!("toIntervalDay({days})")) {
             continue;
         }

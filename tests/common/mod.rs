@@ -70,6 +70,7 @@ fn local_server_url() -> Result<String, String> {
             port: 0,
             ephemeral: true,
             startup_timeout: Duration::from_secs(300),
+            ..Default::default()
         })
         .map_err(|err| {
             let _ = std::fs::remove_dir_all(&data_dir);
