@@ -88,11 +88,17 @@ fn install_compose() -> PathBuf {
 }
 
 fn compose(dir: &Path, file: &Path, args: &[&str]) -> std::process::Output {
+    compose_files(dir, &[file], args)
+}
+
+/// `docker compose -f A -f B ... args`: later files override and extend earlier ones.
+fn compose_files(dir: &Path, files: &[&Path], args: &[&str]) -> std::process::Output {
     let bin = compose_binary();
-    Command::new(&bin)
-        .current_dir(dir)
-        .arg("-f")
-        .arg(file)
+    let mut cmd = Command::new(&bin);
+    for file in files {
+        cmd.arg("-f").arg(file);
+    }
+    cmd.current_dir(dir)
         .args(args)
         // Interpolation must not depend on the caller's environment or a stray .env file.
         .env_remove("CLICKHOUSE_PASSWORD")
@@ -318,4 +324,55 @@ fn grafana_reads_as_a_read_only_user_of_the_tether_database() {
     let major_minor: String = pin.split('.').take(2).collect::<Vec<_>>().join(".");
     let image = services(&config)["clickhouse"]["image"].as_str().unwrap();
     assert_eq!(image, format!("clickhouse/clickhouse-server:{major_minor}"));
+}
+
+/// The cluster profile (issue 18): docker-compose.yml plus docker-compose.cluster.yml is a valid
+/// project whose two ClickHouse nodes both know the cluster, each as its own shard, and whose
+/// tether-pro services name that cluster.
+#[test]
+fn the_two_shard_cluster_profile_is_valid_and_wired() {
+    let files = [Path::new("docker-compose.yml"), Path::new("docker-compose.cluster.yml")];
+    let out = compose_files(&repo(), &files, &["config", "--format", "json"]);
+    assert!(out.status.success(), "docker compose config rejected the cluster profile:\n{}", String::from_utf8_lossy(&out.stderr));
+    let config: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let services = services(&config);
+    let repo = repo().canonicalize().unwrap();
+    // Every mount exists in the repository; no host port is published twice.
+    let mut ports = BTreeSet::new();
+    for (name, service) in services {
+        for (source, target) in binds(service) {
+            assert!(Path::new(&source).exists(), "service {name}: {source} (-> {target}) does not exist");
+            assert!(Path::new(&source).canonicalize().unwrap().starts_with(&repo), "service {name}: {source} outside the repository");
+        }
+        for port in service["ports"].as_array().map(|p| p.as_slice()).unwrap_or_default() {
+            let published = port["published"].as_str().map(str::to_owned).unwrap_or_else(|| port["published"].to_string());
+            assert!(ports.insert(published.clone()), "host port {published} published twice");
+        }
+    }
+    assert_eq!(services["clickhouse-2"]["image"], services["clickhouse"]["image"], "both shards run the same ClickHouse");
+    let mounted = |service: &str, target: &str| -> String {
+        let (source, _) = binds(&services[service]).into_iter().find(|(_, t)| t == target).unwrap_or_else(|| panic!("{service} mounts {target}"));
+        std::fs::read_to_string(source).unwrap()
+    };
+    let between = |xml: &str, open: &str, close: &str| -> Vec<String> {
+        xml.split(open).skip(1).filter_map(|rest| rest.split(close).next()).map(|s| s.trim().to_owned()).collect()
+    };
+    // Both nodes load the same cluster definition, whose shards are the two services.
+    let remote = mounted("clickhouse", "/etc/clickhouse-server/config.d/tether-cluster.xml");
+    assert_eq!(remote, mounted("clickhouse-2", "/etc/clickhouse-server/config.d/tether-cluster.xml"));
+    assert_eq!(between(&remote, "<host>", "</host>"), vec!["clickhouse", "clickhouse-2"]);
+    assert_eq!(between(&remote, "<port>", "</port>"), vec!["9000", "9000"]);
+    assert_eq!(between(&remote, "<password", "/>"), vec![r#"from_env="CLICKHOUSE_PASSWORD""#; 2]);
+    let cluster = between(&remote, "<remote_servers>", "</remote_servers>")[0].trim_start_matches('<').split('>').next().unwrap().to_owned();
+    // Each node is its own shard.
+    let shard = |s: &str| between(&mounted(s, "/etc/clickhouse-server/config.d/macros.xml"), "<shard>", "</shard>");
+    assert_eq!((shard("clickhouse"), shard("clickhouse-2")), (vec!["01".to_owned()], vec!["02".to_owned()]));
+    // tether-pro's services name that cluster, and migrate waits for both nodes.
+    for s in ["migrate", "dashboard", "sync"] {
+        assert_eq!(services[s]["environment"]["TETHER_PRO_CLICKHOUSE__CLUSTER"].as_str(), Some(cluster.as_str()), "service {s}");
+    }
+    for node in ["clickhouse", "clickhouse-2"] {
+        assert_eq!(services["migrate"]["depends_on"][node]["condition"], "service_healthy", "migrate waits for {node}");
+        assert_eq!(services[node]["environment"]["CLICKHOUSE_PASSWORD"], services["migrate"]["environment"]["TETHER_PRO_CLICKHOUSE__PASSWORD"]);
+    }
 }
