@@ -68,6 +68,11 @@ pub struct ReplayConfig {
     /// For `tether-pro serve`: the host's state lookup, with `{model}` and `{entity_id}`
     /// (e.g. `http://sync:3000/tether/state/{model}/{entity_id}`).
     pub state_url_template: Option<String>,
+    /// A secret shared by every `serve` replica (at least 32 characters): the key of the CSRF
+    /// tokens of replay's apply form, so a preview served by one replica can be applied
+    /// through another behind a load balancer. Unset: a random key per process (applies must
+    /// reach the replica that served the preview, and tokens die with a restart).
+    pub csrf_secret: Option<String>,
 }
 
 /// Keys under the original product's name (`tether-pro-server.replay.live_enabled`), accepted
@@ -132,6 +137,10 @@ impl Config {
                 "clickhouse.cluster must be a cluster name (letters, digits, _ - .), got {cluster:?}"
             );
         }
+        ensure_valid!(
+            self.replay.csrf_secret.as_ref().is_none_or(|s| s.chars().count() >= 32),
+            "replay.csrf_secret must be at least 32 characters (e.g. `openssl rand -hex 32`)"
+        );
         ensure_valid!(
             self.clickhouse.cluster.is_some() || (!self.clickhouse.replicated && self.clickhouse.nodes.is_empty()),
             "clickhouse.replicated and clickhouse.nodes need clickhouse.cluster"

@@ -65,7 +65,10 @@ async fn main() -> anyhow::Result<()> {
                     anyhow::bail!("replay.live_enabled needs replay.push_url and replay.state_url_template (the host's push URL and state lookup)");
                 };
                 let target = tether_pro::replay::HttpTarget { http: reqwest::Client::new(), push_url, state_url_template };
-                Some(dashboard::replay::ReplayState::new(tether_pro::replay::Replayer::new(client.clone(), std::sync::Arc::new(target)).with_redactor(config.capture.redactor())))
+                Some(dashboard::replay::ReplayState::configured(
+                    tether_pro::replay::Replayer::new(client.clone(), std::sync::Arc::new(target)).with_redactor(config.capture.redactor()),
+                    config.replay.csrf_secret.as_deref(),
+                ))
             } else {
                 None
             };
@@ -253,7 +256,10 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     // Replay goes through the same instrumented router the simulated clients use.
     let replay = config.replay.live_enabled.then(|| {
         let target = tether_pro::sync::InProcessTarget { app: sync_app.clone(), server: sync_server.clone() };
-        dashboard::replay::ReplayState::new(tether_pro::replay::Replayer::new(dash_client.clone(), std::sync::Arc::new(target)).with_redactor(config.capture.redactor()))
+        dashboard::replay::ReplayState::configured(
+            tether_pro::replay::Replayer::new(dash_client.clone(), std::sync::Arc::new(target)).with_redactor(config.capture.redactor()),
+            config.replay.csrf_secret.as_deref(),
+        )
     });
     let dash_app = dashboard::app_in_process(&config.serve, dash_client, replay, Some(capture.stats().clone()));
     let dash_task = tokio::spawn({

@@ -372,6 +372,38 @@ async fn migrations_are_recorded_and_checked_on_each_node() {
     assert!(err.to_string().contains("no_such_cluster"), "{err}");
 }
 
+/// A node that cannot be reached is named in the error; the others are migrated all the same,
+/// and the next run (node back) brings it up to date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_down_is_named_and_the_others_are_migrated() {
+    let urls = tokio::task::spawn_blocking(pair_urls).await.unwrap();
+    let down = child_server::closed_port_url();
+    let database = format!("test_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let cfg = ClickHouseConfig {
+        url: Some(urls[0].clone()),
+        database: database.clone(),
+        cluster: Some(CLUSTER.to_owned()),
+        nodes: vec![urls[0].clone(), down.clone(), urls[1].clone()],
+        ..ClickHouseConfig::default()
+    };
+    let err = migrate::migrate_configured(&urls[0], &cfg, &RetentionConfig::default()).await.unwrap_err();
+    match &err {
+        migrate::MigrateError::Nodes { failed, of } => {
+            assert_eq!(*of, 3);
+            assert_eq!(failed.len(), 1, "{failed:?}");
+            assert!(failed[0].starts_with(&format!("node {down}: ")), "{failed:?}");
+        }
+        other => panic!("{other}"),
+    }
+    for url in &urls {
+        let n = TestClickHouse { url: url.clone(), database: database.clone() };
+        assert_eq!(n.count("SELECT uniqExact(version) FROM schema_migrations").await, MIGRATIONS.len() as u64, "{url} was migrated");
+    }
+    let back = ClickHouseConfig { nodes: urls.clone(), ..cfg };
+    let report = migrate::migrate_configured(&urls[0], &back, &RetentionConfig::default()).await.unwrap();
+    assert!(report.applied.is_empty() && report.drift.is_empty(), "{report:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_replicated_variant_of_every_statement_is_valid_clickhouse_sql() {
     let urls = tokio::task::spawn_blocking(pair_urls).await.unwrap();

@@ -258,6 +258,14 @@ async fn two_replicas_applying_one_key_at_once_change_the_host_once() {
     assert_eq!(audit, ids.iter().map(|m| json!({"clone_mutation_id": m, "status": "applied"})).collect::<Vec<_>>());
     // Two rows were written per clone and link (pending and answer, by each replica).
     assert_eq!(h.ch.count("SELECT count() FROM replay_links").await, 8);
+    // After ClickHouse merges the table, each replica keeps its answer, and the record still
+    // says applied (a replica's later `duplicate` never replaces the other's `applied`).
+    h.ch.rows("OPTIMIZE TABLE replay_links FINAL").await;
+    assert_eq!(h.ch.count("SELECT count() FROM replay_links").await, 4);
+    let merged = Replayer::new(h.ch.client(), ta.clone()).links(&id).await.unwrap();
+    assert!(merged.iter().all(|l| l.status == "applied"), "{merged:?}");
+    let audit = h.ch.rows(&format!("SELECT clone_mutation_id, status FROM replays WHERE original_request_id = '{id}' ORDER BY position")).await;
+    assert_eq!(audit, ids.iter().map(|m| json!({"clone_mutation_id": m, "status": "applied"})).collect::<Vec<_>>());
     drop(h.guard);
 }
 
@@ -312,11 +320,16 @@ async fn a_pull_cannot_be_replayed_and_unknown_ids_are_not_found() {
 }
 
 async fn dashboard(h: &Host, replay: bool) -> String {
+    dashboard_with(h, replay, None).await
+}
+
+/// A dashboard replica; `csrf_secret` as `replay.csrf_secret`.
+async fn dashboard_with(h: &Host, replay: bool, csrf_secret: Option<&str>) -> String {
     use tether_pro::dashboard::{DashboardState, mount, replay::ReplayState};
     let mut state = DashboardState::new(h.ch.client());
     if replay {
         let target = InProcessTarget { app: h.app.clone(), server: h.server.clone() };
-        state.replay = Some(ReplayState::new(Replayer::new(h.ch.client(), Arc::new(target))));
+        state.replay = Some(ReplayState::configured(Replayer::new(h.ch.client(), Arc::new(target)), csrf_secret));
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/tether/dashboard", listener.local_addr().unwrap());
@@ -389,6 +402,39 @@ async fn enabled_apply_needs_the_csrf_token_and_replays_once_per_key() {
     let pull_free = http.post(format!("{base}/replay/{id}/apply.json")).body("not json").header("content-type", "application/json").send().await.unwrap();
     assert_eq!(pull_free.status(), 400);
     drop(h.guard);
+}
+
+/// Behind a load balancer the apply may reach another replica than the preview: replicas with
+/// the same `replay.csrf_secret` accept each other's tokens; with another secret, or none (a
+/// random key per process), the token is refused.
+#[tokio::test(flavor = "current_thread")]
+async fn replicas_sharing_the_csrf_secret_accept_each_others_tokens() {
+    let (h, id) = seeded().await;
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-shared";
+    let (a, b) = (dashboard_with(&h, true, Some(SECRET)).await, dashboard_with(&h, true, Some(SECRET)).await);
+    let other = dashboard_with(&h, true, Some("another secret of at least thirty-two chars")).await;
+    let random = dashboard_with(&h, true, None).await;
+    let http = reqwest::Client::new();
+    let preview: Value = http.get(format!("{a}/replay/{id}/preview.json")).send().await.unwrap().json().await.unwrap();
+    let body = json!({"idempotency_key": preview["idempotency_key"], "csrf_token": preview["csrf_token"], "positions": [0]});
+    for refusing in [&other, &random] {
+        let r = http.post(format!("{refusing}/replay/{id}/apply.json")).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{refusing}");
+    }
+    let r = http.post(format!("{b}/replay/{id}/apply.json")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["sent"], true);
+    // A secret too short to be a key is a configuration error.
+    let short = toml_config("[replay]\ncsrf_secret = \"short\"\n");
+    assert!(short.unwrap_err().contains("replay.csrf_secret must be at least 32 characters"));
+    drop(h.guard);
+}
+
+fn toml_config(text: &str) -> Result<tether_pro::config::Config, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tether-pro.toml");
+    std::fs::write(&file, text).unwrap();
+    tether_pro::config::Config::load(Some(&file)).map_err(|e| e.to_string())
 }
 
 /// Issue 12, inputs 4 and 5: the preview shows nothing secret from the host's live state,

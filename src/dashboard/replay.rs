@@ -17,7 +17,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use super::DashboardState;
 // Template filters (`|user`, `|user_block`) are looked up here by the generated code.
@@ -38,6 +38,22 @@ impl ReplayState {
     /// are refused.
     pub fn new(replayer: Replayer) -> Self {
         ReplayState { replayer, csrf_key: Arc::new(rand::random()) }
+    }
+
+    /// With a CSRF key derived from `secret` (`replay.csrf_secret`): every replica given the
+    /// same secret accepts the tokens of the others, so a preview served by one replica can be
+    /// applied through another behind a load balancer.
+    pub fn with_csrf_secret(replayer: Replayer, secret: &str) -> Self {
+        let key: [u8; 32] = Sha256::new_with_prefix(b"tether-pro replay csrf\n").chain_update(secret.as_bytes()).finalize().into();
+        ReplayState { replayer, csrf_key: Arc::new(key) }
+    }
+
+    /// [`ReplayState::with_csrf_secret`] when a secret is configured, else [`ReplayState::new`].
+    pub fn configured(replayer: Replayer, secret: Option<&str>) -> Self {
+        match secret {
+            Some(secret) => Self::with_csrf_secret(replayer, secret),
+            None => Self::new(replayer),
+        }
     }
 
     fn token(&self, request_id: &str, key: &str) -> String {

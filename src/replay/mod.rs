@@ -103,13 +103,18 @@ pub struct Replayer {
     apply_lock: Arc<tokio::sync::Mutex<()>>,
     /// Everything a preview or an answer shows from the live host passes through it.
     redactor: Redactor,
+    /// `replay_links.writer` of this replayer's rows.
+    writer: String,
 }
 
 impl Replayer {
     /// `client` must be bound to tether-pro's database.
     /// With the default redaction keys; see [`Replayer::with_redactor`].
     pub fn new(client: clickhouse::Client, target: Arc<dyn ReplayTarget>) -> Self {
-        Replayer { client, target, apply_lock: Arc::new(tokio::sync::Mutex::new(())), redactor: Redactor::default() }
+        // One writer id per Replayer: its link rows stay apart from other replicas' (see
+        // `store::links`).
+        let writer = ulid::Ulid::new().to_string();
+        Replayer { client, target, apply_lock: Arc::new(tokio::sync::Mutex::new(())), redactor: Redactor::default(), writer }
     }
 
     /// Redacts previews and host answers with `redactor` (the capture's, so the dashboard
@@ -227,6 +232,7 @@ impl Replayer {
                 host_http_status: 0,
                 host_reason: String::new(),
                 updated_at: now,
+                writer: self.writer.clone(),
             })
             .collect();
         links::write(&self.client, &rows).await.map_err(|e| ReplayError::LinksNotWritten(e.to_string()))?;

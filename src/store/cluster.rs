@@ -75,11 +75,14 @@ impl ClusterLayout<'_> {
                 return vec![s.to_owned()];
             }
             let local = format!("ALTER TABLE {name}{LOCAL_SUFFIX}{tail}");
-            let op = tail.trim_start();
-            if op.starts_with("ADD COLUMN") || op.starts_with("MODIFY COLUMN") {
-                return vec![local, s.to_owned()];
+            // The Distributed table carries the columns only: it gets the column operations
+            // of the ALTER (settings, projections, TTL, ORDER BY, mutations are the local
+            // table's).
+            let column_ops: Vec<&str> = operations(tail).into_iter().filter(|op| is_column_op(op)).collect();
+            if column_ops.is_empty() {
+                return vec![local];
             }
-            return vec![local];
+            return vec![local, format!("ALTER TABLE {name} {}", column_ops.join(", "))];
         }
         vec![s.to_owned()]
     }
@@ -117,17 +120,58 @@ fn sharding_key(name: &str) -> Option<&'static str> {
     SHARDED.iter().find(|(t, _)| *t == name).map(|(_, k)| *k)
 }
 
-/// Every table name of [`SHARDED`] after `FROM `, `TO ` or `INTO ` as its local table.
+/// The operations of an `ALTER TABLE t <ops>` tail, split at top-level commas (not inside
+/// parentheses or string literals), trimmed.
+fn operations(tail: &str) -> Vec<&str> {
+    let mut ops = Vec::new();
+    let (mut depth, mut quoted, mut start) = (0i32, false, 0);
+    let bytes = tail.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if quoted => i += 1,
+            b'\'' => quoted = !quoted,
+            b'(' if !quoted => depth += 1,
+            b')' if !quoted => depth -= 1,
+            b',' if !quoted && depth == 0 => {
+                ops.push(tail[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    ops.push(tail[start..].trim());
+    ops.retain(|op| !op.is_empty());
+    ops
+}
+
+/// `ADD|MODIFY|DROP|RENAME|COMMENT COLUMN ...`: what changes the columns a table shows.
+fn is_column_op(op: &str) -> bool {
+    let words: Vec<String> = op.split_whitespace().take(2).map(str::to_ascii_uppercase).collect();
+    matches!(words.first().map(String::as_str), Some("ADD" | "MODIFY" | "DROP" | "RENAME" | "COMMENT"))
+        && words.get(1).map(String::as_str) == Some("COLUMN")
+}
+
+/// Every table name of [`SHARDED`] after the words `FROM`, `JOIN`, `TO` or `INTO` (any case,
+/// any whitespace after them; not inside string literals) as its local table.
 fn to_local(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 32);
     let mut rest = sql;
+    let mut quoted = false;
     'scan: while !rest.is_empty() {
-        for kw in ["FROM ", "TO ", "INTO "] {
-            if let Some(after) = rest.strip_prefix(kw) {
-                let at_word_start = out.is_empty() || out.ends_with(|c: char| c.is_whitespace() || c == '(');
-                let (name, tail) = split_name(after);
-                if at_word_start && sharding_key(name).is_some() {
-                    out.push_str(kw);
+        let at_word_start = out.is_empty() || out.ends_with(|c: char| c.is_whitespace() || c == '(');
+        if !quoted && at_word_start {
+            for kw in ["FROM", "JOIN", "TO", "INTO"] {
+                let Some(head) = rest.get(..kw.len()) else { continue };
+                let after = &rest[kw.len()..];
+                let gap = after.len() - after.trim_start().len();
+                if !head.eq_ignore_ascii_case(kw) || gap == 0 {
+                    continue;
+                }
+                let (name, tail) = split_name(&after[gap..]);
+                if sharding_key(name).is_some() {
+                    out.push_str(&rest[..kw.len() + gap]);
                     out.push_str(name);
                     out.push_str(LOCAL_SUFFIX);
                     rest = tail;
@@ -136,6 +180,9 @@ fn to_local(sql: &str) -> String {
             }
         }
         let c = rest.chars().next().unwrap_or(' ');
+        if c == '\'' {
+            quoted = !quoted;
+        }
         out.push(c);
         rest = &rest[c.len_utf8()..];
     }
@@ -198,5 +245,24 @@ mod tests {
             assert_eq!(out.len(), 1, "{local_only}");
             assert!(out[0].starts_with("ALTER TABLE sync_") && out[0].contains("_local "), "{}", out[0]);
         }
+        // A mixed ALTER: the Distributed table gets only its column operations.
+        let mixed = "ALTER TABLE replay_links\n    ADD COLUMN IF NOT EXISTS w String DEFAULT '' COMMENT 'a, (b)',\n    MODIFY ORDER BY (a, w)";
+        assert_eq!(
+            PLAIN.rewrite(mixed),
+            vec![mixed.replacen("replay_links", "replay_links_local", 1), "ALTER TABLE replay_links ADD COLUMN IF NOT EXISTS w String DEFAULT '' COMMENT 'a, (b)'".to_owned()]
+        );
+        for op in ["DROP COLUMN x", "RENAME COLUMN x TO y", "comment column x 'c'", "MODIFY COLUMN x String"] {
+            assert_eq!(PLAIN.rewrite(&format!("ALTER TABLE sync_requests {op}"))[1], format!("ALTER TABLE sync_requests {op}"));
+        }
+        assert_eq!(PLAIN.rewrite("ALTER TABLE sync_requests CLEAR COLUMN x IN PARTITION 1").len(), 1, "data, not columns");
+    }
+
+    #[test]
+    fn source_tables_are_found_in_any_case_after_any_whitespace_but_not_in_literals() {
+        assert_eq!(
+            to_local("INSERT INTO\nsync_mutations_5m SELECT * from\tsync_mutations AS m JOIN sync_requests r USING request_id WHERE x = 'FROM sync_requests'"),
+            "INSERT INTO\nsync_mutations_5m_local SELECT * from\tsync_mutations_local AS m JOIN sync_requests_local r USING request_id WHERE x = 'FROM sync_requests'"
+        );
+        assert_eq!(to_local("SELECT a FROM sync_requests_view, b FROMsync_requests"), "SELECT a FROM sync_requests_view, b FROMsync_requests");
     }
 }

@@ -35,10 +35,14 @@ pub struct LinkRow {
     /// clone, or why it failed (a transport error redacted); empty while `pending` or when
     /// applied.
     pub host_reason: String,
-    /// The `updated_at` column: when this row was written (UTC, milliseconds); the row version,
-    /// the newest row per clone wins.
+    /// The `updated_at` column: when this row was written (UTC, milliseconds); of one
+    /// writer's rows for a link, the newest wins.
     #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
     pub updated_at: DateTime<Utc>,
+    /// The `writer` column: the id of the [`Replayer`](crate::replay::Replayer) (dashboard
+    /// process) that wrote the row; part of the sorting key, so replicas' rows never collapse
+    /// into each other.
+    pub writer: String,
 }
 
 /// Inserts rows and returns once ClickHouse acknowledged them.
@@ -51,20 +55,21 @@ pub async fn write(client: &clickhouse::Client, rows: &[LinkRow]) -> clickhouse:
 }
 
 /// The row each link shows, of all rows written for it (by this or another dashboard
-/// replica): the one with the highest (status rank, `updated_at`). A send's outcome
-/// (`applied`, `rejected`, `conflict`) outranks `duplicate` (what the host answers the second
-/// of two replicas that sent the same derived clone id at the same moment), which outranks
-/// `failed` and `pending`; among equals the newest wins. `created_at` is the first writer's.
-/// The `replays` view (migration 0010) picks the same row.
+/// replica): the one with the highest (status rank, `updated_at`, `writer`). `applied` (the
+/// send that changed the host) outranks the other answers (`rejected`, `conflict`), which
+/// outrank `duplicate` (what the host answers the second of two replicas that sent the same
+/// derived clone id at the same moment), then `failed`, then `pending`; among equals the
+/// newest wins, and `writer` breaks exact ties so every read picks the same row. `created_at`
+/// is the first writer's. The `replays` view (migration 0010) picks the same row.
 pub(crate) fn latest(filter: &str, order: &str) -> String {
     format!(
         "SELECT replay_id, original_request_id, w.1 AS original_mutation_id, clone_mutation_id, w.2 AS position,
                 w.3 AS actor, w.4 AS idempotency_key, first_created AS created_at, w.5 AS status,
-                w.6 AS host_http_status, w.7 AS host_reason, w.8 AS updated_at
+                w.6 AS host_http_status, w.7 AS host_reason, w.8 AS updated_at, w.9 AS writer
          FROM (
              SELECT replay_id, original_request_id, clone_mutation_id, min(created_at) AS first_created,
-                    argMax((original_mutation_id, position, actor, idempotency_key, status, host_http_status, host_reason, updated_at),
-                           ({STATUS_RANK}, updated_at)) AS w
+                    argMax((original_mutation_id, position, actor, idempotency_key, status, host_http_status, host_reason, updated_at, writer),
+                           ({STATUS_RANK}, updated_at, writer)) AS w
              FROM replay_links WHERE {filter}
              GROUP BY original_request_id, replay_id, clone_mutation_id
          )
@@ -73,7 +78,8 @@ pub(crate) fn latest(filter: &str, order: &str) -> String {
 }
 
 /// The rank of a `status` (higher wins).
-const STATUS_RANK: &str = "multiIf(status = 'pending', 0, status = 'failed', 1, status = 'duplicate', 2, 3)";
+const STATUS_RANK: &str =
+    "multiIf(status = 'applied', 4, status IN ('rejected', 'conflict'), 3, status = 'duplicate', 2, status = 'failed', 1, 0)";
 
 /// The latest row of every link of one idempotency key.
 pub async fn by_idempotency_key(client: &clickhouse::Client, key: &str) -> clickhouse::error::Result<Vec<LinkRow>> {

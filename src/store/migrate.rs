@@ -195,38 +195,196 @@ struct Applied {
 ///
 /// `server` must not be bound to a database (the database may not exist yet).
 pub async fn migrate(server: &Client, database: &str, retention: &RetentionConfig) -> Result<MigrationReport, MigrateError> {
-    migrate_node(server, database, retention, None).await
+    let (db, done) = prepare(server, database).await?;
+    let mut report = MigrationReport::default();
+    for m in MIGRATIONS {
+        if apply(&db, database, &done, m, retention, None, Role::All).await? {
+            report.applied.push(m.version);
+        } else {
+            report.already_applied.push(m.version);
+        }
+    }
+    report.drift = finish(&db, database, retention, None, Role::All).await?;
+    Ok(report)
+}
+
+/// A node's part in a migration run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Runs every statement: one server, every node of a cluster without replication, and
+    /// the first node of each shard with `clickhouse.replicated`.
+    All,
+    /// Another replica of a replicated shard: the shard's first node changes the shared local
+    /// tables (ALTERs, mutations, backfills, TTLs), which reach this one by replication; this
+    /// one creates its own objects and alters only its own `Distributed` tables.
+    Replica,
+}
+
+/// Whether a (rewritten) statement is one every replica runs for itself: a `CREATE` (a
+/// replicated local table joins its shard's replication; views, materialized views and
+/// `Distributed` tables are each node's own) or an `ALTER` of a `Distributed` table.
+fn runs_on_every_replica(stmt: &str) -> bool {
+    if stmt.starts_with("CREATE ") {
+        return true;
+    }
+    match stmt.strip_prefix("ALTER TABLE ") {
+        Some(rest) => !rest.split(|c: char| c.is_whitespace()).next().unwrap_or("").ends_with(LOCAL_SUFFIX),
+        None => false,
+    }
+}
+
+/// Creates the database and `schema_migrations` if needed; returns a client bound to the
+/// database and the versions recorded there.
+async fn prepare(server: &Client, database: &str) -> Result<(Client, Vec<Applied>), MigrateError> {
+    server
+        .query_raw("CREATE DATABASE IF NOT EXISTS {db:Identifier}")
+        .param("db", database)
+        .execute()
+        .await?;
+    let db = server.clone().with_database(database);
+    db.query_raw(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
+         ) ENGINE = ReplacingMergeTree ORDER BY version
+         COMMENT 'Migrations applied by tether-pro'",
+    )
+    .execute()
+    .await?;
+    let done: Vec<Applied> = db
+        .query_raw("SELECT version, any(checksum) AS checksum FROM schema_migrations GROUP BY version")
+        .fetch_all()
+        .await?;
+    Ok((db, done))
+}
+
+/// Applies one migration unless `done` records it (then checks its checksum). Returns whether
+/// it was applied now.
+async fn apply(
+    db: &Client,
+    database: &str,
+    done: &[Applied],
+    m: &Migration,
+    retention: &RetentionConfig,
+    layout: Option<ClusterLayout<'_>>,
+    role: Role,
+) -> Result<bool, MigrateError> {
+    let sum = checksum(m.sql);
+    if let Some(a) = done.iter().find(|a| a.version == m.version) {
+        if a.checksum != sum {
+            return Err(MigrateError::Changed { version: m.version, name: m.name, database: database.to_owned(), recorded: a.checksum.clone(), embedded: sum });
+        }
+        return Ok(false);
+    }
+    for stmt in migration_statements(m, retention, layout).into_iter().filter(|s| role == Role::All || runs_on_every_replica(s)) {
+        db.query_raw(&stmt)
+            .execute()
+            .await
+            .map_err(|source| MigrateError::Failed { version: m.version, name: m.name, statement: stmt.clone(), source })?;
+    }
+    db.query_raw("INSERT INTO schema_migrations (version, name, checksum) VALUES ({v:UInt32}, {n:String}, {c:String})")
+        .param("v", m.version)
+        .param("n", m.name)
+        .param("c", &sum)
+        .execute()
+        .await?;
+    Ok(true)
+}
+
+/// After the migrations: the TTLs (by the node that changes the local tables) and the drift
+/// check (every node; in cluster mode on the `Distributed` and the local tables).
+async fn finish(db: &Client, database: &str, retention: &RetentionConfig, layout: Option<ClusterLayout<'_>>, role: Role) -> Result<Vec<String>, MigrateError> {
+    let suffix = if layout.is_some() { LOCAL_SUFFIX } else { "" };
+    if role == Role::All {
+        apply_retention(db, database, retention, suffix).await?;
+    }
+    let mut drift = schema_drift(db, database).await?;
+    if layout.is_some() {
+        drift.extend(local_drift(db, database).await?);
+    }
+    for d in &drift {
+        eprintln!("tether-pro: schema drift in database {database}: {d}; captured batches will be refused until it is fixed");
+    }
+    Ok(drift)
+}
+
+/// One node of a cluster run.
+struct Node {
+    url: String,
+    db: Client,
+    done: Vec<Applied>,
+    role: Role,
 }
 
 /// Runs the migrations as `cfg` says: on the server at `url`, or, in cluster mode
 /// (`clickhouse.cluster`), on every node (`clickhouse.nodes`, or the cluster's hosts from
-/// `url`'s `system.clusters`), one after the other. Each node keeps its own
-/// `schema_migrations` and is checked for drift on its own.
+/// `url`'s `system.clusters`).
+///
+/// In cluster mode the nodes move in lock-step (migration N on every node before N + 1), so a
+/// replica always creates a replicated table with the structure its shard has at that point.
+/// With `clickhouse.replicated`, the first node of each shard (by its `{shard}` macro) runs
+/// every statement and the other replicas only [`runs_on_every_replica`]'s. Each node keeps
+/// its own `schema_migrations` and is checked for drift on its own. A node that cannot be
+/// reached, or whose migration fails, is left behind and the others go on; the error then
+/// names every such node (the next run brings them up to date).
 pub async fn migrate_configured(url: &str, cfg: &ClickHouseConfig, retention: &RetentionConfig) -> Result<MigrationReport, MigrateError> {
     let Some(cluster) = cfg.cluster.as_deref() else {
         return migrate(&super::server_client(url, cfg), &cfg.database, retention).await;
     };
     let layout = ClusterLayout { cluster, database: &cfg.database, replicated: cfg.replicated };
-    let nodes = if cfg.nodes.is_empty() { cluster_nodes(url, cfg, cluster).await? } else { cfg.nodes.clone() };
-    let mut all = MigrationReport::default();
-    for node in &nodes {
-        let r = migrate_node(&super::server_client(node, cfg), &cfg.database, retention, Some(layout)).await?;
-        for v in r.applied {
-            if !all.applied.contains(&v) {
-                all.applied.push(v);
-            }
+    let urls = if cfg.nodes.is_empty() { cluster_nodes(url, cfg, cluster).await? } else { cfg.nodes.clone() };
+    let mut failed: Vec<String> = Vec::new();
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut shards_seen: Vec<String> = Vec::new();
+    for node in &urls {
+        let server = super::server_client(node, cfg);
+        let prepared = async {
+            let (db, done) = prepare(&server, &cfg.database).await?;
+            let role = if cfg.replicated {
+                let shard: String = db.query_raw("SELECT getMacro('shard')").fetch_one().await?;
+                if shards_seen.contains(&shard) {
+                    Role::Replica
+                } else {
+                    shards_seen.push(shard);
+                    Role::All
+                }
+            } else {
+                Role::All
+            };
+            Ok::<_, MigrateError>(Node { url: node.clone(), db, done, role })
         }
-        for v in r.already_applied {
-            if !all.already_applied.contains(&v) && !all.applied.contains(&v) {
-                all.already_applied.push(v);
-            }
+        .await;
+        match prepared {
+            Ok(n) => nodes.push(n),
+            Err(e) => failed.push(format!("node {node}: {e}")),
         }
-        all.drift.extend(r.drift.into_iter().map(|d| format!("node {node}: {d}")));
-        all.nodes.push(node.clone());
     }
-    all.applied.sort_unstable();
-    all.already_applied.retain(|v| !all.applied.contains(v));
-    Ok(all)
+    let mut report = MigrationReport { nodes: urls.clone(), ..MigrationReport::default() };
+    let mut behind = vec![false; nodes.len()];
+    for m in MIGRATIONS {
+        for (n, behind) in nodes.iter().zip(behind.iter_mut()).filter(|(_, b)| !**b) {
+            match apply(&n.db, &cfg.database, &n.done, m, retention, Some(layout), n.role).await {
+                Ok(true) if !report.applied.contains(&m.version) => report.applied.push(m.version),
+                Ok(_) => {}
+                Err(e) => {
+                    failed.push(format!("node {}: {e}", n.url));
+                    *behind = true;
+                }
+            }
+        }
+        if !report.applied.contains(&m.version) {
+            report.already_applied.push(m.version);
+        }
+    }
+    for (n, _) in nodes.iter().zip(&behind).filter(|(_, b)| !**b) {
+        match finish(&n.db, &cfg.database, retention, Some(layout), n.role).await {
+            Ok(drift) => report.drift.extend(drift.into_iter().map(|d| format!("node {}: {d}", n.url))),
+            Err(e) => failed.push(format!("node {}: {e}", n.url)),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(MigrateError::Nodes { failed, of: urls.len() });
+    }
+    Ok(report)
 }
 
 /// The HTTP URL of every host of `cluster` as `url`'s server lists it, with `url`'s scheme
@@ -248,62 +406,9 @@ async fn cluster_nodes(url: &str, cfg: &ClickHouseConfig, cluster: &str) -> Resu
     let uri: http::Uri = url.parse().map_err(|_| MigrateError::NoSuchCluster(cluster.to_owned()))?;
     let scheme = uri.scheme_str().unwrap_or("http");
     let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
-    Ok(hosts.into_iter().map(|h| format!("{scheme}://{}{port}", h.host_name)).collect())
-}
-
-async fn migrate_node(server: &Client, database: &str, retention: &RetentionConfig, layout: Option<ClusterLayout<'_>>) -> Result<MigrationReport, MigrateError> {
-    server
-        .query_raw("CREATE DATABASE IF NOT EXISTS {db:Identifier}")
-        .param("db", database)
-        .execute()
-        .await?;
-    let db = server.clone().with_database(database);
-    db.query_raw(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-            version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
-         ) ENGINE = ReplacingMergeTree ORDER BY version
-         COMMENT 'Migrations applied by tether-pro'",
-    )
-    .execute()
-    .await?;
-    let done: Vec<Applied> = db
-        .query_raw("SELECT version, any(checksum) AS checksum FROM schema_migrations GROUP BY version")
-        .fetch_all()
-        .await?;
-    let mut report = MigrationReport::default();
-    for m in MIGRATIONS {
-        let sum = checksum(m.sql);
-        if let Some(a) = done.iter().find(|a| a.version == m.version) {
-            if a.checksum != sum {
-                return Err(MigrateError::Changed { version: m.version, name: m.name, database: database.to_owned(), recorded: a.checksum.clone(), embedded: sum });
-            }
-            report.already_applied.push(m.version);
-            continue;
-        }
-        for stmt in migration_statements(m, retention, layout) {
-            db.query_raw(&stmt)
-                .execute()
-                .await
-                .map_err(|source| MigrateError::Failed { version: m.version, name: m.name, statement: stmt.clone(), source })?;
-        }
-        db.query_raw("INSERT INTO schema_migrations (version, name, checksum) VALUES ({v:UInt32}, {n:String}, {c:String})")
-            .param("v", m.version)
-            .param("n", m.name)
-            .param("c", &sum)
-            .execute()
-            .await?;
-        report.applied.push(m.version);
-    }
-    let suffix = if layout.is_some() { LOCAL_SUFFIX } else { "" };
-    apply_retention(&db, database, retention, suffix).await?;
-    report.drift = schema_drift(&db, database).await?;
-    if layout.is_some() {
-        report.drift.extend(local_drift(&db, database).await?);
-    }
-    for d in &report.drift {
-        eprintln!("tether-pro: schema drift in database {database}: {d}; captured batches will be refused until it is fixed");
-    }
-    Ok(report)
+    // An IPv6 address goes in brackets in a URL.
+    let host = |h: &str| if h.contains(':') { format!("[{h}]") } else { h.to_owned() };
+    Ok(hosts.into_iter().map(|h| format!("{scheme}://{}{port}", host(&h.host_name))).collect())
 }
 
 /// Why the migrations could not be applied.
@@ -334,6 +439,15 @@ pub enum MigrateError {
     /// `remote_servers`), so its nodes are unknown; holds the name.
     #[error("cluster {0:?} is not in system.clusters of clickhouse.url; check remote_servers or set clickhouse.nodes")]
     NoSuchCluster(String),
+    /// Cluster mode: some nodes could not be migrated (the others were); each entry names its
+    /// node and why.
+    #[error("the migrations failed on {} of {of} nodes (the others were migrated; the next run brings these up to date): {}", failed.len(), failed.join("; "))]
+    Nodes {
+        /// `node <url>: <error>` for each node left behind.
+        failed: Vec<String>,
+        /// How many nodes the run covered.
+        of: usize,
+    },
     /// A statement of a migration failed.
     #[error("migration {version:04}_{name} failed: {source}\n--- statement ---\n{statement}")]
     Failed {
@@ -434,6 +548,44 @@ mod tests {
                 assert!(!s.ends_with(';'), "{s}");
             }
         }
+    }
+
+    /// Cluster mode: no materialized view or backfill may read or write a Distributed table
+    /// (each node must aggregate its own shard), whatever the migrations' spelling.
+    #[test]
+    fn on_a_cluster_views_and_backfills_name_only_local_tables() {
+        let layout = ClusterLayout { cluster: "c", database: "db", replicated: false };
+        let all = node_statements(&RetentionConfig::default(), Some(layout));
+        assert!(all.len() > MIGRATIONS.len());
+        for (v, stmt) in all.iter().filter(|(_, s)| s.starts_with("CREATE MATERIALIZED VIEW") || s.starts_with("INSERT INTO")) {
+            let words: Vec<String> = stmt.split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ',').map(str::to_ascii_uppercase).collect();
+            for pair in words.windows(2).filter(|w| ["FROM", "JOIN", "TO", "INTO"].contains(&w[0].as_str())) {
+                assert!(
+                    !super::super::cluster::SHARDED.iter().any(|(t, _)| pair[1] == t.to_ascii_uppercase()),
+                    "migration {v} reads or writes the Distributed table {}:\n{stmt}",
+                    pair[1]
+                );
+            }
+        }
+    }
+
+    /// With replication, a shard's other replicas create their own objects and alter their
+    /// own Distributed tables; everything that changes the shared local tables is left to
+    /// the shard's first node.
+    #[test]
+    fn other_replicas_create_and_alter_only_their_own_objects() {
+        let layout = ClusterLayout { cluster: "c", database: "db", replicated: true };
+        let all = node_statements(&RetentionConfig::default(), Some(layout));
+        let replica: Vec<&String> = all.iter().map(|(_, s)| s).filter(|s| runs_on_every_replica(s)).collect();
+        assert_eq!(replica.iter().filter(|s| s.starts_with("CREATE TABLE IF NOT EXISTS ") && s.contains("_local") && s.contains("Replicated")).count(), 6);
+        assert!(replica.iter().any(|s| s.starts_with("CREATE MATERIALIZED VIEW")));
+        assert!(replica.iter().any(|s| s.starts_with("ALTER TABLE sync_mutations ADD COLUMN")), "the node's Distributed table gets the column");
+        for s in &replica {
+            assert!(!s.starts_with("INSERT") && !s.contains("_local UPDATE") && !s.starts_with("ALTER TABLE sync_requests_local"), "{s}");
+        }
+        let skipped: Vec<&String> = all.iter().map(|(_, s)| s).filter(|s| !runs_on_every_replica(s)).collect();
+        assert!(skipped.iter().all(|s| s.starts_with("INSERT INTO") || s.split_whitespace().nth(2).is_some_and(|t| t.ends_with("_local"))), "{skipped:#?}");
+        assert!(skipped.iter().any(|s| s.starts_with("INSERT INTO")), "the backfill runs once per shard");
     }
 
     #[test]
