@@ -288,6 +288,43 @@ impl Redactor {
 /// blocks (`PRIVATE KEY`). Most strings (titles, names, ids, blobs) have none of these, and
 /// this check runs at memory speed (memchr), so they cost next to nothing.
 fn may_hold_credential(b: &[u8]) -> bool {
+    // Most values are short (titles, names, ids): one pass over the bytes beats the four
+    // memchr passes' setup there (callgrind, BENCHMARKS.md section 6).
+    if b.len() <= SHORT {
+        return may_hold_credential_short(b);
+    }
+    may_hold_credential_long(b)
+}
+
+/// Up to this many bytes a value is checked byte by byte.
+const SHORT: usize = 64;
+
+/// [`may_hold_credential`] in one pass; the same answer as [`may_hold_credential_long`].
+fn may_hold_credential_short(b: &[u8]) -> bool {
+    for (i, &c) in b.iter().enumerate() {
+        let hit = match c {
+            b':' | b'=' | b'"' | b'\\' => true,
+            b'J' => i >= 2 && &b[i - 2..i] == b"ey",
+            b'K' => i >= 8 && &b[i - 8..i] == b"PRIVATE ",
+            b' ' | b'\t' => follows_scheme(b, i),
+            _ => false,
+        };
+        if hit {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether the blank at `space` follows a scheme word that starts the text or a non-word byte.
+fn follows_scheme(b: &[u8], space: usize) -> bool {
+    SCHEMES.iter().any(|s| {
+        let n = s.len();
+        space >= n && s.as_bytes().eq_ignore_ascii_case(&b[space - n..space]) && (space == n || !is_word_byte(b[space - n - 1]))
+    })
+}
+
+fn may_hold_credential_long(b: &[u8]) -> bool {
     if memchr::memchr3(b':', b'=', b'"', b).is_some() || memchr::memchr(b'\\', b).is_some() {
         return true;
     }
@@ -299,12 +336,7 @@ fn may_hold_credential(b: &[u8]) -> bool {
     if memchr::memchr2_iter(b'J', b'K', b).any(marker) {
         return true;
     }
-    memchr::memchr2_iter(b' ', b'\t', b).any(|space| {
-        SCHEMES.iter().any(|s| {
-            let n = s.len();
-            space >= n && s.as_bytes().eq_ignore_ascii_case(&b[space - n..space]) && (space == n || !is_word_byte(b[space - n - 1]))
-        })
-    })
+    memchr::memchr2_iter(b' ', b'\t', b).any(|space| follows_scheme(b, space))
 }
 
 /// Writes `text[emitted..]` up to and including the separator at `sep` (`=`, `:`, or the
@@ -650,6 +682,37 @@ fn hex_val(c: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The one-pass check of short values answers exactly as the memchr one, on text made
+        /// of the bytes the rules look for (markers, schemes, blanks) and any others.
+        #[test]
+        fn the_short_prefilter_agrees_with_the_long_one(
+            parts in proptest::collection::vec(prop_oneof![
+                Just("ey".to_owned()), Just("J".to_owned()), Just("PRIVATE ".to_owned()), Just("K".to_owned()),
+                Just("Bearer".to_owned()), Just("bASic".to_owned()), Just("token".to_owned()), Just("sub".to_owned()),
+                Just(" ".to_owned()), Just("\t".to_owned()), Just(":".to_owned()), Just("=".to_owned()), Just("\"".to_owned()),
+                Just("\\".to_owned()), Just("-".to_owned()), Just("é".to_owned()), "[a-zA-Z0-9 ]{0,6}",
+            ], 0..12)
+        ) {
+            let text = parts.concat();
+            prop_assert_eq!(may_hold_credential_short(text.as_bytes()), may_hold_credential_long(text.as_bytes()), "{:?}", text);
+        }
+    }
+
+    #[test]
+    fn the_prefilter_lets_through_what_a_rule_could_match_and_nothing_else() {
+        for yes in ["a:b", "k=v", "say \"x\"", "a\\b", "xeyJhb", "-----BEGIN PRIVATE KEY", "Bearer abc", "x/token abc", "basic\tx"] {
+            assert!(may_hold_credential_short(yes.as_bytes()) && may_hold_credential(yes.as_bytes()), "{yes}");
+        }
+        for no in ["Buy oat milk", "subtoken abc", "JSON Key", "ey J", "Bearerx y", ""] {
+            assert!(!may_hold_credential_short(no.as_bytes()) && !may_hold_credential(no.as_bytes()), "{no}");
+        }
+        let long = format!("{} Bearer x", "a".repeat(80));
+        assert!(may_hold_credential(long.as_bytes()));
+        assert!(!may_hold_credential("b".repeat(100).as_bytes()));
+    }
 
     /// Found by the redact_values fuzz target: a scheme word as a pair's bare value, a JWT at
     /// the end of a sentence, and a PEM block after an unclosed BEGIN line kept the secret.
