@@ -244,6 +244,37 @@ fn launcher_fails_clearly_when_the_port_is_taken() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("READY"));
 }
 
+/// Cluster flags that cannot make a valid `remote_servers` entry are refused before anything
+/// starts, each with a message that names the flag.
+#[test]
+fn launcher_refuses_bad_cluster_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, says) in [
+        (vec!["--shard", "127.0.0.1:9000"], "--shard needs --cluster"),
+        (vec!["--cluster", "tether"], "--cluster needs at least one --shard"),
+        (vec!["--cluster", "te<ther", "--shard", "127.0.0.1:9000"], "--cluster wants a plain name"),
+        (vec!["--cluster", "tether", "--shard", "127.0.0.1"], "--shard wants HOST:TCPPORT"),
+        (vec!["--cluster", "tether", "--shard", "127.0.0.1:70000"], "--shard wants HOST:TCPPORT"),
+        (vec!["--cluster", "tether", "--shard", "<x>:9000"], "--shard has a bad host"),
+        (vec!["--macro", "shard"], "--macro wants KEY=VALUE"),
+        (vec!["--macro", "a b=1"], "--macro wants KEY=VALUE"),
+        (vec!["--macro", "shard=1", "--macro", "shard=2"], "the same KEY is given twice"),
+    ] {
+        let out = Command::new("python3")
+            .arg(LAUNCHER)
+            .args(&args)
+            .args(["--ephemeral", "--no-watch-stdin", "--data"])
+            .arg(dir.path().join("clickhouse"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("READY"), "{args:?}");
+    }
+}
+
 /// Reads the launcher's stdout up to its `READY <url>` line; panics on EOF or timeout.
 fn read_ready_line(launcher: &mut Child) -> String {
     let stdout: ChildStdout = launcher.stdout.take().unwrap();

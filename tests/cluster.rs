@@ -432,3 +432,40 @@ async fn the_replicated_variant_of_every_statement_is_valid_clickhouse_sql() {
     }
     assert_eq!(local_tables, 6, "every table has a replicated local table");
 }
+
+/// `tether-pro migrate --print-ddl` shows the DDL each node runs without any ClickHouse: the
+/// single-node schema by default; in cluster mode every table as a local table (Replicated
+/// when configured) and a Distributed one.
+#[test]
+fn migrate_print_ddl_shows_each_nodes_statements_without_connecting() {
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tether-pro"));
+        cmd.args(["migrate", "--print-ddl"]).env_remove("CLICKHOUSE_URL");
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("TETHER_PRO_")) {
+            cmd.env_remove(k);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let single = run(&[]);
+    assert!(single.contains("-- migration 1\nCREATE TABLE IF NOT EXISTS sync_requests\n"), "{single}");
+    assert!(!single.contains("Distributed") && !single.contains("_local"));
+    let cluster = run(&[("TETHER_PRO_CLICKHOUSE__CLUSTER", "prod"), ("TETHER_PRO_CLICKHOUSE__REPLICATED", "true"), ("TETHER_PRO_CLICKHOUSE__DATABASE", "obs")]);
+    for (table, key) in tether_pro::store::cluster::SHARDED {
+        assert!(
+            cluster.contains(&format!("CREATE TABLE IF NOT EXISTS {table} AS {table}_local ENGINE = Distributed('prod', 'obs', '{table}_local', {key})")),
+            "{table}: {cluster}"
+        );
+        assert!(cluster.contains(&format!("'/clickhouse/tables/{{shard}}/obs/{table}_local', '{{replica}}'")), "{table}");
+    }
+    assert_eq!(cluster.matches("-- migration ").count(), migrate::node_statements(&RetentionConfig::default(), Some(ClusterLayout { cluster: "prod", database: "obs", replicated: true })).len());
+    // A cluster name that could break out of the DDL is refused.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tether-pro"));
+    let out = cmd.args(["migrate", "--print-ddl"]).env("TETHER_PRO_CLICKHOUSE__CLUSTER", "x', 'y").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("clickhouse.cluster must be a cluster name"));
+}
