@@ -256,9 +256,10 @@ impl Builder {
             Box::pin(async move {
                 match tokio::time::timeout(timeout, migrate::migrate_configured(&url, &clickhouse, &retention)).await {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => eprintln!("tether-pro: could not migrate ClickHouse at {url} (capturing anyway): {e:#}"),
+                    Ok(Err(e)) => eprintln!("tether-pro: could not migrate ClickHouse at {} (capturing anyway): {e:#}", crate::store::display_url(&url)),
                     Err(_) => eprintln!(
-                        "tether-pro: ClickHouse at {url} did not answer the migration within {} s (capturing anyway)",
+                        "tether-pro: ClickHouse at {} did not answer the migration within {} s (capturing anyway)",
+                        crate::store::display_url(&url),
                         timeout.as_secs()
                     ),
                 }

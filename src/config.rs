@@ -133,8 +133,10 @@ impl Config {
         if let Some(cluster) = &self.clickhouse.cluster {
             // Spliced into DDL (Distributed engine) as a quoted name.
             ensure_valid!(
-                !cluster.is_empty() && cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'),
-                "clickhouse.cluster must be a cluster name (letters, digits, _ - .), got {cluster:?}"
+                // It is an XML element name in the servers' remote_servers.
+                cluster.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'),
+                "clickhouse.cluster must be a cluster name (letters, digits, _ - ., starting with a letter or _), got {cluster:?}"
             );
         }
         ensure_valid!(
@@ -145,16 +147,20 @@ impl Config {
             self.clickhouse.cluster.is_some() || (!self.clickhouse.replicated && self.clickhouse.nodes.is_empty()),
             "clickhouse.replicated and clickhouse.nodes need clickhouse.cluster"
         );
+        // The ClickHouse client is built without TLS: an https URL could only fail later.
+        // Messages show URLs without the credentials they may carry.
         for node in &self.clickhouse.nodes {
             ensure_valid!(
-                node.starts_with("http://") || node.starts_with("https://"),
-                "clickhouse.nodes must hold http(s) URLs, got {node:?}"
+                node.starts_with("http://"),
+                "clickhouse.nodes must hold http:// URLs (no TLS in this build), got {:?}",
+                crate::store::display_url(node)
             );
         }
         if let Some(url) = &self.clickhouse.url {
             ensure_valid!(
-                url.starts_with("http://") || url.starts_with("https://"),
-                "clickhouse.url must be an http(s) URL, got {url:?}"
+                url.starts_with("http://"),
+                "clickhouse.url must be an http:// URL (no TLS in this build), got {:?}",
+                crate::store::display_url(url)
             );
         }
         Ok(())

@@ -9,7 +9,7 @@ use tether_pro::dashboard;
 use tether_pro::sim::{self, CancellationToken, SimConfig, SimStats, SimTotals};
 use tether_pro::store::local::{LocalClickHouse, LocalClickHouseOptions};
 use tether_pro::{TetherPro, TetherProGuard};
-use tether_pro::store::{migrate, server_client};
+use tether_pro::store::{display_url, migrate, server_client};
 use tracing_subscriber::Layer;
 use tether_pro::sync::{self, Storage, SyncServer};
 
@@ -25,6 +25,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate(args) if args.print_ddl => {
             let c = &config.clickhouse;
             let layout = c.cluster.as_deref().map(|cluster| tether_pro::store::cluster::ClusterLayout { cluster, database: &c.database, replicated: c.replicated });
+            // Runnable as is with clickhouse-client (--multiquery), one node at a time; migrate
+            // also records each version in schema_migrations, which this does not.
+            println!("-- tether-pro schema for database {}{}", c.database, c.cluster.as_deref().map(|n| format!(", cluster {n}, on each node")).unwrap_or_default());
+            if c.replicated {
+                println!("-- replicated: a shard's other replicas run only the CREATE statements and the ALTERs of Distributed tables");
+            }
+            println!("CREATE DATABASE IF NOT EXISTS {};\nUSE {};\n", c.database, c.database);
             for (version, stmt) in migrate::node_statements(&config.retention, layout) {
                 println!("-- migration {version}\n{stmt};\n");
             }
@@ -40,7 +47,11 @@ async fn main() -> anyhow::Result<()> {
                 config.clickhouse.database, report.applied, report.already_applied
             );
             if let Some(cluster) = &config.clickhouse.cluster {
-                println!("cluster {cluster}: migrated on {} nodes: {}", report.nodes.len(), report.nodes.join(", "));
+                let n = report.nodes.len();
+                println!("cluster {cluster}: {n} node{}", if n == 1 { "" } else { "s" });
+                for (node, applied) in report.nodes.iter().zip(&report.applied_per_node) {
+                    println!("  {node}: applied {applied:?}");
+                }
             }
             // The drift itself is on stderr (migrate reports each column); the exit status
             // tells scripts and `docker compose` that the schema needs fixing.
@@ -114,13 +125,16 @@ async fn sync_server(config: Config, args: SyncServerArgs) -> anyhow::Result<()>
         let migrating = migrate::migrate_configured(&url, &config.clickhouse, &config.retention);
         match tokio::time::timeout(Duration::from_secs(10), migrating).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => eprintln!("tether-pro: could not migrate ClickHouse at {url} (capturing anyway): {e:#}"),
-            Err(_) => eprintln!("tether-pro: ClickHouse at {url} did not answer within 10 s (capturing anyway)"),
+            Ok(Err(e)) => eprintln!("tether-pro: could not migrate ClickHouse at {} (capturing anyway): {e:#}", display_url(&url)),
+            Err(_) => eprintln!("tether-pro: ClickHouse at {} did not answer within 10 s (capturing anyway)", display_url(&url)),
         }
         let (tether, guard) = start_capture(&config, &url, "tether-sync")?;
         app = app.layer(tether.http_layer());
         guards = Some(guard);
-        println!("capturing into {url} database `{db}`");
+        match &config.clickhouse.cluster {
+            Some(cluster) => println!("capturing into {} database `{db}` (cluster `{cluster}`)", display_url(&url)),
+            None => println!("capturing into {} database `{db}`", display_url(&url)),
+        }
     } else {
         init_tracing(None);
     }
@@ -200,8 +214,10 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let db = &config.clickhouse.database;
     let report = migrate::migrate_configured(&ch_url, &config.clickhouse, &config.retention)
         .await
-        .with_context(|| format!("migrating ClickHouse at {ch_url}"))?;
-    println!("ClickHouse at {ch_url}, database `{db}` (migrations applied now: {:?})", report.applied);
+        .with_context(|| format!("migrating ClickHouse at {}", display_url(&ch_url)))?;
+    // What is printed never shows credentials the URL may carry.
+    let ch_shown = display_url(&ch_url);
+    println!("ClickHouse at {ch_shown}, database `{db}` (migrations applied now: {:?})", report.applied);
 
     // 2. Capture: the pipeline into ClickHouse, the tracing layer, the tower layer.
     let (tether, mut guard) = start_capture(&config, &ch_url, "tether-sync-demo")?;
@@ -231,9 +247,9 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let base = format!("http://{addr}");
     println!("reference Tether sync server at {base} (POST /tether/push, POST /tether/pull, GET /tether/state/{{model}}/{{entity_id}})");
     println!("where to look (ClickHouse SQL over HTTP; the tables are documented in the README):");
-    println!("  curl '{ch_url}/?database={db}' --data-binary 'SELECT kind, outcome, count() FROM sync_requests GROUP BY ALL'");
-    println!("  curl '{ch_url}/?database={db}' --data-binary 'SELECT outcome, reason, model, count() FROM sync_mutations GROUP BY ALL ORDER BY 4 DESC'");
-    println!("  curl '{ch_url}/?database={db}' --data-binary 'SELECT mutation_id, state_before, state_after, diff FROM sync_mutations WHERE outcome = \'conflict\' ORDER BY started_at DESC LIMIT 3 FORMAT Vertical'");
+    println!("  curl '{ch_shown}/?database={db}' --data-binary 'SELECT kind, outcome, count() FROM sync_requests GROUP BY ALL'");
+    println!("  curl '{ch_shown}/?database={db}' --data-binary 'SELECT outcome, reason, model, count() FROM sync_mutations GROUP BY ALL ORDER BY 4 DESC'");
+    println!("  curl '{ch_shown}/?database={db}' --data-binary 'SELECT mutation_id, state_before, state_after, diff FROM sync_mutations WHERE outcome = \'conflict\' ORDER BY started_at DESC LIMIT 3 FORMAT Vertical'");
     println!("  a record's state: curl {base}/tether/state/Task/<entity_id>");
     println!(
         "simulating {} devices at {} pushes/s{} (Ctrl-C stops)…",

@@ -119,10 +119,13 @@ pub struct MigrationReport {
     /// (someone altered the table). Inserts will be refused as bad data (dead-lettered and
     /// counted as `bad_data`) until it is fixed. Empty when the schema is as migrated.
     pub drift: Vec<String>,
-    /// In cluster mode, the nodes the migrations ran on (HTTP URLs, passwords never included);
-    /// `applied` and `already_applied` are then the union over the nodes, and each drift
-    /// line names its node. Empty for one server.
+    /// In cluster mode, the nodes the migrations ran on (HTTP URLs, credentials never
+    /// included); `applied` and `already_applied` are then the union over the nodes, and each
+    /// drift line names its node. Empty for one server.
     pub nodes: Vec<String>,
+    /// In cluster mode, the versions this run applied on each node of `nodes`, in the same
+    /// order.
+    pub applied_per_node: Vec<Vec<u32>>,
 }
 
 /// FNV-1a: a stable checksum for drift detection (not for security).
@@ -331,7 +334,7 @@ pub async fn migrate_configured(url: &str, cfg: &ClickHouseConfig, retention: &R
         return migrate(&super::server_client(url, cfg), &cfg.database, retention).await;
     };
     let layout = ClusterLayout { cluster, database: &cfg.database, replicated: cfg.replicated };
-    let urls = if cfg.nodes.is_empty() { cluster_nodes(url, cfg, cluster).await? } else { cfg.nodes.clone() };
+    let urls = cluster_nodes(url, cfg, cluster).await?;
     let mut failed: Vec<String> = Vec::new();
     let mut nodes: Vec<Node> = Vec::new();
     let mut shards_seen: Vec<String> = Vec::new();
@@ -355,18 +358,26 @@ pub async fn migrate_configured(url: &str, cfg: &ClickHouseConfig, retention: &R
         .await;
         match prepared {
             Ok(n) => nodes.push(n),
-            Err(e) => failed.push(format!("node {node}: {e}")),
+            Err(e) => failed.push(format!("node {}: {e}", super::display_url(node))),
         }
     }
-    let mut report = MigrationReport { nodes: urls.clone(), ..MigrationReport::default() };
+    let shown: Vec<String> = urls.iter().map(|u| super::display_url(u)).collect();
+    let mut report = MigrationReport { nodes: shown, applied_per_node: vec![Vec::new(); urls.len()], ..MigrationReport::default() };
     let mut behind = vec![false; nodes.len()];
     for m in MIGRATIONS {
         for (n, behind) in nodes.iter().zip(behind.iter_mut()).filter(|(_, b)| !**b) {
             match apply(&n.db, &cfg.database, &n.done, m, retention, Some(layout), n.role).await {
-                Ok(true) if !report.applied.contains(&m.version) => report.applied.push(m.version),
-                Ok(_) => {}
+                Ok(true) => {
+                    if !report.applied.contains(&m.version) {
+                        report.applied.push(m.version);
+                    }
+                    if let Some(i) = urls.iter().position(|u| *u == n.url) {
+                        report.applied_per_node[i].push(m.version);
+                    }
+                }
+                Ok(false) => {}
                 Err(e) => {
-                    failed.push(format!("node {}: {e}", n.url));
+                    failed.push(format!("node {}: {e}", super::display_url(&n.url)));
                     *behind = true;
                 }
             }
@@ -377,8 +388,8 @@ pub async fn migrate_configured(url: &str, cfg: &ClickHouseConfig, retention: &R
     }
     for (n, _) in nodes.iter().zip(&behind).filter(|(_, b)| !**b) {
         match finish(&n.db, &cfg.database, retention, Some(layout), n.role).await {
-            Ok(drift) => report.drift.extend(drift.into_iter().map(|d| format!("node {}: {d}", n.url))),
-            Err(e) => failed.push(format!("node {}: {e}", n.url)),
+            Ok(drift) => report.drift.extend(drift.into_iter().map(|d| format!("node {}: {d}", super::display_url(&n.url)))),
+            Err(e) => failed.push(format!("node {}: {e}", super::display_url(&n.url))),
         }
     }
     if !failed.is_empty() {
@@ -387,28 +398,51 @@ pub async fn migrate_configured(url: &str, cfg: &ClickHouseConfig, retention: &R
     Ok(report)
 }
 
-/// The HTTP URL of every host of `cluster` as `url`'s server lists it, with `url`'s scheme
-/// and port (nodes of one cluster usually share their HTTP port; set `clickhouse.nodes`
-/// otherwise).
+/// The HTTP URL of every node of `cluster`: `clickhouse.nodes` (duplicates removed), or the
+/// hosts `url`'s server lists in `system.clusters` with `url`'s scheme and port (nodes of one
+/// cluster usually share their HTTP port). Either way the count must match the cluster's
+/// members in `system.clusters`: a node left out would be left without tables, and the
+/// Distributed tables would fail on its shard.
 async fn cluster_nodes(url: &str, cfg: &ClickHouseConfig, cluster: &str) -> Result<Vec<String>, MigrateError> {
     #[derive(Debug, clickhouse::Row, Deserialize)]
-    struct Host {
+    struct Member {
         host_name: String,
     }
-    let hosts: Vec<Host> = super::server_client(url, cfg)
-        .query_raw("SELECT DISTINCT host_name FROM system.clusters WHERE cluster = {c:String} ORDER BY host_name")
+    // One row per member (host and TCP port): two members may share a host.
+    let members: Vec<Member> = super::server_client(url, cfg)
+        .query_raw(
+            "SELECT host_name FROM (SELECT DISTINCT host_name, port FROM system.clusters WHERE cluster = {c:String}) ORDER BY host_name, port",
+        )
         .param("c", cluster)
         .fetch_all()
         .await?;
-    if hosts.is_empty() {
+    if members.is_empty() {
         return Err(MigrateError::NoSuchCluster(cluster.to_owned()));
     }
-    let uri: http::Uri = url.parse().map_err(|_| MigrateError::NoSuchCluster(cluster.to_owned()))?;
-    let scheme = uri.scheme_str().unwrap_or("http");
-    let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
-    // An IPv6 address goes in brackets in a URL.
-    let host = |h: &str| if h.contains(':') { format!("[{h}]") } else { h.to_owned() };
-    Ok(hosts.into_iter().map(|h| format!("{scheme}://{}{port}", host(&h.host_name))).collect())
+    let mut nodes: Vec<String> = Vec::new();
+    if cfg.nodes.is_empty() {
+        let uri: http::Uri = url.parse().map_err(|_| MigrateError::NoSuchCluster(cluster.to_owned()))?;
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+        // An IPv6 address goes in brackets in a URL.
+        let host = |h: &str| if h.contains(':') { format!("[{h}]") } else { h.to_owned() };
+        for m in &members {
+            let node = format!("{scheme}://{}{port}", host(&m.host_name));
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+    } else {
+        for node in &cfg.nodes {
+            if !nodes.contains(node) {
+                nodes.push(node.clone());
+            }
+        }
+    }
+    if nodes.len() != members.len() {
+        return Err(MigrateError::NodeCount { cluster: cluster.to_owned(), members: members.len(), nodes: nodes.len(), listed: !cfg.nodes.is_empty() });
+    }
+    Ok(nodes)
 }
 
 /// Why the migrations could not be applied.
@@ -439,9 +473,31 @@ pub enum MigrateError {
     /// `remote_servers`), so its nodes are unknown; holds the name.
     #[error("cluster {0:?} is not in system.clusters of clickhouse.url; check remote_servers or set clickhouse.nodes")]
     NoSuchCluster(String),
+    /// Cluster mode: the nodes to migrate do not match the cluster's members: `clickhouse.nodes`
+    /// lists another number of distinct nodes, or (unset) members share a host name, so their
+    /// HTTP URLs cannot be told apart.
+    #[error(
+        "cluster {cluster:?} has {members} nodes in system.clusters, but {} {nodes}; set clickhouse.nodes to the HTTP URL of each node",
+        if *listed { "clickhouse.nodes lists" } else { "their host names give" }
+    )]
+    NodeCount {
+        /// The cluster's name.
+        cluster: String,
+        /// Its members (host and TCP port) in `system.clusters`.
+        members: usize,
+        /// The distinct nodes listed or derived.
+        nodes: usize,
+        /// Whether they came from `clickhouse.nodes`.
+        listed: bool,
+    },
     /// Cluster mode: some nodes could not be migrated (the others were); each entry names its
     /// node and why.
-    #[error("the migrations failed on {} of {of} nodes (the others were migrated; the next run brings these up to date): {}", failed.len(), failed.join("; "))]
+    #[error(
+        "the migrations failed on {} of {of} nodes ({}the next run brings them up to date): {}",
+        failed.len(),
+        if failed.len() < *of { "the other nodes were migrated; " } else { "" },
+        failed.join("; ")
+    )]
     Nodes {
         /// `node <url>: <error>` for each node left behind.
         failed: Vec<String>,
