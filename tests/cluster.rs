@@ -501,3 +501,24 @@ fn migrate_print_ddl_shows_each_nodes_statements_without_connecting() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("clickhouse.cluster must be a cluster name"));
 }
+
+/// When inserts fail (here: the database is gone from shard 2, so every insert through the
+/// Distributed table is refused), the capturing process says so on stderr once, with
+/// ClickHouse's reason, instead of staying silent until its shutdown summary; the sync server
+/// keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_inserts_are_reported_once_while_the_host_keeps_answering() {
+    let c = cluster().await;
+    c.nodes[1].rows(&format!("DROP DATABASE {}", c.cfg.database)).await;
+    let env: Vec<(&str, String)> = c.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).chain([("TETHER_PRO_CAPTURE__FLUSH_TIMEOUT_MS", "1000")]).collect();
+    // Its start-up migration recreates what is missing: start it first, then drop again.
+    let server = ChildServer::start(&c.nodes[0].url, &c.cfg.database, &env, true);
+    c.nodes[1].rows(&format!("DROP DATABASE IF EXISTS {}", c.cfg.database)).await;
+    let sent = drive(&server.base, 6).await;
+    assert_eq!(sent.pushes, 6, "the host answered every push");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let stderr = server.terminate();
+    assert_eq!(stderr.matches("tether-pro: inserts into ClickHouse are failing (").count(), 1, "{stderr}");
+    assert!(stderr.contains("UNKNOWN_DATABASE") || stderr.contains("Code: 81"), "{stderr}");
+}

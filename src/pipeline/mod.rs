@@ -490,12 +490,18 @@ async fn write_loop(
 ) {
     use tokio::sync::mpsc::error::TryRecvError;
     let deadline = || stop_at.get();
-    let on_failure = |_: &clickhouse::error::Error| {
+    // Once per outage on stderr, so an operator sees why nothing arrives (a missing database
+    // on one shard, a wrong password) before the shutdown summary.
+    let on_failure = |e: &clickhouse::error::Error| {
         stats.insert_failures.fetch_add(1, Ordering::Relaxed);
-        failing.store(true, Ordering::Relaxed);
+        if !failing.swap(true, Ordering::Relaxed) {
+            eprintln!("tether-pro: inserts into ClickHouse are failing ({e}); retrying, the sync server is unaffected");
+        }
     };
     let written = |requests: usize, mutations: usize, started: Instant| {
-        failing.store(false, Ordering::Relaxed);
+        if failing.swap(false, Ordering::Relaxed) {
+            eprintln!("tether-pro: inserts into ClickHouse succeed again");
+        }
         let elapsed = started.elapsed();
         stats.requests_written.fetch_add(requests as u64, Ordering::Relaxed);
         stats.mutations_written.fetch_add(mutations as u64, Ordering::Relaxed);
