@@ -109,7 +109,8 @@ struct Sent {
 }
 
 /// `pushes` pushes of four mutations (three creates, an update of the first), every fifth
-/// repeating the previous push's first mutation (a duplicate), then two pulls.
+/// also repeating the previous push's first mutation (a duplicate) and editing that record
+/// with a timestamp older than its last write (a conflict), then two pulls.
 async fn drive(base: &str, pushes: usize) -> Sent {
     let http = reqwest::Client::new();
     let client_id = ulid();
@@ -124,7 +125,9 @@ async fn drive(base: &str, pushes: usize) -> Sent {
         let mut mutations: Vec<Value> = entities.iter().map(|e| m(e, "create", json!({"title": format!("task {i}"), "done": false}), now)).collect();
         mutations.push(m(&entities[0], "update", json!({"title": format!("task {i} done"), "done": true}), now + 1));
         if i % 5 == 4 {
-            mutations.push(previous.clone().unwrap());
+            let previous = previous.clone().unwrap();
+            let late = m(previous["entity_id"].as_str().unwrap(), "update", json!({"title": "late edit"}), now - 60_000);
+            mutations.extend([previous, late]);
         }
         previous = Some(mutations[0].clone());
         sent.mutations += mutations.len() as u64;
@@ -162,6 +165,7 @@ async fn assert_each_row_once(ch: &TestClickHouse, sent: &Sent) {
     let dups = ch.count("SELECT count() FROM sync_mutations WHERE outcome = 'duplicate'").await;
     assert_eq!(ch.count("SELECT uniqExact(mutation_id) FROM sync_mutations").await, sent.mutations - dups);
     assert_eq!(dups, sent.pushes / 5);
+    assert_eq!(ch.count("SELECT count() FROM sync_mutations WHERE outcome = 'conflict'").await, sent.pushes / 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,6 +213,7 @@ async fn two_sync_servers_capture_into_a_two_shard_cluster_and_every_surface_rea
     assert_eq!(m["totals"]["mutations"], raw["mutations"]);
     assert_eq!(m["totals"]["applied"], raw["applied"]);
     assert_eq!(m["totals"]["duplicates"], raw["duplicates"]);
+    assert_eq!(m["totals"]["conflicts"], json!(sent.pushes / 5));
     assert_eq!(m["latency"]["push"]["p50_ms"].as_f64().unwrap(), from_raw[0].round() / 1000.0);
     assert_eq!(m["latency"]["push"]["p95_ms"].as_f64().unwrap(), from_raw[1].round() / 1000.0);
 
@@ -255,6 +260,39 @@ async fn two_sync_servers_capture_into_a_two_shard_cluster_and_every_surface_rea
         let e = e["entity_id"].as_str().unwrap();
         assert!(host.state_blocking("Task", e).unwrap().is_some(), "the host has {e}");
     }
+
+    // The other pages read across shards too: a conflicting edit (its push may sit on another
+    // shard than the write it lost to) on the conflicts page and in its record's history,
+    // with the winner found; the client's page, search, and the filtered requests list.
+    let conflict = &all.rows("SELECT mutation_id, entity_id, client_id FROM sync_mutations WHERE outcome = 'conflict' ORDER BY started_at LIMIT 1").await[0];
+    let (cm, entity, client) = (conflict["mutation_id"].as_str().unwrap(), conflict["entity_id"].as_str().unwrap(), conflict["client_id"].as_str().unwrap());
+    let winner = all
+        .rows(&format!("SELECT request_id FROM sync_mutations WHERE entity_id = '{entity}' AND operation = 'update' AND outcome = 'applied'"))
+        .await;
+    let page = |path: String| {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            let r = http.get(format!("{base}/tether/dashboard{path}")).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            r.text().await.unwrap()
+        }
+    };
+    assert!(page("/conflicts".into()).await.contains(cm), "the conflicts page lists {cm}");
+    let history: Value = serde_json::from_str(&page(format!("/record?model=Task&entity_id={entity}&format=json")).await).unwrap();
+    assert_eq!(history["counts"]["mutations"].as_u64(), Some(all.count(&format!("SELECT count() FROM sync_mutations WHERE entity_id = '{entity}'")).await), "{history}");
+    let lost = history["mutations"].as_array().unwrap().iter().find(|e| e["mutation_id"] == cm).expect("the conflict in the history");
+    assert_eq!(lost["conflict"]["winner"]["request_id"], winner[0]["request_id"], "{lost}");
+    assert!(page(format!("/records/Task/{entity}")).await.contains(cm));
+    assert!(page(format!("/clients/{client}")).await.contains(client));
+    assert!(page("/failures".into()).await.contains("conflict"));
+    assert!(page(format!("/search?q={cm}")).await.contains(cm), "search finds the mutation");
+    // The entity filter is a subquery over the second Distributed table.
+    let by_entity = page(format!("/requests?model=Task&entity_id={entity}")).await;
+    for r in all.rows(&format!("SELECT DISTINCT request_id FROM sync_mutations WHERE entity_id = '{entity}'")).await {
+        assert!(by_entity.contains(r["request_id"].as_str().unwrap()), "the requests carrying {entity}");
+    }
+    assert!(page(String::new()).await.contains("tether"), "the overview");
 
     // Every Grafana query, as the datasource plugin sends it (no session settings: a plain IN
     // over a second Distributed table would be refused), runs against node 1.
