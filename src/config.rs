@@ -98,9 +98,15 @@ impl Config {
         fig = fig
             .merge(Env::raw().only(&["CLICKHOUSE_URL"]).map(|_| "clickhouse.url".into()))
             .merge(
+                // The project's own variables that are not configuration keys share the
+                // prefix (README: TETHER_PRO_CONFIG, the cache, the test tools, the soak);
+                // every other TETHER_PRO_* must be a key, so a typo is still an error.
                 Env::prefixed("TETHER_PRO_")
-                    .ignore(&["CONFIG"])
-                    .filter(|k| !k.as_str().to_ascii_lowercase().starts_with("server__"))
+                    .ignore(&["CONFIG", "CACHE", "NPM_CACHE", "COMPOSE_BIN"])
+                    .filter(|k| {
+                        let k = k.as_str().to_ascii_lowercase();
+                        !k.starts_with("server__") && !k.starts_with("soak_")
+                    })
                     .split("__"),
             )
             .merge(Env::prefixed("TETHER_PRO_SERVER__").split("__").map(|k| format!("tether-pro-server.{k}").into()));
@@ -192,6 +198,27 @@ mod tests {
             assert_eq!(c.retention.days, 9);
             assert!(c.replay.live_enabled);
             assert_eq!(c.clickhouse.url.as_deref(), Some("http://127.0.0.1:1234"));
+            Ok(())
+        });
+    }
+
+    /// Found by a fresh-clone run: `TETHER_PRO_CACHE` (where the embedded ClickHouse is
+    /// installed, README) made every command fail as an unknown configuration key.
+    #[test]
+    fn the_projects_own_variables_are_not_configuration_keys() {
+        Jail::expect_with(|jail| {
+            for (k, v) in [("TETHER_PRO_CACHE", "/tmp/c"), ("TETHER_PRO_NPM_CACHE", "/tmp/n"), ("TETHER_PRO_COMPOSE_BIN", "/bin/x"), ("TETHER_PRO_SOAK_SECS", "9")] {
+                jail.set_env(k, v);
+            }
+            jail.set_env("TETHER_PRO_RETENTION__DAYS", "9");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.retention.days, 9);
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("TETHER_PRO_RETENTION_DAYS", "9");
+            let err = Config::load(None).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains("RETENTION_DAYS"), "a typo is still an error: {err}");
             Ok(())
         });
     }
