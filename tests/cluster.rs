@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 
 use child_server::ChildServer;
-use common::{TestClickHouse, clickhouse};
+use common::{TestClickHouse, clickhouse, serve};
 use serde_json::{Value, json};
 use tether_pro::config::{ClickHouseConfig, RetentionConfig};
 use tether_pro::dashboard::{DashboardState, mount};
@@ -331,27 +331,8 @@ async fn two_sync_servers_capture_into_a_two_shard_cluster_and_every_surface_rea
 /// Runs `sql` as Grafana's datasource does (plain HTTP, no settings) and returns how many rows
 /// came back, or ClickHouse's error.
 async fn run_json(ch: &TestClickHouse, sql: &str) -> Result<usize, String> {
-    let resp = reqwest::Client::new()
-        .post(&ch.url)
-        .query(&[("database", ch.database.as_str()), ("default_format", "JSON")])
-        .body(sql.to_owned())
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let text = resp.text().await.map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        return Err(format!("{status}: {text}"));
-    }
-    let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let v: Value = serde_json::from_str(&ch.query(sql, "JSON").await?).map_err(|e| e.to_string())?;
     Ok(v["data"].as_array().map_or(0, Vec::len))
-}
-
-async fn serve(app: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,16 +24,7 @@ const PROVISIONED_UID: &str = "tether-clickhouse";
 
 /// Runs `sql` and returns its column names (FORMAT JSON gives them even without rows).
 async fn columns(ch: &TestClickHouse, sql: &str) -> (Vec<String>, usize) {
-    let resp = reqwest::Client::new()
-        .post(&ch.url)
-        .query(&[("database", ch.database.as_str()), ("default_format", "JSON")])
-        .body(sql.to_owned())
-        .send()
-        .await
-        .expect("ClickHouse answers");
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    assert!(status.is_success(), "query failed ({status}): {text}\n{sql}");
+    let text = ch.query(sql, "JSON").await.unwrap_or_else(|e| panic!("query failed ({e})\n{sql}"));
     let v: Value = serde_json::from_str(&text).unwrap();
     let names = v["meta"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_owned()).collect();
     (names, v["data"].as_array().map_or(0, |d| d.len()))

@@ -1,7 +1,8 @@
 //! Ids a replay derives from its idempotency key instead of drawing at random, so that two
 //! dashboard replicas applying the same replay at the same moment send the same clone ids:
 //! the host's own duplicate rule on `mutation_id` (PROTOCOL.md, push step 1) lets only the
-//! first send through, and both replicas' `replay_links` rows share one key and collapse.
+//! first send through, and both replicas' `replay_links` rows describe the same links (each
+//! replica's kept under its `writer`; reads pick the best answer, see `store::links`).
 //!
 //! Each id is a ULID (PROTOCOL.md: mutation ids are ULIDs): the time part is the original
 //! push's (its request id is a ULID tether-pro minted on arrival), the 80 random bits are the

@@ -111,6 +111,20 @@ impl ClusterLayout<'_> {
     }
 }
 
+/// Whether a rewritten statement is one every replica of a shard runs for itself: a `CREATE`
+/// (a replicated local table joins its shard's replication; views, materialized views and
+/// `Distributed` tables are each node's own) or an `ALTER` of a `Distributed` table. The rest
+/// (ALTERs and mutations of the shared local tables, backfills) runs once per shard.
+pub(crate) fn runs_on_every_replica(stmt: &str) -> bool {
+    if stmt.starts_with("CREATE ") {
+        return true;
+    }
+    match stmt.strip_prefix("ALTER TABLE ") {
+        Some(rest) => !split_name(rest).0.ends_with(LOCAL_SUFFIX),
+        None => false,
+    }
+}
+
 fn split_name(rest: &str) -> (&str, &str) {
     let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
     (&rest[..end], &rest[end..])

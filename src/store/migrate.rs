@@ -7,7 +7,7 @@
 use clickhouse::Client;
 use serde::Deserialize;
 
-use super::cluster::{ClusterLayout, LOCAL_SUFFIX};
+use super::cluster::{ClusterLayout, LOCAL_SUFFIX, runs_on_every_replica};
 use super::config::{ClickHouseConfig, RetentionConfig};
 
 /// One embedded migration. `{retention_days}` and `{aggregate_retention_days}` are filled
@@ -223,19 +223,6 @@ enum Role {
     Replica,
 }
 
-/// Whether a (rewritten) statement is one every replica runs for itself: a `CREATE` (a
-/// replicated local table joins its shard's replication; views, materialized views and
-/// `Distributed` tables are each node's own) or an `ALTER` of a `Distributed` table.
-fn runs_on_every_replica(stmt: &str) -> bool {
-    if stmt.starts_with("CREATE ") {
-        return true;
-    }
-    match stmt.strip_prefix("ALTER TABLE ") {
-        Some(rest) => !rest.split(|c: char| c.is_whitespace()).next().unwrap_or("").ends_with(LOCAL_SUFFIX),
-        None => false,
-    }
-}
-
 /// Creates the database and `schema_migrations` if needed; returns a client bound to the
 /// database and the versions recorded there.
 async fn prepare(server: &Client, database: &str) -> Result<(Client, Vec<Applied>), MigrateError> {
@@ -325,7 +312,7 @@ struct Node {
 /// In cluster mode the nodes move in lock-step (migration N on every node before N + 1), so a
 /// replica always creates a replicated table with the structure its shard has at that point.
 /// With `clickhouse.replicated`, the first node of each shard (by its `{shard}` macro) runs
-/// every statement and the other replicas only [`runs_on_every_replica`]'s. Each node keeps
+/// every statement and the other replicas only those [`runs_on_every_replica`] keeps. Each node keeps
 /// its own `schema_migrations` and is checked for drift on its own. A node that cannot be
 /// reached, or whose migration fails, is left behind and the others go on; the error then
 /// names every such node (the next run brings them up to date).

@@ -97,6 +97,14 @@ fn server_client(url: &str) -> clickhouse::Client {
     client
 }
 
+/// Serves `app` on a free loopback port; returns its base URL.
+pub async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
 fn no_clickhouse(why: &str) -> ! {
     panic!(
         "\n\n==================== NO CLICKHOUSE FOR THIS TEST ====================\n\
@@ -122,17 +130,24 @@ impl TestClickHouse {
 
     /// Runs `sql` in this test's database and returns the rows as JSON objects.
     pub async fn rows(&self, sql: &str) -> Vec<serde_json::Value> {
+        let text = self.query(sql, "JSONEachRow").await.unwrap_or_else(|e| panic!("query failed ({e})\n{sql}"));
+        text.lines().map(|l| serde_json::from_str(l).expect("JSONEachRow line")).collect()
+    }
+
+    /// Runs `sql` over plain HTTP (no session settings, as Grafana's datasource sends it) in
+    /// this test's database, answering in `format`: the body, or the status and ClickHouse's
+    /// error text.
+    pub async fn query(&self, sql: &str, format: &str) -> Result<String, String> {
         let resp = reqwest::Client::new()
             .post(&self.url)
-            .query(&[("database", self.database.as_str()), ("default_format", "JSONEachRow")])
+            .query(&[("database", self.database.as_str()), ("default_format", format)])
             .body(sql.to_owned())
             .send()
             .await
             .expect("ClickHouse answers");
         let status = resp.status();
         let text = resp.text().await.expect("ClickHouse body");
-        assert!(status.is_success(), "query failed ({status}): {text}\n{sql}");
-        text.lines().map(|l| serde_json::from_str(l).expect("JSONEachRow line")).collect()
+        if status.is_success() { Ok(text) } else { Err(format!("{status}: {text}")) }
     }
 
     /// The single number a `SELECT count() ...`-like query returns.
