@@ -249,7 +249,7 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
     println!("where to look (ClickHouse SQL over HTTP; the tables are documented in the README):");
     println!("  curl '{ch_shown}/?database={db}' --data-binary 'SELECT kind, outcome, count() FROM sync_requests GROUP BY ALL'");
     println!("  curl '{ch_shown}/?database={db}' --data-binary 'SELECT outcome, reason, model, count() FROM sync_mutations GROUP BY ALL ORDER BY 4 DESC'");
-    println!("  curl '{ch_shown}/?database={db}' --data-binary 'SELECT mutation_id, state_before, state_after, diff FROM sync_mutations WHERE outcome = \'conflict\' ORDER BY started_at DESC LIMIT 3 FORMAT Vertical'");
+    println!("  curl '{ch_shown}/?database={db}' --data-binary \"SELECT mutation_id, state_before, state_after, diff FROM sync_mutations WHERE outcome = 'conflict' ORDER BY started_at DESC LIMIT 3 FORMAT Vertical\"");
     println!("  a record's state: curl {base}/tether/state/Task/<entity_id>");
     println!(
         "simulating {} devices at {} pushes/s{} (Ctrl-C stops)…",

@@ -54,6 +54,14 @@ async fn the_demo_drives_traffic_and_captures_every_outcome() {
     assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("reference Tether sync server at http://127.0.0.1:"), "{stdout}");
     assert!(stdout.contains("errors 0"), "{stdout}");
+    // The printed "where to look" commands work when pasted into a shell.
+    let commands: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("  curl ")).collect();
+    assert_eq!(commands.len(), 3, "{stdout}");
+    for c in commands {
+        let out = Command::new("sh").arg("-c").arg(format!("curl -sS {c}")).output().unwrap();
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && !body.trim().is_empty() && !body.contains("Exception"), "curl {c}\n{body}{}", String::from_utf8_lossy(&out.stderr));
+    }
     let captured = stdout.lines().find(|l| l.starts_with("captured:")).expect("a capture summary");
     assert!(captured.contains(" 0 dropped, 0 failed"), "{captured}");
 
