@@ -25,7 +25,8 @@ pub enum ConfigError {
     Missing(std::path::PathBuf),
     /// The TOML or an environment variable could not be read: a syntax error, an unknown key,
     /// a value of the wrong type (figment names the key and where it came from).
-    #[error(transparent)]
+    /// The message quotes the value, without the credentials of any URL in it.
+    #[error("{}", crate::store::hide_credentials(&.0.to_string()))]
     Load(#[from] Box<figment::Error>),
     /// A value is out of range or inconsistent (the message names the key).
     #[error(transparent)]
@@ -153,22 +154,33 @@ impl Config {
             self.clickhouse.cluster.is_some() || (!self.clickhouse.replicated && self.clickhouse.nodes.is_empty()),
             "clickhouse.replicated and clickhouse.nodes need clickhouse.cluster"
         );
-        // The ClickHouse client is built without TLS: an https URL could only fail later.
-        // Messages show URLs without the credentials they may carry.
+        // The HTTP clients are built without TLS: an https URL could only fail later. A
+        // user or password in a URL would be ignored (clickhouse.user/.password are used) or
+        // end up in error messages: refused. Messages show URLs without credentials.
+        let plain = |url: &str| url.starts_with("http://") && !url["http://".len()..].split(['/', '?', '#']).next().unwrap_or("").contains('@');
         for node in &self.clickhouse.nodes {
             ensure_valid!(
-                node.starts_with("http://"),
-                "clickhouse.nodes must hold http:// URLs (no TLS in this build), got {:?}",
+                plain(node) && !node.contains('?'),
+                "clickhouse.nodes must hold http:// URLs (no TLS in this build) without user, password or query (set clickhouse.user and clickhouse.password), got {:?}",
                 crate::store::display_url(node)
             );
         }
         if let Some(url) = &self.clickhouse.url {
             ensure_valid!(
-                url.starts_with("http://"),
-                "clickhouse.url must be an http:// URL (no TLS in this build), got {:?}",
+                plain(url) && !url.contains('?'),
+                "clickhouse.url must be an http:// URL (no TLS in this build) without user, password or query (set clickhouse.user and clickhouse.password), got {:?}",
                 crate::store::display_url(url)
             );
         }
+        for (key, url) in [("replay.push_url", &self.replay.push_url), ("replay.state_url_template", &self.replay.state_url_template)] {
+            if let Some(url) = url {
+                ensure_valid!(plain(url), "{key} must be an http:// URL (no TLS in this build) without user or password, got {:?}", crate::store::display_url(url));
+            }
+        }
+        ensure_valid!(
+            !["system", "information_schema"].contains(&db.to_ascii_lowercase().as_str()),
+            "clickhouse.database must not be one of ClickHouse's own databases, got {db:?}"
+        );
         Ok(())
     }
 }
@@ -198,6 +210,38 @@ mod tests {
             assert_eq!(c.retention.days, 9);
             assert!(c.replay.live_enabled);
             assert_eq!(c.clickhouse.url.as_deref(), Some("http://127.0.0.1:1234"));
+            Ok(())
+        });
+    }
+
+    /// URLs that would be ignored in part, fail later, or carry a secret into messages are
+    /// refused at start, and the message never shows the secret.
+    #[test]
+    fn urls_with_credentials_tls_or_queries_and_system_databases_are_refused() {
+        for (toml, says) in [
+            ("[clickhouse]\nurl = \"http://writer:S3cret@ch:8123\"", "clickhouse.url must be an http:// URL"),
+            ("[clickhouse]\nurl = \"u:S3cret@ch:8123\"", "clickhouse.url must be an http:// URL"),
+            ("[clickhouse]\nurl = \"http://ch:8123/?password=S3cret\"", "clickhouse.url must be an http:// URL"),
+            ("[clickhouse]\nurl = \"https://ch:8443\"", "no TLS in this build"),
+            ("[clickhouse]\ncluster = \"c\"\nnodes = [\"http://a:8123\", \"default:S3cret@b:8123\"]", "clickhouse.nodes must hold http:// URLs"),
+            ("[replay]\npush_url = \"http://admin:S3cret@host/tether/push\"", "replay.push_url must be an http:// URL"),
+            ("[replay]\npush_url = \"https://host/tether/push\"", "replay.push_url must be an http:// URL"),
+            ("[replay]\nstate_url_template = \"host/tether/state/{model}/{entity_id}\"", "replay.state_url_template must be an http:// URL"),
+            ("[clickhouse]\ndatabase = \"system\"", "ClickHouse's own databases"),
+            ("[clickhouse]\ndatabase = \"INFORMATION_SCHEMA\"", "ClickHouse's own databases"),
+        ] {
+            Jail::expect_with(|jail| {
+                jail.create_file("t.toml", toml)?;
+                let err = Config::load(Some(Path::new("t.toml"))).map(|_| ()).unwrap_err().to_string();
+                assert!(err.contains(says) && !err.contains("S3cret"), "{toml}: {err}");
+                Ok(())
+            });
+        }
+        // A malformed list quoted back by the loader does not show the password either.
+        Jail::expect_with(|jail| {
+            jail.set_env("TETHER_PRO_CLICKHOUSE__NODES", "[\"http://a:1\",\"http://default:S3cret@b:1\"");
+            let err = Config::load(None).map(|_| ()).unwrap_err().to_string();
+            assert!(!err.contains("S3cret") && err.contains("b:1"), "{err}");
             Ok(())
         });
     }

@@ -217,7 +217,14 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         .with_context(|| format!("migrating ClickHouse at {}", display_url(&ch_url)))?;
     // What is printed never shows credentials the URL may carry.
     let ch_shown = display_url(&ch_url);
-    println!("ClickHouse at {ch_shown}, database `{db}` (migrations applied now: {:?})", report.applied);
+    match &config.clickhouse.cluster {
+        Some(cluster) => println!(
+            "ClickHouse cluster `{cluster}` through {ch_shown} ({} nodes), database `{db}` (migrations applied now: {:?})",
+            report.nodes.len(),
+            report.applied
+        ),
+        None => println!("ClickHouse at {ch_shown}, database `{db}` (migrations applied now: {:?})", report.applied),
+    }
 
     // 2. Capture: the pipeline into ClickHouse, the tracing layer, the tower layer.
     let (tether, mut guard) = start_capture(&config, &ch_url, "tether-sync-demo")?;

@@ -450,6 +450,11 @@ async fn the_nodes_must_be_the_clusters_members() {
     let report = run(with(vec![a.clone(), a.clone(), b.clone()], CLUSTER)).await.unwrap();
     assert_eq!(report.nodes, vec![a.clone(), b.clone()]);
     assert_eq!(report.applied_per_node, vec![Vec::<u32>::new(), vec![]]);
+    // The same server under two spellings is one node, whatever the count says.
+    for twice in [format!("{a}/"), a.replace("127.0.0.1", "localhost")] {
+        let err = run(with(vec![a.clone(), twice.clone()], CLUSTER)).await.unwrap_err();
+        assert!(matches!(err, migrate::MigrateError::NodeIdentity(_)) && err.to_string().contains("are the same server"), "{twice}: {err}");
+    }
     let unknown = run(with(vec![a.clone(), b.clone()], "nope")).await.unwrap_err();
     assert!(matches!(unknown, migrate::MigrateError::NoSuchCluster(ref n) if n == "nope"), "{unknown}");
 }

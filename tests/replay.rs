@@ -512,3 +512,22 @@ async fn the_http_target_reports_each_failure_as_its_own_error() {
     let push = PushRequest { client_id: "c".into(), mutations: Vec::new() };
     assert!(matches!(away.push(&push, "1.0", "r1").await, Err(TargetError::Unreachable(_))));
 }
+
+/// A key names a replay of one request: the same key on another request is another replay
+/// (found by a fresh tester: it used to answer with the first request's replay and send
+/// nothing). On the same request it still replays once.
+#[tokio::test(flavor = "current_thread")]
+async fn an_idempotency_key_is_scoped_to_its_request() {
+    let (h, id) = seeded().await;
+    let first = h.request_ids().await[0].clone();
+    let replayer = Replayer::new(h.ch.client(), Arc::new(InProcessTarget { app: h.app.clone(), server: h.server.clone() }));
+    let opts = ApplyOptions { idempotency_key: "shared-key".into(), actor: "a".into(), restamp: true, positions: Some(vec![0]) };
+    let a = replayer.apply(&id, &opts).await.unwrap();
+    let b = replayer.apply(&first, &opts).await.unwrap();
+    assert!(a.sent && b.sent, "two requests, two replays");
+    assert_ne!(a.replay_id, b.replay_id);
+    assert_eq!(b.links[0].original_request_id, first);
+    let again = replayer.apply(&first, &opts).await.unwrap();
+    assert!(!again.sent && again.replay_id == b.replay_id);
+    drop(h.guard);
+}

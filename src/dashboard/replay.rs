@@ -200,7 +200,7 @@ async fn apply_checked(state: &DashboardState, id: &str, basic: Option<&super::a
     if !same_origin(headers) {
         return Err((StatusCode::FORBIDDEN, Json(serde_json::json!({"error": "a replay can only be applied from the dashboard's own pages"}))).into_response());
     }
-    if body.idempotency_key.is_empty() || body.idempotency_key.len() > 128 {
+    if body.idempotency_key.is_empty() || body.idempotency_key.chars().count() > 128 {
         return Err((StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "an idempotency key (1 to 128 characters) is required"}))).into_response());
     }
     if !rs.check(id, &body.idempotency_key, &body.csrf_token) {

@@ -1,5 +1,5 @@
 //! Replay of captured push requests: preview against today's state, and (only where
-//! `replay.live_enabled`) apply a clone with fresh mutation ids through the host's normal push
+//! `replay.live_enabled`) apply a clone with new mutation ids (derived from the idempotency key, see `ids`) through the host's normal push
 //! path, with durable audit links written before anything is sent.
 
 mod ids;
@@ -81,8 +81,9 @@ pub struct ReplayResult {
 /// What to apply.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ApplyOptions {
-    /// The same key replays once: a later apply with it returns the earlier replay and sends
-    /// nothing. Required: empty is refused with [`ReplayError::NoIdempotencyKey`].
+    /// The same key replays a request once: a later apply of that request with it returns the
+    /// earlier replay and sends nothing (another request with the same key is another replay).
+    /// Required: empty is refused with [`ReplayError::NoIdempotencyKey`].
     pub idempotency_key: String,
     /// Who asked for the replay (`replay_links.actor`).
     pub actor: String,
@@ -192,7 +193,7 @@ impl Replayer {
             return Err(ReplayError::NoIdempotencyKey);
         }
         let _one_at_a_time = self.apply_lock.lock().await;
-        let earlier = links::by_idempotency_key(&self.client, &opts.idempotency_key).await?;
+        let earlier = links::by_idempotency_key(&self.client, request_id, &opts.idempotency_key).await?;
         if let Some(first) = earlier.first() {
             return Ok(ReplayResult {
                 replay_id: first.replay_id.clone(),
@@ -276,7 +277,7 @@ impl Replayer {
         if rows.iter().any(|r| r.status == MutationOutcome::Duplicate.as_str()) {
             // Another replica sent the same clone first: the record is what both wrote (its
             // outcome outranks this `duplicate` once it is written).
-            let merged = links::by_idempotency_key(&self.client, &opts.idempotency_key).await?;
+            let merged = links::by_idempotency_key(&self.client, request_id, &opts.idempotency_key).await?;
             return Ok(ReplayResult { replay_id, sent: true, host_http_status: status, links: merged });
         }
         Ok(ReplayResult { replay_id, sent: true, host_http_status: status, links: rows })

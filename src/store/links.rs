@@ -13,7 +13,7 @@ pub struct LinkRow {
     pub original_request_id: String,
     /// The `original_mutation_id` column: the captured mutation this clone copies.
     pub original_mutation_id: String,
-    /// The `clone_mutation_id` column: the clone's fresh ULID mutation id.
+    /// The `clone_mutation_id` column: the clone's ULID mutation id, derived from the idempotency key.
     pub clone_mutation_id: String,
     /// The `position` column: the original mutation's index in its push.
     pub position: u32,
@@ -81,9 +81,15 @@ pub(crate) fn latest(filter: &str, order: &str) -> String {
 const STATUS_RANK: &str =
     "multiIf(status = 'applied', 4, status IN ('rejected', 'conflict'), 3, status = 'duplicate', 2, status = 'failed', 1, 0)";
 
-/// The latest row of every link of one idempotency key.
-pub async fn by_idempotency_key(client: &clickhouse::Client, key: &str) -> clickhouse::error::Result<Vec<LinkRow>> {
-    client.query_raw(&latest("idempotency_key = {key:String}", "position")).param("key", key).fetch_all().await
+/// The latest row of every link of one idempotency key's replay of one original request (a
+/// key names a replay of that request: the same key on another request is another replay).
+pub async fn by_idempotency_key(client: &clickhouse::Client, original_request_id: &str, key: &str) -> clickhouse::error::Result<Vec<LinkRow>> {
+    client
+        .query_raw(&latest("original_request_id = {id:String} AND idempotency_key = {key:String}", "position"))
+        .param("id", original_request_id)
+        .param("key", key)
+        .fetch_all()
+        .await
 }
 
 /// The latest row of every link of replays of one original request, newest replay first.

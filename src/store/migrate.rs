@@ -300,6 +300,8 @@ async fn finish(db: &Client, database: &str, retention: &RetentionConfig, layout
 /// One node of a cluster run.
 struct Node {
     url: String,
+    /// `host:tcp_port` of the cluster member it is.
+    member: String,
     db: Client,
     done: Vec<Applied>,
     role: Role,
@@ -328,6 +330,24 @@ pub async fn migrate_configured(url: &str, cfg: &ClickHouseConfig, retention: &R
     for node in &urls {
         let server = super::server_client(node, cfg);
         let prepared = async {
+            // Which member of the cluster this URL reaches (ClickHouse marks its own entry
+            // `is_local`): two URLs for one server, or a server outside the cluster, would
+            // leave a member without tables.
+            let member: Vec<String> = server
+                .query_raw("SELECT concat(host_name, ':', toString(port)) FROM system.clusters WHERE cluster = {c:String} AND is_local LIMIT 1")
+                .param("c", cluster)
+                .fetch_all()
+                .await?;
+            let Some(member) = member.into_iter().next() else {
+                return Err(MigrateError::NodeIdentity(format!("{} is not a member of cluster {cluster:?} (no entry of system.clusters is its own)", super::display_url(node))));
+            };
+            if let Some(other) = nodes.iter().find(|n: &&Node| n.member == member) {
+                return Err(MigrateError::NodeIdentity(format!(
+                    "{} and {} are the same server (member {member} of cluster {cluster:?}); list each node once",
+                    super::display_url(&other.url),
+                    super::display_url(node)
+                )));
+            }
             let (db, done) = prepare(&server, &cfg.database).await?;
             let role = if cfg.replicated {
                 let shard: String = db.query_raw("SELECT getMacro('shard')").fetch_one().await?;
@@ -340,11 +360,12 @@ pub async fn migrate_configured(url: &str, cfg: &ClickHouseConfig, retention: &R
             } else {
                 Role::All
             };
-            Ok::<_, MigrateError>(Node { url: node.clone(), db, done, role })
+            Ok::<_, MigrateError>(Node { url: node.clone(), member, db, done, role })
         }
         .await;
         match prepared {
             Ok(n) => nodes.push(n),
+            Err(e @ MigrateError::NodeIdentity(_)) => return Err(e),
             Err(e) => failed.push(format!("node {}: {e}", super::display_url(node))),
         }
     }
@@ -477,6 +498,10 @@ pub enum MigrateError {
         /// Whether they came from `clickhouse.nodes`.
         listed: bool,
     },
+    /// Cluster mode: a listed node is not a member of the cluster, or two listed URLs reach the
+    /// same server; nothing was migrated.
+    #[error("{0}")]
+    NodeIdentity(String),
     /// Cluster mode: some nodes could not be migrated (the others were); each entry names its
     /// node and why.
     #[error(

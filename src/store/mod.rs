@@ -14,16 +14,37 @@ pub(crate) mod writer;
 
 use config::{ClickHouseConfig, Compression};
 
-/// `url` as it may be shown (logs, reports, errors): without the `user:password@` part a
-/// URL may carry.
+/// `url` as it may be shown (logs, reports, errors): scheme, host, port and path only. A
+/// `user:password@` part is left out (also without a scheme), and a query string, which may
+/// hold `password=`, shows as `?…`.
 pub fn display_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_owned() };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}{}", &url[..scheme_end + 3], &rest[at + 1..]),
-        None => url.to_owned(),
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let host = rest[..end].rsplit_once('@').map_or(&rest[..end], |(_, h)| h);
+    let tail = &rest[end..];
+    let path = tail.split(['?', '#']).next().unwrap_or("");
+    let more = if tail.len() > path.len() { "?…" } else { "" };
+    format!("{scheme}{host}{path}{more}")
+}
+
+/// `text` with the `user:password@` part of every URL in it left out: for messages that
+/// quote configuration values (a malformed list of URLs, say).
+pub fn hide_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        out.push_str(&rest[..i + 3]);
+        rest = &rest[i + 3..];
+        let end = rest.find(|c: char| c.is_whitespace() || "/?#\"',]);\\".contains(c)).unwrap_or(rest.len());
+        if let Some(at) = rest[..end].rfind('@') {
+            rest = &rest[at + 1..];
+        }
     }
+    out.push_str(rest);
+    out
 }
 
 /// A client for the server (not bound to a database: the database may not exist yet).
@@ -48,11 +69,24 @@ pub fn server_client(url: &str, cfg: &ClickHouseConfig) -> clickhouse::Client {
 
 #[cfg(test)]
 mod tests {
-    use super::display_url;
+    use super::{display_url, hide_credentials};
+
+    #[test]
+    fn credentials_in_quoted_urls_are_left_out() {
+        assert_eq!(
+            hide_credentials(r#"found string "[\"http://a:1\",\"http://default:S3cretQ10@127.0.0.1:52197\"" for key"#),
+            r#"found string "[\"http://a:1\",\"http://127.0.0.1:52197\"" for key"#
+        );
+        assert_eq!(hide_credentials("x http://u:p@h:1/a@b y https://h2 z"), "x http://h:1/a@b y https://h2 z");
+        assert_eq!(hide_credentials("no urls: a@b"), "no urls: a@b");
+    }
 
     #[test]
     fn urls_are_shown_without_credentials() {
-        assert_eq!(display_url("http://default:s3cret@ch-1:8123/?database=x"), "http://ch-1:8123/?database=x");
+        assert_eq!(display_url("http://default:s3cret@ch-1:8123/?database=x"), "http://ch-1:8123/?…");
+        assert_eq!(display_url("http://h:1/?user=default&password=S3cret"), "http://h:1/?…");
+        assert_eq!(display_url("u:S3cret@127.0.0.1:8123"), "127.0.0.1:8123", "no scheme");
+        assert_eq!(display_url("http://h:1/p#frag"), "http://h:1/p?…");
         assert_eq!(display_url("https://u@h"), "https://h");
         assert_eq!(display_url("http://u:p%40ss@h:1"), "http://h:1");
         assert_eq!(display_url("http://h:8123/a@b"), "http://h:8123/a@b", "an @ after the authority is not userinfo");
