@@ -231,6 +231,8 @@ mod tests {
             ("[clickhouse]\ndatabase = \"INFORMATION_SCHEMA\"", "ClickHouse's own databases"),
         ] {
             Jail::expect_with(|jail| {
+                // scripts/test exports CLICKHOUSE_URL, which would override the file's url.
+                jail.clear_env();
                 jail.create_file("t.toml", toml)?;
                 let err = Config::load(Some(Path::new("t.toml"))).map(|_| ()).unwrap_err().to_string();
                 assert!(err.contains(says) && !err.contains("S3cret"), "{toml}: {err}");
@@ -239,6 +241,7 @@ mod tests {
         }
         // A malformed list quoted back by the loader does not show the password either.
         Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.set_env("TETHER_PRO_CLICKHOUSE__NODES", "[\"http://a:1\",\"http://default:S3cret@b:1\"");
             let err = Config::load(None).map(|_| ()).unwrap_err().to_string();
             assert!(!err.contains("S3cret") && err.contains("b:1"), "{err}");
@@ -251,6 +254,7 @@ mod tests {
     #[test]
     fn the_projects_own_variables_are_not_configuration_keys() {
         Jail::expect_with(|jail| {
+            jail.clear_env();
             for (k, v) in [("TETHER_PRO_CACHE", "/tmp/c"), ("TETHER_PRO_NPM_CACHE", "/tmp/n"), ("TETHER_PRO_COMPOSE_BIN", "/bin/x"), ("TETHER_PRO_SOAK_SECS", "9")] {
                 jail.set_env(k, v);
             }
@@ -260,6 +264,7 @@ mod tests {
             Ok(())
         });
         Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.set_env("TETHER_PRO_RETENTION_DAYS", "9");
             let err = Config::load(None).map(|_| ()).unwrap_err().to_string();
             assert!(err.contains("RETENTION_DAYS"), "a typo is still an error: {err}");
