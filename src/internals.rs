@@ -14,6 +14,9 @@ pub mod decode {
 pub mod diff {
     pub use crate::pipeline::diff::*;
 }
+pub mod json {
+    pub use crate::pipeline::json::*;
+}
 pub mod rows {
     pub use crate::pipeline::rows::*;
 }

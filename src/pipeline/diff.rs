@@ -10,6 +10,7 @@
 //! whole differing subtree as one `changed` entry.
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use serde_json::{Map, Value};
 
 use std::fmt::Write as _;
@@ -118,8 +119,8 @@ impl Step<'_> {
 /// A change found by [`changes`], borrowing both sides from the trees compared.
 #[derive(Debug)]
 pub struct Found<'t, N> {
-    /// Where, from the root.
-    pub path: Vec<Step<'t>>,
+    /// Where, from the root (inline up to four steps: record fields are one or two deep).
+    pub path: SmallVec<[Step<'t>; 4]>,
     /// What happened there.
     pub change: ChangeKind,
     /// The value before (`removed`, `changed`).
@@ -189,14 +190,14 @@ fn diff_at<'t, N: Node>(a: &'t N, b: &'t N, path: &mut Vec<Step<'t>>, out: &mut 
         }
         _ => {
             if !deep_eq(a, b) {
-                out.push(Found { path: path.clone(), change: ChangeKind::Changed, old: Some(a), new: Some(b) });
+                out.push(Found { path: SmallVec::from_slice(path), change: ChangeKind::Changed, old: Some(a), new: Some(b) });
             }
         }
     }
 }
 
 fn child_change<'t, N>(path: &[Step<'t>], step: Step<'t>, change: ChangeKind, old: Option<&'t N>, new: Option<&'t N>) -> Found<'t, N> {
-    let mut p = Vec::with_capacity(path.len() + 1);
+    let mut p = SmallVec::with_capacity(path.len() + 1);
     p.extend_from_slice(path);
     p.push(step);
     Found { path: p, change, old, new }
@@ -204,7 +205,12 @@ fn child_change<'t, N>(path: &[Step<'t>], step: Step<'t>, change: ChangeKind, ol
 
 /// `a == b` without recursion (serde_json's `PartialEq` recurses).
 fn deep_eq<N: Node>(a: &N, b: &N) -> bool {
-    let mut stack = vec![(a, b)];
+    // Most values compared are scalars: no stack for them.
+    if !matches!((a.kind(), b.kind()), (Kind::Array(_), Kind::Array(_)) | (Kind::Object(_), Kind::Object(_))) {
+        return scalar_eq(a, b);
+    }
+    let mut stack: SmallVec<[(&N, &N); 16]> = SmallVec::new();
+    stack.push((a, b));
     while let Some((a, b)) = stack.pop() {
         match (a.kind(), b.kind()) {
             (Kind::Array(xa), Kind::Array(xb)) => {
@@ -247,6 +253,17 @@ fn deep_eq<N: Node>(a: &N, b: &N) -> bool {
     true
 }
 
+/// [`deep_eq`] of two nodes that are not both containers.
+fn scalar_eq<N: Node>(a: &N, b: &N) -> bool {
+    match (a.kind(), b.kind()) {
+        (Kind::Number(x), Kind::Number(y)) => digits_equal(x, y),
+        (Kind::String(x), Kind::String(y)) => x == y,
+        (Kind::Bool(x), Kind::Bool(y)) => x == y,
+        (Kind::Null, Kind::Null) => true,
+        _ => false,
+    }
+}
+
 /// JSON equality with numbers compared by value (see [`numbers_equal`]); no recursion.
 pub fn json_eq(a: &Value, b: &Value) -> bool {
     deep_eq(a, b)
@@ -266,10 +283,33 @@ fn digits_equal(a: &str, b: &str) -> bool {
     a == b || canonical_decimal(a) == canonical_decimal(b)
 }
 
-/// `(negative, significant digits, exponent)` with the value `±0.d1d2d3… × 10^exponent`, no
-/// leading or trailing zero digits; zero is `(false, "", 0)`. `None` for text that is not a
-/// JSON number.
-fn canonical_decimal(text: &str) -> Option<(bool, String, i128)> {
+/// A JSON number's value as `±0.d1d2d3… × 10^exponent`: the significant digits (no leading
+/// or trailing zero) are those of `int` then `frac`, from `skip`, `len` of them; zero has
+/// none, no sign and exponent 0. Borrowed from the text: comparing allocates nothing.
+#[derive(Debug)]
+struct Decimal<'s> {
+    negative: bool,
+    int: &'s str,
+    frac: &'s str,
+    skip: usize,
+    len: usize,
+    exponent: i128,
+}
+
+impl Decimal<'_> {
+    fn significant(&self) -> impl Iterator<Item = u8> + '_ {
+        self.int.bytes().chain(self.frac.bytes()).skip(self.skip).take(self.len)
+    }
+}
+
+impl PartialEq for Decimal<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.negative == other.negative && self.exponent == other.exponent && self.len == other.len && self.significant().eq(other.significant())
+    }
+}
+
+/// `None` for text that is not a JSON number.
+fn canonical_decimal(text: &str) -> Option<Decimal<'_>> {
     let (negative, rest) = match text.strip_prefix('-') {
         Some(r) => (true, r),
         None => (false, text),
@@ -282,15 +322,16 @@ fn canonical_decimal(text: &str) -> Option<(bool, String, i128)> {
     if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let digits: String = int.chars().chain(frac.chars()).collect();
-    let leading = digits.len() - digits.trim_start_matches('0').len();
-    let significant = digits.trim_start_matches('0').trim_end_matches('0');
-    if significant.is_empty() {
-        return Some((false, String::new(), 0));
+    let total = int.len() + frac.len();
+    let digits = || int.bytes().chain(frac.bytes());
+    let leading = digits().take_while(|&b| b == b'0').count();
+    if leading == total {
+        return Some(Decimal { negative: false, int: "", frac: "", skip: 0, len: 0, exponent: 0 });
     }
+    let trailing = frac.bytes().rev().chain(int.bytes().rev()).take_while(|&b| b == b'0').count();
     // The first significant digit sits `int.len() - leading` places left of the point.
     let exponent = exp + int.len() as i128 - leading as i128;
-    Some((negative, significant.to_owned(), exponent))
+    Some(Decimal { negative, int, frac, skip: leading, len: total - leading - trailing, exponent })
 }
 
 /// Applies a diff produced by [`diff`] to `before`, giving `after`.

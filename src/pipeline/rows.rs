@@ -2,7 +2,10 @@
 //! counts, redacts everything that can hold user data, and computes field diffs. Runs on the
 //! pipeline thread, never on the host's.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+
+use smallvec::SmallVec;
 
 use chrono::{DateTime, Utc};
 
@@ -153,22 +156,35 @@ fn redacted_text(v: &Json<'_>, s: &RowSettings) -> String {
 /// anywhere, and redacted (a string can carry a credential; a field of the wrong type, e.g.
 /// `"model": {"password": ...}`, is stored as its redacted JSON text).
 fn str_field(v: &Json<'_>, key: &str, r: &Redactor) -> String {
+    str_field_ref(v, key, r).into_owned()
+}
+
+/// [`str_field`], borrowed when the value needed no change (a key to match on).
+fn str_field_ref<'v>(v: &'v Json<'_>, key: &str, r: &Redactor) -> Cow<'v, str> {
     match v.get(key) {
-        Some(Json::String(t)) => identifier(t.as_str(), r),
-        Some(Json::Null) | None => String::new(),
-        Some(other) => cap_identifier(&r.redacted_text(other)).into_owned(),
+        Some(Json::String(t)) => identifier_ref(t.as_str(), r),
+        Some(Json::Null) | None => Cow::Borrowed(""),
+        Some(other) => Cow::Owned(cap_identifier(&r.redacted_text(other)).into_owned()),
     }
 }
 
 /// An identifier as column text: capped, then redacted. Every id that is matched against
 /// another (mutation ids in the request, the response and the reported states) goes through
-/// this, so capped ids still match.
-fn identifier(s: &str, r: &Redactor) -> String {
+/// this, so capped ids still match. Borrowed when it needed no change.
+fn identifier_ref<'s>(s: &'s str, r: &Redactor) -> Cow<'s, str> {
     let capped = cap_identifier(s);
     match r.redact_str(&capped) {
-        Some(redacted) => redacted,
-        None => capped.into_owned(),
+        Some(redacted) => Cow::Owned(redacted),
+        None => capped,
     }
+}
+
+/// Mutation ids to what was said of them, in order (an id named twice in one push has two);
+/// one entry each is the rule, kept inline.
+type ById<'k, T> = HashMap<Cow<'k, str>, SmallVec<[T; 1]>, foldhash::fast::RandomState>;
+
+fn pop_front<T>(v: &mut SmallVec<[T; 1]>) -> Option<T> {
+    (!v.is_empty()).then(|| v.remove(0))
 }
 
 /// Latest epoch millisecond `DateTime64(3)` stores (2299-12-31 23:59:59.999).
@@ -197,11 +213,11 @@ struct Verdict<'r> {
     data: Option<&'r Json<'r>>,
 }
 
-fn verdicts<'r>(resp: &'r Json<'r>, redactor: &Redactor) -> HashMap<String, VecDeque<Verdict<'r>>> {
-    let mut map: HashMap<String, VecDeque<Verdict<'r>>> = HashMap::new();
+fn verdicts<'r>(resp: &'r Json<'r>, redactor: &Redactor) -> ById<'r, Verdict<'r>> {
+    let mut map = ById::default();
     if let Some(applied) = resp.get("applied").and_then(Json::as_array) {
         for id in applied.iter().filter_map(Json::as_str) {
-            map.entry(identifier(id, redactor)).or_default().push_back(Verdict {
+            map.entry(identifier_ref(id, redactor)).or_default().push(Verdict {
                 outcome: MutationOutcome::Applied,
                 reason: String::new(),
                 data: None,
@@ -213,7 +229,7 @@ fn verdicts<'r>(resp: &'r Json<'r>, redactor: &Redactor) -> HashMap<String, VecD
             let reason = str_field(r, "reason", redactor);
             let outcome = if reason == "duplicate" { MutationOutcome::Duplicate } else { default_outcome };
             let data = r.get("data").filter(|d| !d.is_null());
-            map.entry(str_field(r, "mutation_id", redactor)).or_default().push_back(Verdict { outcome, reason, data });
+            map.entry(str_field_ref(r, "mutation_id", redactor)).or_default().push(Verdict { outcome, reason, data });
         }
     }
     map
@@ -378,17 +394,18 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
     } else {
         let mut verdicts = match (&resp, success) {
             (Some(v), true) => verdicts(v, &s.redactor),
-            _ => HashMap::new(),
+            _ => ById::default(),
         };
         // An id the response names more than once (the client sent it twice in one push) is
         // matched to its positions in body order, which may not be the host's order: whatever
         // verdict such a row gets, it keeps its detail, so a capture policy never drops a
         // payload the host refused (found by a fresh-eyes test: `applied` and `rejected` for
         // one id, the refused payload was dropped as applied).
-        let ambiguous: std::collections::HashSet<String> = verdicts.iter().filter(|(_, v)| v.len() > 1).map(|(id, _)| id.clone()).collect();
-        let mut states: HashMap<String, VecDeque<&MutationState>> = HashMap::new();
+        let ambiguous: std::collections::HashSet<String> = verdicts.iter().filter(|(_, v)| v.len() > 1).map(|(id, _)| id.to_string()).collect();
+        let mut states: ById<'_, &MutationState> = ById::default();
+        states.reserve(rec.states.len());
         for st in &rec.states {
-            states.entry(identifier(&st.mutation_id, &s.redactor)).or_default().push_back(st);
+            states.entry(identifier_ref(&st.mutation_id, &s.redactor)).or_default().push(st);
         }
         let list = req.as_ref().and_then(|v| v.get("mutations")).and_then(Json::as_array).unwrap_or(&[]);
         let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
@@ -398,8 +415,8 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
             let mutation_id = str_field(m, "mutation_id", &s.redactor);
             let entity_id = str_field(m, "entity_id", &s.redactor);
             let verdict = verdicts
-                .get_mut(&mutation_id)
-                .and_then(VecDeque::pop_front)
+                .get_mut(mutation_id.as_str())
+                .and_then(pop_front)
                 .unwrap_or_else(|| unanswered(rec, gone, success, broken.contains(&position)));
             match verdict.outcome {
                 MutationOutcome::Applied => applied += 1,
@@ -413,7 +430,7 @@ pub fn build(rec: &CaptureRecord, s: &RowSettings) -> Rows {
                 *reasons.entry(verdict.reason.clone()).or_default() += 1;
             }
             let payload = m.get("payload").filter(|p| p.is_object());
-            let state = states.get_mut(&mutation_id).and_then(VecDeque::pop_front);
+            let state = states.get_mut(mutation_id.as_str()).and_then(pop_front);
             let has_state = state.is_some();
             let detail_kept = verdict.outcome != MutationOutcome::Applied || ambiguous.contains(&mutation_id) || s.applied.keeps(&mutation_id);
             let (mut state_before, mut state_after, mut diff_text) = (String::new(), String::new(), String::new());

@@ -302,12 +302,13 @@ const SHORT: usize = 64;
 /// [`may_hold_credential`] in one pass; the same answer as [`may_hold_credential_long`].
 fn may_hold_credential_short(b: &[u8]) -> bool {
     for (i, &c) in b.iter().enumerate() {
-        let hit = match c {
-            b':' | b'=' | b'"' | b'\\' => true,
+        // One table load for the common byte that starts nothing.
+        let hit = match MARKS[c as usize] {
+            0 => false,
+            HIT => true,
             b'J' => i >= 2 && &b[i - 2..i] == b"ey",
             b'K' => i >= 8 && &b[i - 8..i] == b"PRIVATE ",
-            b' ' | b'\t' => follows_scheme(b, i),
-            _ => false,
+            _ => follows_scheme(b, i),
         };
         if hit {
             return true;
@@ -315,6 +316,22 @@ fn may_hold_credential_short(b: &[u8]) -> bool {
     }
     false
 }
+
+/// For each byte: 0 when it starts no rule, [`HIT`] when its presence alone is enough (a
+/// separator, a quote, an escape), else itself (`J`, `K`, a blank: the rule looks behind it).
+static MARKS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b':' as usize] = HIT;
+    t[b'=' as usize] = HIT;
+    t[b'"' as usize] = HIT;
+    t[b'\\' as usize] = HIT;
+    t[b'J' as usize] = b'J';
+    t[b'K' as usize] = b'K';
+    t[b' ' as usize] = b' ';
+    t[b'\t' as usize] = b'\t';
+    t
+};
+const HIT: u8 = 1;
 
 /// Whether the blank at `space` follows a scheme word that starts the text or a non-word byte.
 fn follows_scheme(b: &[u8], space: usize) -> bool {

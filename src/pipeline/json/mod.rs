@@ -7,8 +7,10 @@
 //! are the same bytes as before: objects iterate and serialize in sorted key order with the
 //! last of duplicate keys winning (serde_json's `Map` is a `BTreeMap`), numbers keep the
 //! digits as written (`arbitrary_precision`), strings are escaped as serde_json escapes them.
-//! Parsing goes through serde_json, so what is valid JSON, and the nesting limit (128), are
-//! serde_json's.
+//! Parsing is this module's own single pass (`parse`), which accepts what serde_json accepts
+//! and keeps what serde_json's `Value` keeps; only a refusal goes to serde_json, for its message.
+
+mod parse;
 
 use std::fmt;
 
@@ -134,7 +136,18 @@ impl<'a> Json<'a> {
 
     /// [`Self::parse`] of text already known to be UTF-8.
     pub fn parse_str(text: &'a str) -> Result<Json<'a>, serde_json::Error> {
-        serde_json::from_str(text)
+        match parse::parse(text) {
+            Ok(v) => Ok(v),
+            // serde_json's message for the refusal (and, should the two ever disagree, its tree:
+            // the `json` fuzz target and the proptest below look for such a case).
+            Err(parse::Invalid) => serde_json::from_str(text),
+        }
+    }
+
+    /// This module's parser alone, without serde_json behind it (for the differential tests
+    /// and the `json` fuzz target): `None` when it refuses the text.
+    pub fn parse_own(text: &'a str) -> Option<Json<'a>> {
+        parse::parse(text).ok()
     }
 
     /// A tree borrowing from a `serde_json::Value` (a state the host reported as an object).
@@ -492,18 +505,57 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The parser alone, and `parse` with its fallback, against serde_json's `Value`.
     fn same_as_serde_json(text: &str) {
+        let own = Json::parse_own(text);
         let tree = Json::parse(text.as_bytes());
         let value = serde_json::from_str::<Value>(text);
-        match (tree, value) {
-            (Ok(t), Ok(v)) => {
+        match (own, value) {
+            (Some(t), Ok(v)) => {
                 assert_eq!(t.to_string(), serde_json::to_string(&v).unwrap(), "{text}");
                 assert_eq!(t.to_value(), v);
                 assert_eq!(Json::from_value(&v).to_string(), t.to_string());
+                assert_eq!(tree.unwrap(), t, "{text}");
             }
-            (Err(_), Err(_)) => {}
-            (t, v) => panic!("{text}: tree {t:?}, serde_json {v:?}"),
+            (None, Err(e)) => assert_eq!(tree.unwrap_err().to_string(), e.to_string(), "{text}"),
+            (t, v) => panic!("{text:?}: parser {t:?}, serde_json {v:?}"),
         }
+    }
+
+    #[test]
+    fn the_parser_refuses_and_keeps_what_serde_json_does_at_the_edges() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let objects = |n: usize| format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n));
+        for n in [1, 126, 127, 128, 129, 300] {
+            same_as_serde_json(&nested(n));
+            same_as_serde_json(&objects(n));
+        }
+        assert!(Json::parse_own(&nested(127)).is_some() && Json::parse_own(&nested(128)).is_none());
+        for text in [
+            // Numbers: the exponent is kept as serde_json keeps it (`e`, with a sign).
+            "1E5", "1e5", "1e+5", "1E-5", "-1.5E+03", "2.50e-0", "-0", "0.0", "-0.0e0", "18446744073709551616",
+            "-9223372036854775809", "01", "-01", "-", "1.", ".5", "1e", "1e+", "+1", "0x10", "1.e3", "--1", "-a",
+            // Strings.
+            r#""\u00e9\u0000\/\b\f\n\r\t""#, r#""\uD83D\uDE00""#, r#""\ud83d""#, r#""\ud83dx""#, r#""\ud83d\n""#,
+            r#""\ud83d\u0041""#, r#""\ude00""#, r#""\u00g0""#, r#""\u00""#, r#""\x""#, "\"tab\there\"", "\"a\u{1}b\"",
+            "\"a\u{7f}b\"", "\"unterminated", "\"esc\\", r#""a\"b""#,
+            // Structure and blanks.
+            " \t\r\n[ 1 , 2 ]\n ", "[1 2]", "{\"a\" 1}", "{\"a\":1,}", "{,}", "[,1]", "{1:2}", "{\"a\":}", "[", "{", "]", "",
+            " ", "\u{feff}1", "\u{c}1", "tru", "nulll", "null null", "[true,false,null]", "{\"\":\"\"}", "{\"a\":1}x",
+        ] {
+            same_as_serde_json(text);
+        }
+    }
+
+    #[test]
+    fn an_object_keyed_like_serde_jsons_number_token_stays_an_object() {
+        // serde_json's `Value` reads it as the number 12 (its `arbitrary_precision` marker);
+        // it is what the client sent, an object.
+        let t = Json::parse(br#"{"$serde_json::private::Number":"12"}"#).unwrap();
+        assert_eq!(t.to_string(), r#"{"$serde_json::private::Number":"12"}"#);
+        assert!(t.is_object());
+        let t = Json::parse(br#"{"$serde_json::private::Number":"not digits"}"#).unwrap();
+        assert_eq!(t.get("$serde_json::private::Number").and_then(Json::as_str), Some("not digits"));
     }
 
     #[test]
@@ -513,7 +565,6 @@ mod tests {
             r#"{"a":1,"a":2,"b":{"k":[1],"k":"last"},"a":3}"#,
             r#"[1.0, -0, 1e5, 10E-1, 123456789012345678901234567890, -1.5e-300]"#,
             r#""\ud83d\ude00 and \u00e9""#,
-            r#"{"$serde_json::private::Number":"12"}"#,
             "{}",
             "[]",
             r#"{"a":"#,
@@ -549,7 +600,7 @@ mod tests {
         let leaf = prop_oneof![
             Just("null".to_owned()),
             Just("true".to_owned()),
-            "-?[0-9]{1,3}(\\.[0-9]{1,2})?([eE]-?[0-9])?",
+            "-?[0-9]{1,3}(\\.[0-9]{1,2})?([eE][-+]?[0-9]{1,2})?",
             "[a-c\\\\\"\\n é😀]{0,6}".prop_map(|s| serde_json::to_string(&s).unwrap()),
         ];
         leaf.prop_recursive(4, 40, 5, |inner| {

@@ -1,0 +1,37 @@
+//! The pipeline's own JSON parser (`pipeline::json`) against serde_json.
+//!
+//! Input: any bytes, taken as text when they are UTF-8 (the pipeline checks UTF-8 first).
+//!
+//! Checked: the parser never panics; it refuses exactly the texts serde_json refuses; what it
+//! accepts reads as serde_json's `Value` reads it (the same compact text, numbers' digits
+//! included) and writes back as serde_json writes that `Value`. The one deliberate difference,
+//! an object whose only key is serde_json's private number marker, is left out of the
+//! comparison (serde_json reads it as a number; the pipeline keeps the object).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+use tether_pro::internals::json::Json;
+
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let own = Json::parse_own(text);
+    let theirs = serde_json::from_str::<Value>(text);
+    match (own, theirs) {
+        (Some(tree), Ok(value)) => {
+            if text.contains(NUMBER_TOKEN) {
+                return;
+            }
+            assert_eq!(tree.to_string(), serde_json::to_string(&value).unwrap(), "{text:?}");
+            assert_eq!(tree.to_value(), value, "{text:?}");
+        }
+        (None, Err(_)) => {}
+        (Some(tree), Err(e)) if text.contains(NUMBER_TOKEN) => {
+            // serde_json refuses a marker object whose value is not digits; the pipeline keeps it.
+            let _ = (tree, e);
+        }
+        (own, theirs) => panic!("{text:?}: parser {own:?}, serde_json {theirs:?}"),
+    }
+});
