@@ -11,13 +11,14 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use tether_pro::internals::json::Json;
+use tether_pro::internals::json::{Bump, Json};
 
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let own = Json::parse_own(text);
+    let arena = Bump::new();
+    let own = Json::parse_own(text, &arena);
     let theirs = serde_json::from_str::<Value>(text);
     match (own, theirs) {
         (Some(tree), Ok(value)) => {

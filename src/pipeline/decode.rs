@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::json::Json;
+use super::json::{Bump, Json};
 
 use crate::capture::CapturedBody;
 
@@ -88,9 +88,9 @@ fn decode_one(coding: &str, input: &[u8], max_bytes: usize) -> (Vec<u8>, bool, O
 
 /// A push request parsed leniently, and where it was broken.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LenientJson {
-    /// The body parsed after the repair.
-    pub value: Json<'static>,
+pub struct LenientJson<'a> {
+    /// The body parsed after the repair (its text in the arena).
+    pub value: Json<'a>,
     /// Positions (in the `mutations` array) of mutations whose strings had to be repaired.
     pub broken_mutations: Vec<usize>,
 }
@@ -99,13 +99,14 @@ pub struct LenientJson {
 /// (`"\ud83d"`) and invalid UTF-8 are replaced by U+FFFD, then the text is parsed again.
 /// `None` when nothing was repaired or it still does not parse (then it was not a broken
 /// string that made it fail).
-pub fn parse_lenient(bytes: &[u8]) -> Option<LenientJson> {
+pub fn parse_lenient<'a>(bytes: &[u8], arena: &'a Bump) -> Option<LenientJson<'a>> {
     let (text, repaired_at) = repair_strings(bytes);
     if repaired_at.is_empty() {
         return None;
     }
-    let value = Json::parse(text.as_bytes()).ok()?.into_owned();
-    Some(LenientJson { broken_mutations: mutations_containing(&text, &repaired_at), value })
+    let text: &'a str = arena.alloc_str(&text);
+    let value = Json::parse_str(text, arena).ok()?;
+    Some(LenientJson { broken_mutations: mutations_containing(text, &repaired_at), value })
 }
 
 /// Replaces invalid UTF-8 and unpaired surrogate escapes by U+FFFD; returns the text and the
@@ -196,12 +197,12 @@ impl StateValue {
     /// The state as a tree borrowing from the record (`None` when it is not a JSON object):
     /// JSON text is parsed in place, an object state is read where it is. Text with broken
     /// strings is repaired as in [`Self::into_object`].
-    pub fn tree(&self) -> Option<Json<'_>> {
+    pub fn tree<'a>(&'a self, arena: &'a Bump) -> Option<Json<'a>> {
         let tree = match self {
-            StateValue::Object(o) => return Some(Json::from_map(o)),
-            StateValue::Json(text) => match Json::parse_str(text) {
+            StateValue::Object(o) => return Some(Json::from_map(o, arena)),
+            StateValue::Json(text) => match Json::parse_str(text, arena) {
                 Ok(t) => t,
-                Err(_) => parse_lenient(text.as_bytes())?.value,
+                Err(_) => parse_lenient(text.as_bytes(), arena)?.value,
             },
         };
         tree.is_object().then_some(tree)
@@ -211,7 +212,7 @@ impl StateValue {
 fn parse_object(text: &str) -> Option<Object> {
     let value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(_) => parse_lenient(text.as_bytes())?.value.to_value(),
+        Err(_) => parse_lenient(text.as_bytes(), &Bump::new())?.value.to_value(),
     };
     match value {
         serde_json::Value::Object(o) => Some(o),
@@ -313,7 +314,8 @@ mod tests {
     fn lenient_pass_repairs_lone_surrogates_and_names_the_mutation() {
         let body = br#"{"client_id":"c1","mutations":[{"mutation_id":"m0","payload":{"title":"ok \ud83d\ude00"}},{"mutation_id":"m1","payload":{"title":"\ud83d"}},{"mutation_id":"m2","payload":{"title":"a\\ud83d"}}]}"#;
         assert!(serde_json::from_slice::<Value>(body).is_err());
-        let l = parse_lenient(body).unwrap();
+        let arena = Bump::new();
+        let l = parse_lenient(body, &arena).unwrap();
         assert_eq!(l.broken_mutations, vec![1]);
         let l = LenientValue { value: l.value.to_value() };
         assert_eq!(l.value["client_id"], "c1");
@@ -327,11 +329,12 @@ mod tests {
         let mut body = br#"{"client_id":"c1","mutations":[{"t":"\udc00"},{"t":""#.to_vec();
         body.extend_from_slice(&[0xff, 0xfe]);
         body.extend_from_slice(br#""},{"t":"fine"}]}"#);
-        let l = parse_lenient(&body).unwrap();
+        let arena = Bump::new();
+        let l = parse_lenient(&body, &arena).unwrap();
         assert_eq!(l.broken_mutations, vec![0, 1]);
         let l = LenientValue { value: l.value.to_value() };
         assert_eq!(l.value["mutations"][1]["t"], "\u{FFFD}\u{FFFD}", "one per invalid byte, as from_utf8_lossy");
-        assert!(parse_lenient(br#"{"a":1}"#).is_none(), "nothing to repair");
-        assert!(parse_lenient(br#"{"a":"\ud83d""#).is_none(), "still not JSON");
+        assert!(parse_lenient(br#"{"a":1}"#, &arena).is_none(), "nothing to repair");
+        assert!(parse_lenient(br#"{"a":"\ud83d""#, &arena).is_none(), "still not JSON");
     }
 }

@@ -809,7 +809,8 @@ mod tests {
         let mut owned = diff(before, after);
         redact_changes(&mut owned, &r);
         let (tb, ta) = (before.to_string(), after.to_string());
-        let (tb, ta) = (Json::parse(tb.as_bytes()).unwrap(), Json::parse(ta.as_bytes()).unwrap());
+        let arena = crate::pipeline::json::Bump::new();
+        let (tb, ta) = (Json::parse(tb.as_bytes(), &arena).unwrap(), Json::parse(ta.as_bytes(), &arena).unwrap());
         let mut written = String::new();
         write_redacted_changes(&changes(&tb, &ta), &r, &mut written);
         assert_eq!(written, serde_json::to_string(&owned).unwrap(), "{before} -> {after}");

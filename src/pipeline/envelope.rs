@@ -12,7 +12,7 @@
 
 use serde_json::Value;
 
-use super::json::{Json, Text};
+use super::json::{Items, Json, Text};
 use super::redact::{Redactor, json_pointer};
 pub use crate::store::rows::MovedPayload;
 use crate::store::rows::MutationRow;
@@ -20,7 +20,7 @@ use crate::store::rows::MutationRow;
 /// Stands in for a payload the capture policy did not keep, in a rebuilt body.
 pub const NOT_KEPT: &str = "[not kept: capture.applied]";
 
-fn mutation_list<'b, 'a>(body: &'b mut Json<'a>) -> Option<&'b mut Vec<Json<'a>>> {
+fn mutation_list<'b, 'a>(body: &'b mut Json<'a>) -> Option<&'b mut Items<'a>> {
     let Json::Object(entries) = body else { return None };
     let i = entries.binary_search_by(|(k, _)| k.as_str().cmp("mutations")).ok()?;
     entries[i].1.as_array_mut()

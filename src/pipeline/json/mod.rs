@@ -3,6 +3,10 @@
 //! (`Redactor::write_redacted`) and diffs by reference: no `serde_json::Value` tree with an
 //! allocation per string and per map node, no clone of a state to redact or diff it.
 //!
+//! Containers, and strings that had escapes, live in an arena ([`Bump`]) the caller owns:
+//! the pipeline thread resets one arena per record, so a tree costs no `malloc`/`free` pair per
+//! object and array (those were about a fifth of the processing stage's instructions).
+//!
 //! It keeps `serde_json::Value`'s semantics where they show in stored text, so the columns
 //! are the same bytes as before: objects iterate and serialize in sorted key order with the
 //! last of duplicate keys winning (serde_json's `Map` is a `BTreeMap`), numbers keep the
@@ -14,9 +18,13 @@ mod parse;
 
 use std::fmt;
 
-use serde::Deserialize;
-use serde::de::{self, MapAccess, SeqAccess, Visitor};
+pub use bumpalo::Bump;
 use serde_json::Value;
+
+/// An array's items, in the tree's arena.
+pub type Items<'a> = bumpalo::collections::Vec<'a, Json<'a>>;
+/// An object's entries, in the tree's arena.
+pub type Entries<'a> = bumpalo::collections::Vec<'a, (Text<'a>, Json<'a>)>;
 
 /// Text in a tree: a string's content, an object key or a number's digits.
 #[derive(Debug, Clone)]
@@ -35,13 +43,6 @@ impl Text<'_> {
         match self {
             Text::Plain(s) | Text::Borrowed(s) => s,
             Text::Owned(s) => s,
-        }
-    }
-
-    fn into_owned(self) -> Text<'static> {
-        match self {
-            Text::Plain(s) | Text::Borrowed(s) => Text::Owned(s.to_owned()),
-            Text::Owned(s) => Text::Owned(s),
         }
     }
 
@@ -115,69 +116,74 @@ pub enum Json<'a> {
     /// A string.
     String(Text<'a>),
     /// An array.
-    Array(Vec<Json<'a>>),
+    Array(Items<'a>),
     /// An object: entries sorted by key, keys unique.
-    Object(Vec<(Text<'a>, Json<'a>)>),
+    Object(Entries<'a>),
 }
 
-/// serde_json's private key for a number under `arbitrary_precision` (its own `Value` reads
-/// numbers the same way).
-const NUMBER_TOKEN: &str = "$serde_json::private::Number";
-
 impl<'a> Json<'a> {
-    /// Parses JSON text; strings without escapes are borrowed.
-    pub fn parse(bytes: &'a [u8]) -> Result<Json<'a>, serde_json::Error> {
-        // One UTF-8 check of the whole text is cheaper than serde_json's check of each string.
+    /// Parses JSON text; strings without escapes are borrowed, containers and unescaped
+    /// strings go in `arena`.
+    pub fn parse(bytes: &'a [u8], arena: &'a Bump) -> Result<Json<'a>, serde_json::Error> {
+        // One UTF-8 check of the whole text is cheaper than a check of each string.
         match std::str::from_utf8(bytes) {
-            Ok(text) => Json::parse_str(text),
-            Err(_) => serde_json::from_slice(bytes),
+            Ok(text) => Json::parse_str(text, arena),
+            Err(_) => Err(serde_json::from_slice::<Value>(bytes).expect_err("not UTF-8, so not JSON")),
         }
     }
 
     /// [`Self::parse`] of text already known to be UTF-8.
-    pub fn parse_str(text: &'a str) -> Result<Json<'a>, serde_json::Error> {
-        match parse::parse(text) {
+    pub fn parse_str(text: &'a str, arena: &'a Bump) -> Result<Json<'a>, serde_json::Error> {
+        match parse::parse(text, arena) {
             Ok(v) => Ok(v),
-            // serde_json's message for the refusal (and, should the two ever disagree, its tree:
-            // the `json` fuzz target and the proptest below look for such a case).
-            Err(parse::Invalid) => serde_json::from_str(text),
+            // serde_json's message for the refusal (and, should the two ever disagree, its
+            // tree: the `json` fuzz target and the tests below look for such a case).
+            Err(parse::Invalid) => serde_json::from_str::<Value>(text).map(|v| Json::copy_of(&v, arena)),
         }
     }
 
     /// This module's parser alone, without serde_json behind it (for the differential tests
     /// and the `json` fuzz target): `None` when it refuses the text.
-    pub fn parse_own(text: &'a str) -> Option<Json<'a>> {
-        parse::parse(text).ok()
+    pub fn parse_own(text: &'a str, arena: &'a Bump) -> Option<Json<'a>> {
+        parse::parse(text, arena).ok()
     }
 
     /// A tree borrowing from a `serde_json::Value` (a state the host reported as an object).
-    pub fn from_value(v: &'a Value) -> Json<'a> {
+    pub fn from_value(v: &'a Value, arena: &'a Bump) -> Json<'a> {
         match v {
             Value::Null => Json::Null,
             Value::Bool(b) => Json::Bool(*b),
             Value::Number(n) => Json::Number(Text::Borrowed(n.as_str())),
             Value::String(s) => Json::String(Text::Borrowed(s)),
-            Value::Array(items) => Json::Array(items.iter().map(Json::from_value).collect()),
-            Value::Object(map) => Json::from_map(map),
+            Value::Array(items) => Json::Array(Items::from_iter_in(items.iter().map(|v| Json::from_value(v, arena)), arena)),
+            Value::Object(map) => Json::from_map(map, arena),
         }
     }
 
     /// [`Self::from_value`] of an object.
-    pub fn from_map(map: &'a serde_json::Map<String, Value>) -> Json<'a> {
+    pub fn from_map(map: &'a serde_json::Map<String, Value>, arena: &'a Bump) -> Json<'a> {
         // `Map` iterates in sorted order, keys unique.
-        Json::Object(map.iter().map(|(k, v)| (Text::Borrowed(k), Json::from_value(v))).collect())
+        let mut entries = Entries::with_capacity_in(map.len(), arena);
+        entries.extend(map.iter().map(|(k, v)| (Text::Borrowed(k), Json::from_value(v, arena))));
+        Json::Object(entries)
     }
 
-    /// The same tree owning all its text.
-    pub fn into_owned(self) -> Json<'static> {
-        match self {
-            Json::Null => Json::Null,
-            Json::Bool(b) => Json::Bool(b),
-            Json::Number(t) => Json::Number(t.into_owned()),
-            Json::String(t) => Json::String(t.into_owned()),
-            Json::Array(items) => Json::Array(items.into_iter().map(Json::into_owned).collect()),
-            Json::Object(entries) => Json::Object(entries.into_iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()),
+    /// A tree of `v` with its text copied into `arena` (a `Value` that does not outlive it).
+    fn copy_of(v: &Value, arena: &'a Bump) -> Json<'a> {
+        let text = |s: &str| Text::Borrowed(arena.alloc_str(s));
+        match v {
+            Value::Null => Json::Null,
+            Value::Bool(b) => Json::Bool(*b),
+            Value::Number(n) => Json::Number(text(n.as_str())),
+            Value::String(s) => Json::String(text(s)),
+            Value::Array(items) => Json::Array(Items::from_iter_in(items.iter().map(|v| Json::copy_of(v, arena)), arena)),
+            Value::Object(map) => Json::Object(Entries::from_iter_in(map.iter().map(|(k, v)| (text(k), Json::copy_of(v, arena))), arena)),
         }
+    }
+
+    /// An empty object in `arena` (allocates nothing).
+    pub fn empty_object(arena: &'a Bump) -> Json<'a> {
+        Json::Object(Entries::new_in(arena))
     }
 
     /// The value as a `serde_json::Value` (for the owned diff API).
@@ -231,7 +237,7 @@ impl<'a> Json<'a> {
     }
 
     /// The items, when this is an array.
-    pub fn as_array_mut(&mut self) -> Option<&mut Vec<Json<'a>>> {
+    pub fn as_array_mut(&mut self) -> Option<&mut Items<'a>> {
         match self {
             Json::Array(items) => Some(items),
             _ => None,
@@ -316,101 +322,14 @@ impl fmt::Display for Json<'_> {
 
 /// Sorts object entries by key; of duplicate keys the last one stays (as in serde_json's
 /// `Map`, where a later insert replaces the value).
-fn sorted_unique<'a>(mut entries: Vec<(Text<'a>, Json<'a>)>) -> Vec<(Text<'a>, Json<'a>)> {
+fn sort_unique(entries: &mut Entries<'_>) {
     if entries.windows(2).all(|w| w[0].0.as_str() < w[1].0.as_str()) {
-        return entries;
+        return;
     }
     // Reversed, a stable sort puts the last of equal keys first, and `dedup` keeps the first.
     entries.reverse();
     entries.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
     entries.dedup_by(|later, earlier| later.0.as_str() == earlier.0.as_str());
-    entries
-}
-
-struct TextSeed;
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(TextSeed)
-    }
-}
-
-impl<'de> Visitor<'de> for TextSeed {
-    type Value = Text<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string")
-    }
-    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Text<'de>, E> {
-        Ok(Text::Plain(s))
-    }
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Text<'de>, E> {
-        Ok(Text::Owned(s.to_owned()))
-    }
-    fn visit_string<E: de::Error>(self, s: String) -> Result<Text<'de>, E> {
-        Ok(Text::Owned(s))
-    }
-}
-
-impl<'de> Deserialize<'de> for Json<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(JsonVisitor)
-    }
-}
-
-struct JsonVisitor;
-
-impl<'de> Visitor<'de> for JsonVisitor {
-    type Value = Json<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Json<'de>, E> {
-        Ok(Json::Null)
-    }
-    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Json<'de>, E> {
-        Ok(Json::Bool(b))
-    }
-    // Without `arbitrary_precision` numbers would come here; with it they come as a map.
-    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Json<'de>, E> {
-        Ok(Json::Number(Text::Owned(n.to_string())))
-    }
-    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Json<'de>, E> {
-        Ok(Json::Number(Text::Owned(n.to_string())))
-    }
-    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Json<'de>, E> {
-        Ok(serde_json::Number::from_f64(n).map_or(Json::Null, |n| Json::Number(Text::Owned(n.to_string()))))
-    }
-    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Json<'de>, E> {
-        Ok(Json::String(Text::Plain(s)))
-    }
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Json<'de>, E> {
-        Ok(Json::String(Text::Owned(s.to_owned())))
-    }
-    fn visit_string<E: de::Error>(self, s: String) -> Result<Json<'de>, E> {
-        Ok(Json::String(Text::Owned(s)))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
-        // serde_json gives no size hint; a few slots up front save most of the regrowth.
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(4));
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Json::Array(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
-        let Some(first) = map.next_key::<Text<'de>>()? else { return Ok(Json::Object(Vec::new())) };
-        if first.as_str() == NUMBER_TOKEN {
-            let digits: String = map.next_value()?;
-            return Ok(Json::Number(Text::Owned(digits)));
-        }
-        // Records have a handful to a few dozen fields: start with room for 16.
-        let mut entries = Vec::with_capacity(16);
-        entries.push((first, map.next_value()?));
-        while let Some((k, v)) = map.next_entry()? {
-            entries.push((k, v));
-        }
-        Ok(Json::Object(sorted_unique(entries)))
-    }
 }
 
 /// A tree's node, for code that reads both [`Json`] and `serde_json::Value` (the diff).
@@ -505,16 +424,21 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// An arena that lives as long as the test (leaked: tests are short).
+    fn arena() -> &'static Bump {
+        Box::leak(Box::new(Bump::new()))
+    }
+
     /// The parser alone, and `parse` with its fallback, against serde_json's `Value`.
     fn same_as_serde_json(text: &str) {
-        let own = Json::parse_own(text);
-        let tree = Json::parse(text.as_bytes());
+        let own = Json::parse_own(text, arena());
+        let tree = Json::parse(text.as_bytes(), arena());
         let value = serde_json::from_str::<Value>(text);
         match (own, value) {
             (Some(t), Ok(v)) => {
                 assert_eq!(t.to_string(), serde_json::to_string(&v).unwrap(), "{text}");
                 assert_eq!(t.to_value(), v);
-                assert_eq!(Json::from_value(&v).to_string(), t.to_string());
+                assert_eq!(Json::from_value(&v, arena()).to_string(), t.to_string());
                 assert_eq!(tree.unwrap(), t, "{text}");
             }
             (None, Err(e)) => assert_eq!(tree.unwrap_err().to_string(), e.to_string(), "{text}"),
@@ -530,7 +454,7 @@ mod tests {
             same_as_serde_json(&nested(n));
             same_as_serde_json(&objects(n));
         }
-        assert!(Json::parse_own(&nested(127)).is_some() && Json::parse_own(&nested(128)).is_none());
+        assert!(Json::parse_own(&nested(127), arena()).is_some() && Json::parse_own(&nested(128), arena()).is_none());
         for text in [
             // Numbers: the exponent is kept as serde_json keeps it (`e`, with a sign).
             "1E5", "1e5", "1e+5", "1E-5", "-1.5E+03", "2.50e-0", "-0", "0.0", "-0.0e0", "18446744073709551616",
@@ -551,10 +475,10 @@ mod tests {
     fn an_object_keyed_like_serde_jsons_number_token_stays_an_object() {
         // serde_json's `Value` reads it as the number 12 (its `arbitrary_precision` marker);
         // it is what the client sent, an object.
-        let t = Json::parse(br#"{"$serde_json::private::Number":"12"}"#).unwrap();
+        let t = Json::parse(br#"{"$serde_json::private::Number":"12"}"#, arena()).unwrap();
         assert_eq!(t.to_string(), r#"{"$serde_json::private::Number":"12"}"#);
         assert!(t.is_object());
-        let t = Json::parse(br#"{"$serde_json::private::Number":"not digits"}"#).unwrap();
+        let t = Json::parse(br#"{"$serde_json::private::Number":"not digits"}"#, arena()).unwrap();
         assert_eq!(t.get("$serde_json::private::Number").and_then(Json::as_str), Some("not digits"));
     }
 
@@ -577,16 +501,16 @@ mod tests {
     }
 
     #[test]
-    fn plain_strings_are_borrowed_and_escaped_ones_owned() {
-        let t = Json::parse(br#"{"k":"plain","e":"a\nb"}"#).unwrap();
+    fn plain_strings_are_borrowed_and_escaped_ones_in_the_arena() {
+        let t = Json::parse(br#"{"k":"plain","e":"a\nb"}"#, arena()).unwrap();
         assert!(matches!(t.get("k"), Some(Json::String(Text::Plain("plain")))));
-        assert!(matches!(t.get("e"), Some(Json::String(Text::Owned(s))) if s == "a\nb"));
+        assert!(matches!(t.get("e"), Some(Json::String(Text::Borrowed(s))) if *s == "a\nb"));
         assert_eq!(t.get("k").and_then(Json::as_str), Some("plain"));
     }
 
     #[test]
     fn objects_are_edited_in_key_order() {
-        let mut t = Json::parse(br#"{"b":1,"d":2}"#).unwrap();
+        let mut t = Json::parse(br#"{"b":1,"d":2}"#, arena()).unwrap();
         t.insert(Text::Plain("c"), Json::Null);
         t.insert(Text::Plain("a"), Json::Bool(true));
         t.insert(Text::Plain("b"), Json::Bool(false));

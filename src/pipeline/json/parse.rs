@@ -6,8 +6,8 @@
 //! push, and its visitor protocol cannot tell a number from an object whose one key is
 //! `$serde_json::private::Number`. The crates that borrow (simd-json, sonic-rs, jiter,
 //! serde_json_borrow) turn numbers into `f64`/`i64` and lose the digits. This parser borrows
-//! numbers as written and gathers each container's items on one reused stack, so a container
-//! costs one allocation of its exact size.
+//! numbers as written and gathers each container's items on one reused stack, then moves
+//! them into the arena at their exact size.
 //!
 //! It accepts exactly what serde_json accepts and yields what serde_json's `Value` holds:
 //! checked against serde_json by the tests below, a proptest and the `json` fuzz target.
@@ -16,7 +16,7 @@
 //! nested container is refused), and exponents written as serde_json's `arbitrary_precision`
 //! keeps them (`e`, with an explicit sign).
 
-use super::{Json, Text, sorted_unique};
+use super::{Bump, Entries, Items, Json, Text, sort_unique};
 
 /// A container nested this deep is refused (serde_json's recursion limit).
 const DEPTH_LIMIT: usize = 128;
@@ -28,11 +28,11 @@ pub(super) struct Invalid;
 type Parsed<T> = Result<T, Invalid>;
 
 /// Parses a whole JSON text (surrounding blanks allowed).
-pub(super) fn parse(text: &str) -> Parsed<Json<'_>> {
+pub(super) fn parse<'a>(text: &'a str, arena: &'a Bump) -> Parsed<Json<'a>> {
     // The stacks' memory is kept per thread: a push parses its body and about 70 states, and
     // growing fresh stacks each time cost about 6 % of the processing stage (callgrind).
     let (items, entries) = STACKS.with_borrow_mut(|s| (s.take_items(), s.take_entries()));
-    let mut p = Parser { text, b: text.as_bytes(), i: 0, depth: 0, items, entries };
+    let mut p = Parser { text, b: text.as_bytes(), i: 0, depth: 0, arena, items, entries };
     let v = p.value();
     p.skip_blanks();
     let whole = p.i == p.b.len();
@@ -85,6 +85,7 @@ thread_local! {
 
 struct Parser<'a> {
     text: &'a str,
+    arena: &'a Bump,
     b: &'a [u8],
     i: usize,
     depth: usize,
@@ -169,7 +170,7 @@ impl<'a> Parser<'a> {
         if self.b.get(self.i) == Some(&b']') {
             self.i += 1;
             self.depth -= 1;
-            return Ok(Json::Array(Vec::new()));
+            return Ok(Json::Array(Items::new_in(self.arena)));
         }
         let base = self.items.len();
         loop {
@@ -182,7 +183,9 @@ impl<'a> Parser<'a> {
             }
         }
         self.depth -= 1;
-        Ok(Json::Array(self.items.drain(base..).collect()))
+        let mut items = Items::with_capacity_in(self.items.len() - base, self.arena);
+        items.extend(self.items.drain(base..));
+        Ok(Json::Array(items))
     }
 
     /// After `{`.
@@ -192,7 +195,7 @@ impl<'a> Parser<'a> {
         if self.b.get(self.i) == Some(&b'}') {
             self.i += 1;
             self.depth -= 1;
-            return Ok(Json::Object(Vec::new()));
+            return Ok(Json::Object(Entries::new_in(self.arena)));
         }
         let base = self.entries.len();
         loop {
@@ -212,7 +215,10 @@ impl<'a> Parser<'a> {
             }
         }
         self.depth -= 1;
-        Ok(Json::Object(sorted_unique(self.entries.drain(base..).collect())))
+        let mut entries = Entries::with_capacity_in(self.entries.len() - base, self.arena);
+        entries.extend(self.entries.drain(base..));
+        sort_unique(&mut entries);
+        Ok(Json::Object(entries))
     }
 
     /// After the opening quote: borrowed when the string holds no escape.
@@ -226,10 +232,11 @@ impl<'a> Parser<'a> {
                 Ok(Text::Plain(&self.text[start..stop]))
             }
             Some(b'\\') => {
-                let mut s = String::with_capacity(stop - start + 16);
+                let mut s = bumpalo::collections::String::with_capacity_in(stop - start + 16, self.arena);
                 s.push_str(&self.text[start..stop]);
                 self.i = stop;
-                self.escaped(s).map(Text::Owned)
+                // Unescaped, the text may need escaping again when written.
+                self.escaped(s).map(|s| Text::Borrowed(s.into_bump_str()))
             }
             _ => Err(Invalid),
         }
@@ -253,7 +260,7 @@ impl<'a> Parser<'a> {
     }
 
     /// The rest of a string that has escapes, from the backslash at `self.i`.
-    fn escaped(&mut self, mut s: String) -> Parsed<String> {
+    fn escaped(&mut self, mut s: bumpalo::collections::String<'a>) -> Parsed<bumpalo::collections::String<'a>> {
         loop {
             match self.b.get(self.i) {
                 Some(b'"') => {
@@ -370,12 +377,12 @@ impl<'a> Parser<'a> {
         if kept_as_written {
             return Ok(Text::Plain(written));
         }
-        let mut s = String::with_capacity(written.len() + 1);
+        let mut s = bumpalo::collections::String::with_capacity_in(written.len() + 1, self.arena);
         s.push_str(&self.text[start..mantissa_end]);
         s.push('e');
         s.push(sign);
         s.push_str(&self.text[exponent_start..self.i]);
-        Ok(Text::Owned(s))
+        Ok(Text::Plain(s.into_bump_str()))
     }
 
     /// Skips ASCII digits; how many.
