@@ -27,14 +27,15 @@ pub type Items<'a> = bumpalo::collections::Vec<'a, Json<'a>>;
 pub type Entries<'a> = bumpalo::collections::Vec<'a, (Text<'a>, Json<'a>)>;
 
 /// Text in a tree: a string's content, an object key or a number's digits.
-#[derive(Debug, Clone)]
+///
+/// Nothing in a tree owns heap memory (text is borrowed from the input or sits in the arena),
+/// so dropping a tree walks nothing.
+#[derive(Debug, Clone, Copy)]
 pub enum Text<'a> {
     /// Borrowed from JSON text, and known to need no escaping (it was written without any).
     Plain(&'a str),
-    /// Borrowed, and may need escaping.
+    /// Borrowed (from the record, or unescaped into the arena), and may need escaping.
     Borrowed(&'a str),
-    /// Owned (unescaped from the input, or made by the pipeline).
-    Owned(String),
 }
 
 impl Text<'_> {
@@ -42,7 +43,6 @@ impl Text<'_> {
     pub fn as_str(&self) -> &str {
         match self {
             Text::Plain(s) | Text::Borrowed(s) => s,
-            Text::Owned(s) => s,
         }
     }
 
@@ -51,7 +51,6 @@ impl Text<'_> {
         match self {
             Text::Plain(s) => quote_plain(s, out),
             Text::Borrowed(s) => write_str(s, out),
-            Text::Owned(s) => write_str(s, out),
         }
     }
 }
@@ -201,6 +200,11 @@ impl<'a> Json<'a> {
     /// The value of `key`, when this is an object that has it.
     pub fn get(&self, key: &str) -> Option<&Json<'a>> {
         let Json::Object(entries) = self else { return None };
+        // A record's handful of fields: comparing lengths first rejects most keys without a
+        // `memcmp` call, which the binary search's ordered comparisons cannot.
+        if entries.len() <= 16 {
+            return entries.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v);
+        }
         entries.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok().map(|i| &entries[i].1)
     }
 
