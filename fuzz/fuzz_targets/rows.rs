@@ -238,11 +238,11 @@ fn check(input: Input) {
     }
     for m in &mutations {
         for (name, text) in [
-            ("request_id", &m.request_id), ("mutation_id", &m.mutation_id), ("entity_id", &m.entity_id), ("model", &m.model),
-            ("operation", &m.operation), ("client_id", &m.client_id), ("outcome", &m.outcome), ("reason", &m.reason),
-            ("reason_data", &m.reason_data), ("payload", &m.payload), ("state_before", &m.state_before),
-            ("state_after", &m.state_after), ("diff", &m.diff), ("trace_id", &m.trace_id), ("span_id", &m.span_id),
-            ("client_timestamp_raw", &m.client_timestamp_raw),
+            ("request_id", m.request_id.as_ref()), ("mutation_id", m.mutation_id.as_ref()), ("entity_id", m.entity_id.as_ref()), ("model", m.model.as_ref()),
+            ("operation", m.operation.as_ref()), ("client_id", m.client_id.as_ref()), ("outcome", m.outcome.as_ref()), ("reason", m.reason.as_ref()),
+            ("reason_data", m.reason_data.as_ref()), ("payload", m.payload.as_ref()), ("state_before", m.state_before.as_ref()),
+            ("state_after", m.state_after.as_ref()), ("diff", m.diff.as_ref()), ("trace_id", m.trace_id.as_ref()), ("span_id", m.span_id.as_ref()),
+            ("client_timestamp_raw", m.client_timestamp_raw.as_ref()),
         ] {
             assert_no_secret(&format!("sync_mutations.{name}"), text, &secrets);
         }

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use smallvec::SmallVec;
 
@@ -177,6 +178,14 @@ fn identifier_ref<'s>(s: &'s str, r: &Redactor) -> Cow<'s, str> {
         Some(redacted) => Cow::Owned(redacted),
         None => capped,
     }
+}
+
+/// The columns every mutation row of a push repeats, allocated once per push.
+struct SharedColumns {
+    request_id: Arc<str>,
+    client_id: Arc<str>,
+    trace_id: Arc<str>,
+    span_id: Arc<str>,
 }
 
 /// Mutation ids to what was said of them, in order (an id named twice in one push has two);
@@ -428,6 +437,12 @@ fn build_in(rec: &CaptureRecord, s: &RowSettings, arena: &Bump) -> Rows {
             states.entry(identifier_ref(&st.mutation_id, &s.redactor)).or_default().push(st);
         }
         let list = req.as_ref().and_then(|v| v.get("mutations")).and_then(Json::as_array).unwrap_or(&[]);
+        let shared = SharedColumns {
+            request_id: Arc::from(rec.request_id.as_str()),
+            client_id: Arc::from(client_id.as_str()),
+            trace_id: Arc::from(rec.trace_id.as_str()),
+            span_id: Arc::from(rec.span_id.as_str()),
+        };
         let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
         let (mut applied, mut rejected, mut conflicts, mut duplicates, mut unprocessed) = (0u32, 0u32, 0u32, 0u32, 0u32);
         mutations.reserve(list.len());
@@ -474,14 +489,14 @@ fn build_in(rec: &CaptureRecord, s: &RowSettings, arena: &Bump) -> Rows {
             }
             let (client_timestamp, client_timestamp_raw) = client_timestamp(m, &s.redactor);
             mutations.push(MutationRow {
-                request_id: rec.request_id.clone(),
+                request_id: shared.request_id.clone(),
                 started_at: rec.started_at,
                 position: position as u32,
                 mutation_id,
                 entity_id,
                 model: str_field(m, "model", &s.redactor),
                 operation: str_field(m, "operation", &s.redactor),
-                client_id: client_id.clone(),
+                client_id: shared.client_id.clone(),
                 client_timestamp,
                 client_timestamp_raw,
                 version: m.get("version").and_then(Json::as_u64).unwrap_or(0),
@@ -495,8 +510,8 @@ fn build_in(rec: &CaptureRecord, s: &RowSettings, arena: &Bump) -> Rows {
                 has_state,
                 detail_kept,
                 diff: diff_text,
-                trace_id: rec.trace_id.clone(),
-                span_id: rec.span_id.clone(),
+                trace_id: shared.trace_id.clone(),
+                span_id: shared.span_id.clone(),
                 redacted_paths: Vec::new(),
                 redacted_paths_recorded: true,
             });

@@ -1,6 +1,7 @@
 //! The rows of tether-pro's tables, one type per table written (columns in table order),
 //! and the narrow rows read back from them. README "ClickHouse tables" documents each column.
 
+use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -92,8 +93,9 @@ pub struct RequestRow {
 /// A `sync_mutations` row (columns in table order).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
 pub struct MutationRow {
-    /// The `request_id` column: the push this mutation came in.
-    pub request_id: String,
+    /// The `request_id` column: the push this mutation came in. (The four columns a push's
+    /// rows share, `request_id`, `client_id`, `trace_id` and `span_id`, share one allocation.)
+    pub request_id: Arc<str>,
     /// The `started_at` column: the push's arrival time (UTC, microseconds).
     #[serde(with = "clickhouse::serde::chrono::datetime64::micros")]
     pub started_at: DateTime<Utc>,
@@ -108,7 +110,7 @@ pub struct MutationRow {
     /// The `operation` column: `create`, `update` or `delete`.
     pub operation: String,
     /// The `client_id` column: the pushing client's id.
-    pub client_id: String,
+    pub client_id: Arc<str>,
     /// `None` when the timestamp was missing or not a valid epoch-milliseconds integer.
     #[serde(with = "clickhouse::serde::chrono::datetime64::millis::option")]
     pub client_timestamp: Option<DateTime<Utc>>,
@@ -146,9 +148,9 @@ pub struct MutationRow {
     /// `removed` or `changed`); numbers compare by value.
     pub diff: String,
     /// The `trace_id` column: W3C trace id of the request's span.
-    pub trace_id: String,
+    pub trace_id: Arc<str>,
     /// The `span_id` column: W3C span id of the request's span.
-    pub span_id: String,
+    pub span_id: Arc<str>,
     /// JSON Pointers (RFC 6901) into `payload` of every value redaction changed: replaced whole
     /// (a sensitive key) or a string whose credentials were cut out. Replay restores exactly
     /// these and nothing else.
