@@ -363,7 +363,7 @@ fn redact_and_diff(c: &mut Criterion) {
             let rows = tether_pro::internals::rows::build(&rec, &settings);
             assert_eq!(rows.mutations.len(), BATCH);
             assert_eq!(rows.request.applied_count as usize, BATCH);
-            assert!(rows.mutations.iter().filter(|m| m.operation == "update").all(|m| m.diff != "[]"), "edits have diffs");
+            assert!(rows.mutations.iter().filter(|m| &*m.operation == "update").all(|m| m.diff != "[]"), "edits have diffs");
             assert!(rows.mutations.iter().any(|m| m.payload.contains("[REDACTED]")), "the record carries secrets to redact");
             eprintln!(
                 "bench redact_and_diff/push_50: request body {} bytes, response body {} bytes, {} states",

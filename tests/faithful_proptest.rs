@@ -236,7 +236,7 @@ fn check(p: &GenPush, rows: &Rows) -> Result<(), TestCaseError> {
             (false, false, _, true) => ("applied", ""),
             (false, false, _, false) => ("rejected", "validation_failed"),
         };
-        prop_assert_eq!((m.outcome.as_str(), m.reason.as_str()), (outcome, reason));
+        prop_assert_eq!((&*m.outcome, m.reason.as_str()), (outcome, reason));
         let has_state = g.state && (!broken || p.client_gone);
         prop_assert_eq!(m.has_state, has_state);
         for n in &g.numbers {
@@ -285,7 +285,7 @@ async fn generated_pushes_are_stored_exactly_as_they_happened() {
         let ts = m.client_timestamp.map(|t| Value::String(t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())).unwrap_or(Value::Null);
         assert_eq!(row["client_timestamp"], ts, "{row}");
         assert_eq!(row["client_timestamp_raw"], m.client_timestamp_raw.as_str());
-        assert_eq!((row["outcome"].as_str(), row["reason"].as_str()), (Some(m.outcome.as_str()), Some(m.reason.as_str())));
+        assert_eq!((row["outcome"].as_str(), row["reason"].as_str()), (Some(&*m.outcome), Some(m.reason.as_str())));
         assert_eq!(row["payload"], m.payload.as_str());
         assert_eq!(row["diff"], m.diff.as_str());
     }

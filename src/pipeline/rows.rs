@@ -188,6 +188,25 @@ struct SharedColumns {
     span_id: Arc<str>,
 }
 
+/// The distinct values of a push's low-cardinality columns (`model`, `operation`, `outcome`),
+/// one allocation each: a push names a handful.
+#[derive(Default)]
+struct Interned(SmallVec<[Arc<str>; 8]>);
+
+impl Interned {
+    fn get(&mut self, value: &str) -> Arc<str> {
+        if let Some(v) = self.0.iter().find(|v| ***v == *value) {
+            return v.clone();
+        }
+        let v: Arc<str> = Arc::from(value);
+        // A push of many distinct models is possible; the search stays short.
+        if self.0.len() < 32 {
+            self.0.push(v.clone());
+        }
+        v
+    }
+}
+
 /// Mutation ids to what was said of them, in order (an id named twice in one push has two);
 /// one entry each is the rule, kept inline.
 type ById<'k, T> = HashMap<Cow<'k, str>, SmallVec<[T; 1]>, foldhash::fast::RandomState>;
@@ -437,6 +456,7 @@ fn build_in(rec: &CaptureRecord, s: &RowSettings, arena: &Bump) -> Rows {
             states.entry(identifier_ref(&st.mutation_id, &s.redactor)).or_default().push(st);
         }
         let list = req.as_ref().and_then(|v| v.get("mutations")).and_then(Json::as_array).unwrap_or(&[]);
+        let mut values = Interned::default();
         let shared = SharedColumns {
             request_id: Arc::from(rec.request_id.as_str()),
             client_id: Arc::from(client_id.as_str()),
@@ -494,13 +514,13 @@ fn build_in(rec: &CaptureRecord, s: &RowSettings, arena: &Bump) -> Rows {
                 position: position as u32,
                 mutation_id,
                 entity_id,
-                model: str_field(m, "model", &s.redactor),
-                operation: str_field(m, "operation", &s.redactor),
+                model: values.get(&str_field_ref(m, "model", &s.redactor)),
+                operation: values.get(&str_field_ref(m, "operation", &s.redactor)),
                 client_id: shared.client_id.clone(),
                 client_timestamp,
                 client_timestamp_raw,
                 version: m.get("version").and_then(Json::as_u64).unwrap_or(0),
-                outcome: verdict.outcome.as_str().to_owned(),
+                outcome: values.get(verdict.outcome.as_str()),
                 reason: verdict.reason,
                 reason_data: verdict.data.map(|d| redacted_text(d, s)).unwrap_or_default(),
                 // Filled from the request body below, with the paths redaction changed.
@@ -581,7 +601,7 @@ mod tests {
         rec.client_version = String::new();
         let rows = build(&rec, &RowSettings { redactor: Redactor::default(), body_cap_bytes: 65536, decoded_max_bytes: 1 << 20, ..Default::default() });
         let m = &rows.mutations[0];
-        assert_eq!(m.model, r#"{"password":"[REDACTED]"}"#);
+        assert_eq!(&*m.model, r#"{"password":"[REDACTED]"}"#);
         assert_eq!(m.reason, r#"{"api_key":"[REDACTED]"}"#);
         assert_eq!(m.outcome, MutationOutcome::Rejected, "the verdict still matches its mutation");
         let all = format!("{:?}", rows);

@@ -105,10 +105,11 @@ pub struct MutationRow {
     pub mutation_id: String,
     /// The `entity_id` column: the client's ULID for the record.
     pub entity_id: String,
-    /// The `model` column: the record's model, e.g. `Task`.
-    pub model: String,
+    /// The `model` column: the record's model, e.g. `Task`. (`model`, `operation` and
+    /// `outcome` take a handful of values: a push's rows share one allocation per value.)
+    pub model: Arc<str>,
     /// The `operation` column: `create`, `update` or `delete`.
-    pub operation: String,
+    pub operation: Arc<str>,
     /// The `client_id` column: the pushing client's id.
     pub client_id: Arc<str>,
     /// `None` when the timestamp was missing or not a valid epoch-milliseconds integer.
@@ -122,7 +123,7 @@ pub struct MutationRow {
     /// The `outcome` column: `applied`, `rejected`, `conflict`, `duplicate`, `unprocessed` (the
     /// whole push failed, or the answer did not mention it) or `unknown` (the client went away
     /// before the answer).
-    pub outcome: String,
+    pub outcome: Arc<str>,
     /// The `reason` column: the host's rejection reason, empty when applied; for `unprocessed`,
     /// `http_<status>` or `invalid_string`; for `unknown`, `client_disconnected`.
     pub reason: String,

@@ -121,6 +121,11 @@ macro_rules! column_eq {
                 self == other.as_str()
             }
         }
+        impl PartialEq<$t> for std::sync::Arc<str> {
+            fn eq(&self, other: &$t) -> bool {
+                **self == *other.as_str()
+            }
+        }
     )*};
 }
 column_eq!(RequestKind, RequestOutcome, MutationOutcome);

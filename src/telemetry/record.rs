@@ -81,9 +81,9 @@ impl Telemetry {
             if matches!(outcome, Some(MutationOutcome::Applied | MutationOutcome::Conflict | MutationOutcome::Duplicate)) {
                 i.admit_model(&m.model);
             }
-            *per.entry((m.model.as_str(), m.operation.as_str(), m.outcome.as_str())).or_default() += 1;
+            *per.entry((&*m.model, &*m.operation, &*m.outcome)).or_default() += 1;
             match outcome {
-                Some(MutationOutcome::Conflict) => *conflicts.entry(m.model.as_str()).or_default() += 1,
+                Some(MutationOutcome::Conflict) => *conflicts.entry(&*m.model).or_default() += 1,
                 Some(MutationOutcome::Rejected | MutationOutcome::Duplicate) => *reasons.entry(bounded_reason(&m.reason)).or_default() += 1,
                 _ => {}
             }
@@ -155,7 +155,7 @@ impl Telemetry {
         let mut span = crate::capture::ids::with_preset_ids(trace_id, span_id, || tracer.build_with_context(builder, &parent));
         // Events for what went wrong only: applied mutations are counted on the span (and
         // every mutation is in ClickHouse); an event each doubled the export for nothing.
-        let not_applied = rows.mutations.iter().filter(|m| m.outcome != MutationOutcome::Applied.as_str());
+        let not_applied = rows.mutations.iter().filter(|m| m.outcome != MutationOutcome::Applied);
         for m in not_applied.take(MAX_MUTATION_EVENTS) {
             span.add_event_with_timestamp(
                 "tether.mutation",
