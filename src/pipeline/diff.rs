@@ -132,13 +132,17 @@ pub struct Found<'t, N> {
 /// [`diff`] by reference, for any tree ([`Json`](super::json::Json) or `Value`): nothing is
 /// copied.
 pub fn changes<'t, N: Node>(before: &'t N, after: &'t N) -> Vec<Found<'t, N>> {
-    let mut out = Vec::new();
-    let mut path = Vec::new();
+    // A created or deleted record changes every field: room for that many up front.
+    let mut out = Vec::with_capacity(before.object_len().max(after.object_len()));
+    let mut path = StepPath::new();
     diff_at(before, after, &mut path, &mut out);
     out
 }
 
-fn diff_at<'t, N: Node>(a: &'t N, b: &'t N, path: &mut Vec<Step<'t>>, out: &mut Vec<Found<'t, N>>) {
+/// The path being compared, kept inline for the depths records have.
+type StepPath<'t> = SmallVec<[Step<'t>; 8]>;
+
+fn diff_at<'t, N: Node>(a: &'t N, b: &'t N, path: &mut StepPath<'t>, out: &mut Vec<Found<'t, N>>) {
     match (a.kind(), b.kind()) {
         // Both sides iterate in sorted key order: a merge visits the union of keys in order.
         (Kind::Object(ea), Kind::Object(eb)) if path.len() < MAX_DEPTH => {

@@ -7,17 +7,20 @@
 use super::{OnRedacted, PathRef, REDACTED, Redactor};
 use crate::pipeline::json::{Json, write_str, written};
 
+/// The path being written, kept inline for the depths records have.
+type Path<'t> = smallvec::SmallVec<[PathRef<'t>; 8]>;
+
 impl Redactor {
     /// Appends `v`'s JSON text with every sensitive key's value replaced by [`REDACTED`] and
     /// the credentials in every other string cut out. Returns how many values changed.
     pub(crate) fn write_redacted(&self, v: &Json<'_>, out: &mut String) -> usize {
-        self.write_at(v, out, &mut Vec::new(), &mut None)
+        self.write_at(v, out, &mut Path::new(), &mut None)
     }
 
     /// [`Self::write_redacted`], calling `on_redacted` with the path of every value that
     /// changed (in document order).
     pub(crate) fn write_redacted_recording(&self, v: &Json<'_>, out: &mut String, on_redacted: &mut OnRedacted<'_>) -> usize {
-        self.write_at(v, out, &mut Vec::new(), &mut Some(on_redacted))
+        self.write_at(v, out, &mut Path::new(), &mut Some(on_redacted))
     }
 
     /// `v` written redacted into a new string.
@@ -27,7 +30,7 @@ impl Redactor {
         })
     }
 
-    fn write_at<'t>(&self, v: &'t Json<'_>, out: &mut String, path: &mut Vec<PathRef<'t>>, on: &mut Option<&mut OnRedacted<'_>>) -> usize {
+    fn write_at<'t>(&self, v: &'t Json<'_>, out: &mut String, path: &mut Path<'t>, on: &mut Option<&mut OnRedacted<'_>>) -> usize {
         match v {
             Json::Object(entries) => {
                 let mut count = 0;
@@ -82,7 +85,7 @@ impl Redactor {
         }
     }
 
-    fn write_child<'t>(&self, child: &'t Json<'_>, step: PathRef<'t>, out: &mut String, path: &mut Vec<PathRef<'t>>, on: &mut Option<&mut OnRedacted<'_>>) -> usize {
+    fn write_child<'t>(&self, child: &'t Json<'_>, step: PathRef<'t>, out: &mut String, path: &mut Path<'t>, on: &mut Option<&mut OnRedacted<'_>>) -> usize {
         // Paths are only kept when they are reported.
         if on.is_none() {
             return self.write_at(child, out, path, on);
@@ -94,7 +97,7 @@ impl Redactor {
     }
 }
 
-fn report<'t>(path: &mut Vec<PathRef<'t>>, step: PathRef<'t>, on: &mut Option<&mut OnRedacted<'_>>) {
+fn report<'t>(path: &mut Path<'t>, step: PathRef<'t>, on: &mut Option<&mut OnRedacted<'_>>) {
     if let Some(on) = on.as_deref_mut() {
         path.push(step);
         on(path);
