@@ -476,6 +476,16 @@ mod tests {
     }
 
     #[test]
+    fn the_fallback_copy_of_a_serde_json_value_is_the_parsed_tree() {
+        // Used only should the parser refuse a text serde_json accepts (none is known).
+        let text = r#"{"b":[1,2.50,-0,1E+3,"x\ny",null,true],"a":{"k":"v"},"é":"😀"}"#;
+        let value: Value = serde_json::from_str(text).unwrap();
+        let copy = Json::copy_of(&value, arena());
+        assert_eq!(copy, Json::parse(text.as_bytes(), arena()).unwrap());
+        assert_eq!(copy.to_string(), serde_json::to_string(&value).unwrap());
+    }
+
+    #[test]
     fn an_object_keyed_like_serde_jsons_number_token_stays_an_object() {
         // serde_json's `Value` reads it as the number 12 (its `arbitrary_precision` marker);
         // it is what the client sent, an object.
