@@ -86,8 +86,8 @@ impl Redactor {
                     continue;
                 }
             }
-            if let Some((key_end, sep, mode)) = self.pair_after_credential(b, text, start, end) {
-                let vend = redact_pair_value(text, key_end, sep, mode, skip_inline_space, out);
+            if let Some((emit_from, sep, mode)) = self.pair_after_credential(b, text, start, end) {
+                let vend = redact_pair_value(text, emit_from, sep, mode, skip_inline_space, out);
                 if vend > end {
                     (start, end) = (sep + 1, vend);
                     continue;
@@ -100,24 +100,30 @@ impl Redactor {
     /// For a credential `b[cs..ce]` after a scheme word whose last part is a sensitive key
     /// followed by `=` (inside the credential) or by `:` / `=` (after it, past an optional
     /// closing quote): where the key ends, the separator, and how to read the value.
+    ///
+    /// Returns where the text still to be written starts (the caller has written the cut up to
+    /// `ce`), the separator, and the mode.
     fn pair_after_credential(&self, b: &[u8], text: &str, cs: usize, ce: usize) -> Option<(usize, usize, Mode)> {
         // `Set-SECRET=` then a quoted value: the credential took the `=`.
-        let key_end = cs + b[cs..ce].iter().rposition(|&c| c != b'=').map_or(0, |p| p + 1);
-        let (sep, mode) = if key_end < ce {
-            (ce - 1, Mode::Form)
+        let inner_end = cs + b[cs..ce].iter().rposition(|&c| c != b'=').map_or(0, |p| p + 1);
+        let (emit_from, key_end, sep, mode) = if inner_end < ce {
+            (inner_end, inner_end, ce - 1, Mode::Form)
         } else {
-            let quoted = ce < b.len() && (b[ce] == b'"' || b[ce] == b'\'');
-            let k = skip_inline_space(b, ce + usize::from(quoted));
+            // The key may go on past the credential's bytes: `card_number%20=` (`%` is a key
+            // byte, not a credential byte; found by CI's redact_values fuzzing, 2 December).
+            let key_end = ce + b[ce..].iter().take_while(|&&c| is_word_byte(c)).count();
+            let quoted = key_end < b.len() && (b[key_end] == b'"' || b[key_end] == b'\'');
+            let k = skip_inline_space(b, key_end + usize::from(quoted));
             match (b.get(k), quoted) {
-                (Some(b'='), _) => (k, Mode::Form),
-                (Some(b':'), true) => (k, Mode::Json),
-                (Some(b':'), false) => (k, Mode::Line),
+                (Some(b'='), _) => (ce, key_end, k, Mode::Form),
+                (Some(b':'), true) => (ce, key_end, k, Mode::Json),
+                (Some(b':'), false) => (ce, key_end, k, Mode::Line),
                 _ => return None,
             }
         };
-        // The key is the credential's last run of key bytes (`ab12/api_key` ends in `api_key`).
+        // The key is the last run of key bytes (`ab12/api_key` ends in `api_key`).
         let key_start = cs + b[cs..key_end].iter().rposition(|&c| !is_word_byte(c)).map_or(0, |p| p + 1);
-        (key_start < key_end && self.word_matches(&text[key_start..key_end])).then_some((key_end, sep, mode))
+        (key_start < key_end && self.word_matches(&text[key_start..key_end])).then_some((emit_from, sep, mode))
     }
 
     /// The scrubbed text, or `None` when nothing in it had to change.
@@ -791,6 +797,11 @@ mod tests {
             // Found by a local redact_values campaign: the credential cut ended with a scheme
             // word and the real credential after it was kept.
             ("\u{b}BeArEr /bearer QZX7AA", "\u{b}BeArEr [REDACTED]"),
+            // Found by CI's redact_values fuzzing (2 December): the key went on past the
+            // credential's bytes (`%20` is not a credential byte) before its `=`.
+            ("\u{b}BeArEr /card_numBer%20=QZX7Ah", "\u{b}BeArEr [REDACTED]%20=[REDACTED]"),
+            ("Bearer ab/password%5B0%5D=QZX7Ah&x=1", "Bearer [REDACTED]%5B0%5D=[REDACTED]&x=1"),
+            ("Bearer ab/api[key]: QZX7Ah\nnext", "Bearer [REDACTED][key]: [REDACTED]\nnext"),
             ("Token x=Bearer Basic dXNlcjpwYXNz9 end", "Token [REDACTED] end"),
             ("Bearer ab/token bonds", "Bearer [REDACTED] bonds"),
             ("Bearer ab/subtoken QZX7AA", "Bearer [REDACTED]"),
