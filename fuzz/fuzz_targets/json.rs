@@ -15,6 +15,15 @@ use tether_pro::internals::json::{Bump, Json};
 
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
+/// Whether any object in the tree has serde_json's marker as a key (however it was escaped).
+fn has_marker_key(tree: &Json<'_>) -> bool {
+    match tree {
+        Json::Object(entries) => entries.iter().any(|(k, v)| k.as_str() == NUMBER_TOKEN || has_marker_key(v)),
+        Json::Array(items) => items.iter().any(has_marker_key),
+        _ => false,
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let arena = Bump::new();
@@ -22,14 +31,14 @@ fuzz_target!(|data: &[u8]| {
     let theirs = serde_json::from_str::<Value>(text);
     match (own, theirs) {
         (Some(tree), Ok(value)) => {
-            if text.contains(NUMBER_TOKEN) {
+            if has_marker_key(&tree) {
                 return;
             }
             assert_eq!(tree.to_string(), serde_json::to_string(&value).unwrap(), "{text:?}");
             assert_eq!(tree.to_value(), value, "{text:?}");
         }
         (None, Err(_)) => {}
-        (Some(tree), Err(e)) if text.contains(NUMBER_TOKEN) => {
+        (Some(tree), Err(e)) if has_marker_key(&tree) => {
             // serde_json refuses a marker object whose value is not digits; the pipeline keeps it.
             let _ = (tree, e);
         }

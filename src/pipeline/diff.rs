@@ -284,7 +284,10 @@ pub fn numbers_equal(a: &serde_json::Number, b: &serde_json::Number) -> bool {
 /// [`numbers_equal`] on the digits as written; no allocation for the common case of
 /// identical spelling.
 fn digits_equal(a: &str, b: &str) -> bool {
-    a == b || canonical_decimal(a) == canonical_decimal(b)
+    // Two texts that cannot both be read as numbers (an exponent past `i128`) are the same
+    // number only when spelled the same (found by a review: `1e9999…9` and `2e9999…9` were
+    // equal).
+    a == b || matches!((canonical_decimal(a), canonical_decimal(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// A JSON number's value as `±0.d1d2d3… × 10^exponent`: the significant digits (no leading
@@ -334,7 +337,7 @@ fn canonical_decimal(text: &str) -> Option<Decimal<'_>> {
     }
     let trailing = frac.bytes().rev().chain(int.bytes().rev()).take_while(|&b| b == b'0').count();
     // The first significant digit sits `int.len() - leading` places left of the point.
-    let exponent = exp + int.len() as i128 - leading as i128;
+    let exponent = exp.checked_add(int.len() as i128)?.checked_sub(leading as i128)?;
     Some(Decimal { negative, int, frac, skip: leading, len: total - leading - trailing, exponent })
 }
 
@@ -758,6 +761,16 @@ mod tests {
         for (a, b) in [("1", "-1"), ("1", "1.01"), ("123456789012345678901234567890", "123456789012345678901234567891"), ("1e2", "1e3"), ("10", "1")] {
             assert_eq!(diff(&parse(a), &parse(b)).len(), 1, "{a} vs {b}");
         }
+        // Found by a review: exponents past i128 compared equal, and one at i128::MAX overflowed.
+        let huge = "9".repeat(45);
+        for (a, b) in [
+            (format!("1e{huge}"), format!("2e{huge}")),
+            ("1e170141183460469231731687303715884105727".to_owned(), "2".to_owned()),
+            ("10e170141183460469231731687303715884105727".to_owned(), "1e170141183460469231731687303715884105727".to_owned()),
+        ] {
+            assert_eq!(diff(&parse(&a), &parse(&b)).len(), 1, "{a} vs {b}");
+        }
+        assert!(diff(&parse(&format!("1e{huge}")), &parse(&format!("1e{huge}"))).is_empty());
     }
 
     /// The input: `{"big":123456789012345678901234567890}` lost digits. The change

@@ -209,10 +209,34 @@ impl Interned {
 
 /// Mutation ids to what was said of them, in order (an id named twice in one push has two);
 /// one entry each is the rule, kept inline.
-type ById<'k, T> = HashMap<Cow<'k, str>, SmallVec<[T; 1]>, foldhash::fast::RandomState>;
+type ById<'k, T> = HashMap<Cow<'k, str>, Said<T>, foldhash::fast::RandomState>;
 
-fn pop_front<T>(v: &mut SmallVec<[T; 1]>) -> Option<T> {
-    (!v.is_empty()).then(|| v.remove(0))
+/// What was said of one id, taken front to back. A cursor, not `remove(0)`: an id repeated
+/// n times must not cost n² (found by a review: 80 000 copies of one id took 4.3 s).
+struct Said<T> {
+    items: SmallVec<[Option<T>; 1]>,
+    next: usize,
+}
+
+impl<T> Default for Said<T> {
+    fn default() -> Self {
+        Said { items: SmallVec::new(), next: 0 }
+    }
+}
+
+impl<T> Said<T> {
+    fn push(&mut self, t: T) {
+        self.items.push(Some(t));
+    }
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+fn pop_front<T>(said: &mut Said<T>) -> Option<T> {
+    let t = said.items.get_mut(said.next)?.take();
+    said.next += 1;
+    t
 }
 
 /// Latest epoch millisecond `DateTime64(3)` stores (2299-12-31 23:59:59.999).
@@ -802,6 +826,24 @@ mod tests {
         assert_eq!((rows.request.applied_count, rows.request.rejected_count), (2, 1));
         let kept: Vec<(bool, &str)> = rows.mutations.iter().map(|m| (m.detail_kept, m.payload.as_str())).collect();
         assert_eq!(kept, [(true, r#"{"notes":"REJ-PAYLOAD"}"#), (true, r#"{"notes":"APPLIED-PAYLOAD"}"#), (false, "")]);
+    }
+
+    /// A client that resends one id many times, each copy refused as a duplicate: every row
+    /// gets its own verdict, in order (the verdict lists are read with a cursor: an id repeated
+    /// n times once cost n² shifts).
+    #[test]
+    fn an_id_repeated_many_times_takes_its_verdicts_in_order() {
+        let n = 2000;
+        let mutation = |i: usize| format!(r#"{{"mutation_id":"M","entity_id":"E{i}","model":"Task","operation":"update","payload":{{}},"version":1,"timestamp":1}}"#);
+        let req = format!(r#"{{"client_id":"c","mutations":[{}]}}"#, (0..n).map(mutation).collect::<Vec<_>>().join(","));
+        let rejected: Vec<String> = (0..n).map(|i| format!(r#"{{"mutation_id":"M","reason":"{}"}}"#, if i % 2 == 0 { "duplicate" } else { "not_found" })).collect();
+        let resp = format!(r#"{{"rejected":[{}]}}"#, rejected.join(","));
+        let rows = build(&push_record(&req, &resp, Vec::new()), &settings(KeepApplied::All, 65536));
+        assert_eq!(rows.mutations.len(), n);
+        assert_eq!((rows.request.duplicate_count, rows.request.rejected_count), (n as u32 / 2, n as u32 / 2));
+        for (i, m) in rows.mutations.iter().enumerate() {
+            assert_eq!(m.reason, if i % 2 == 0 { "duplicate" } else { "not_found" }, "row {i}");
+        }
     }
 
     #[test]
