@@ -127,7 +127,9 @@ impl<'a> Json<'a> {
         // One UTF-8 check of the whole text is cheaper than a check of each string.
         match std::str::from_utf8(bytes) {
             Ok(text) => Json::parse_str(text, arena),
-            Err(_) => Err(serde_json::from_slice::<Value>(bytes).expect_err("not UTF-8, so not JSON")),
+            // Not UTF-8, so not JSON: serde_json's message (and, were it to accept the text,
+            // its tree rather than a panic on the pipeline thread).
+            Err(_) => serde_json::from_slice::<Value>(bytes).map(|v| Json::copy_of(&v, arena)),
         }
     }
 

@@ -74,9 +74,17 @@ impl Stacks {
 /// An empty vector's allocation, reused for the same element type under another lifetime.
 fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
     v.clear();
-    // Same layout: `T` and `U` differ only in a lifetime (checked by the callers' types).
-    assert!(std::mem::size_of::<T>() == std::mem::size_of::<U>() && std::mem::align_of::<T>() == std::mem::align_of::<U>());
+    // Same layout (`T` and `U` differ only in a lifetime), checked at compile time: then the
+    // in-place collect keeps the allocation.
+    const { assert!(std::mem::size_of::<T>() == std::mem::size_of::<U>() && std::mem::align_of::<T>() == std::mem::align_of::<U>()) };
     v.into_iter().map(|_| unreachable!()).collect()
+}
+
+/// The items a container gathered on a stack from `base`, moved into the arena at their size.
+fn moved<'a, T>(stack: &mut Vec<T>, base: usize, arena: &'a Bump) -> bumpalo::collections::Vec<'a, T> {
+    let mut v = bumpalo::collections::Vec::with_capacity_in(stack.len() - base, arena);
+    v.extend(stack.drain(base..));
+    v
 }
 
 thread_local! {
@@ -166,35 +174,25 @@ impl<'a> Parser<'a> {
     /// After `[`.
     fn array(&mut self) -> Parsed<Json<'a>> {
         self.enter()?;
-        self.skip_blanks();
-        if self.b.get(self.i) == Some(&b']') {
-            self.i += 1;
-            self.depth -= 1;
+        if self.closes_at_once(b']') {
             return Ok(Json::Array(Items::new_in(self.arena)));
         }
         let base = self.items.len();
         loop {
             let v = self.value()?;
             self.items.push(v);
-            match self.next_token() {
-                Some(b',') => {}
-                Some(b']') => break,
-                _ => return Err(Invalid),
+            if self.next_separator(b']')? {
+                break;
             }
         }
         self.depth -= 1;
-        let mut items = Items::with_capacity_in(self.items.len() - base, self.arena);
-        items.extend(self.items.drain(base..));
-        Ok(Json::Array(items))
+        Ok(Json::Array(moved(&mut self.items, base, self.arena)))
     }
 
     /// After `{`.
     fn object(&mut self) -> Parsed<Json<'a>> {
         self.enter()?;
-        self.skip_blanks();
-        if self.b.get(self.i) == Some(&b'}') {
-            self.i += 1;
-            self.depth -= 1;
+        if self.closes_at_once(b'}') {
             return Ok(Json::Object(Entries::new_in(self.arena)));
         }
         let base = self.entries.len();
@@ -208,17 +206,34 @@ impl<'a> Parser<'a> {
             }
             let v = self.value()?;
             self.entries.push((key, v));
-            match self.next_token() {
-                Some(b',') => {}
-                Some(b'}') => break,
-                _ => return Err(Invalid),
+            if self.next_separator(b'}')? {
+                break;
             }
         }
         self.depth -= 1;
-        let mut entries = Entries::with_capacity_in(self.entries.len() - base, self.arena);
-        entries.extend(self.entries.drain(base..));
+        let mut entries = moved(&mut self.entries, base, self.arena);
         sort_unique(&mut entries);
         Ok(Json::Object(entries))
+    }
+
+    /// After a container's opening: whether it closes right away (`[]`, `{}`), consumed.
+    fn closes_at_once(&mut self, close: u8) -> bool {
+        self.skip_blanks();
+        if self.b.get(self.i) != Some(&close) {
+            return false;
+        }
+        self.i += 1;
+        self.depth -= 1;
+        true
+    }
+
+    /// After an item: `,` (another follows) or `close` (the container ends: true).
+    fn next_separator(&mut self, close: u8) -> Parsed<bool> {
+        match self.next_token() {
+            Some(b',') => Ok(false),
+            Some(c) if c == close => Ok(true),
+            _ => Err(Invalid),
+        }
     }
 
     /// After the opening quote: borrowed when the string holds no escape.
