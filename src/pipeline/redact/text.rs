@@ -86,6 +86,13 @@ impl Redactor {
                     continue;
                 }
             }
+            // A sensitive `key=value` inside the credential: its value runs on as a form
+            // value does, past the credential's bytes (`Bearer ab/password=hunter2!rest`;
+            // found by a fresh-eyes test, 2 December).
+            if let Some(vend) = self.value_inside_credential(b, text, start, end).filter(|&v| v > end) {
+                end = vend;
+                continue;
+            }
             if let Some((emit_from, sep, mode)) = self.pair_after_credential(b, text, start, end) {
                 let vend = redact_pair_value(text, emit_from, sep, mode, skip_inline_space, out);
                 if vend > end {
@@ -95,6 +102,22 @@ impl Redactor {
             }
             return end;
         }
+    }
+
+    /// Where the value of the first sensitive `key=value` inside the cut `b[start..end]` ends,
+    /// read as a form value.
+    fn value_inside_credential(&self, b: &[u8], text: &str, start: usize, end: usize) -> Option<usize> {
+        let mut from = start;
+        while let Some(p) = b[from..end].iter().position(|&c| c == b'=') {
+            let eq = from + p;
+            let key_start = start + b[start..eq].iter().rposition(|&c| !is_word_byte(c)).map_or(0, |p| p + 1);
+            // A `key=` that ends the cut is `pair_after_credential`'s (a quoted value follows).
+            if key_start < eq && eq + 1 < end && self.word_matches(&text[key_start..eq]) {
+                return Some(value_extent(b, eq + 1, Mode::Form).0);
+            }
+            from = eq + 1;
+        }
+        None
     }
 
     /// For a credential `b[cs..ce]` after a scheme word whose last part is a sensitive key
@@ -175,14 +198,17 @@ impl Redactor {
                     }
                     // `Bearer secret <credential>`: a sensitive key word between the scheme and
                     // the credential (found by a fresh-eyes test); `extend_cut` takes the rest.
-                    let key_then_credential = ce < n
-                        && (b[ce] == b' ' || b[ce] == b'\t')
-                        && b[cs..ce].iter().all(|&c| is_word_byte(c))
-                        && self.word_matches(&text[cs..ce])
+                    // The key word may hold bytes a credential does not (`api%5Fkey`,
+                    // `user[password]`; found by a fresh-eyes test, 2 December).
+                    let we = cs + b[cs..].iter().take_while(|&&c| is_word_byte(c)).count();
+                    let key_then_credential = we < n
+                        && (b[we] == b' ' || b[we] == b'\t')
+                        && self.word_matches(&text[cs..we])
                         && {
-                            let next = skip_inline_space(b, ce);
+                            let next = skip_inline_space(b, we);
                             looks_like_credential(&b[next..credential_end(b, next)])
                         };
+                    let ce = if key_then_credential { we } else { ce };
                     if looks_like_credential(&b[cs..ce]) || key_then_credential {
                         out.push_str(&text[emitted..cs]);
                         out.push_str(REDACTED);
@@ -802,6 +828,16 @@ mod tests {
             ("\u{b}BeArEr /card_numBer%20=QZX7Ah", "\u{b}BeArEr [REDACTED]%20=[REDACTED]"),
             ("Bearer ab/password%5B0%5D=QZX7Ah&x=1", "Bearer [REDACTED]%5B0%5D=[REDACTED]&x=1"),
             ("Bearer ab/api[key]: QZX7Ah\nnext", "Bearer [REDACTED][key]: [REDACTED]\nnext"),
+            // Found by a fresh-eyes test (2 December): a key=value inside the credential whose
+            // value has bytes a credential does not, and a key word with such bytes before
+            // the credential.
+            ("Bearer ab/password=hunter2!SECRET end", "Bearer [REDACTED] end"),
+            ("Bearer ab/api_key=x@SECRET&x=1", "Bearer [REDACTED]&x=1"),
+            ("Basic QZX7/token=a(SECRET) end", "Basic [REDACTED] end"),
+            ("Bearer password=hunter2%21SECRET end", "Bearer [REDACTED] end"),
+            ("Bearer api%5Fkey QZX7SECRET9 end", "Bearer [REDACTED] end"),
+            ("Bearer user[password]\tQZX7SECRET9", "Bearer [REDACTED]"),
+            ("token password%5B0%5D  QZX7SECRET9 end", "token [REDACTED] end"),
             ("Token x=Bearer Basic dXNlcjpwYXNz9 end", "Token [REDACTED] end"),
             ("Bearer ab/token bonds", "Bearer [REDACTED] bonds"),
             ("Bearer ab/subtoken QZX7AA", "Bearer [REDACTED]"),
