@@ -4,21 +4,23 @@
 //!
 //! Checked: the parser never panics; it refuses exactly the texts serde_json refuses; what it
 //! accepts reads as serde_json's `Value` reads it (the same compact text, numbers' digits
-//! included) and writes back as serde_json writes that `Value`. The one deliberate difference,
-//! an object whose only key is serde_json's private number marker, is left out of the
-//! comparison (serde_json reads it as a number; the pipeline keeps the object).
+//! included) and writes back as serde_json writes that `Value`. The deliberate difference, an
+//! object keyed by one of serde_json's private markers, is left out of the comparison
+//! (serde_json reads it as a number or as raw JSON; the pipeline keeps the object).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tether_pro::internals::json::{Bump, Json};
 
-const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+/// serde_json's private markers: its `Value` reads an object with one of them as first key as
+/// a number or as raw JSON text (features `arbitrary_precision`, `raw_value`).
+const MARKERS: [&str; 2] = ["$serde_json::private::Number", "$serde_json::private::RawValue"];
 
-/// Whether any object in the tree has serde_json's marker as a key (however it was escaped).
+/// Whether any object in the tree has one of serde_json's markers as a key (however escaped).
 fn has_marker_key(tree: &Json<'_>) -> bool {
     match tree {
-        Json::Object(entries) => entries.iter().any(|(k, v)| k.as_str() == NUMBER_TOKEN || has_marker_key(v)),
+        Json::Object(entries) => entries.iter().any(|(k, v)| MARKERS.contains(&k.as_str()) || has_marker_key(v)),
         Json::Array(items) => items.iter().any(has_marker_key),
         _ => false,
     }

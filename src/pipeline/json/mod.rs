@@ -488,7 +488,7 @@ mod tests {
     }
 
     #[test]
-    fn an_object_keyed_like_serde_jsons_number_token_stays_an_object() {
+    fn an_object_keyed_like_serde_jsons_private_markers_stays_an_object() {
         // serde_json's `Value` reads it as the number 12 (its `arbitrary_precision` marker);
         // it is what the client sent, an object.
         let t = Json::parse(br#"{"$serde_json::private::Number":"12"}"#, arena()).unwrap();
@@ -496,6 +496,9 @@ mod tests {
         assert!(t.is_object());
         let t = Json::parse(br#"{"$serde_json::private::Number":"not digits"}"#, arena()).unwrap();
         assert_eq!(t.get("$serde_json::private::Number").and_then(Json::as_str), Some("not digits"));
+        // The same for the raw-value marker (serde_json's `raw_value` feature reads it as `[1,2]`).
+        let t = Json::parse(br#"{"$serde_json::private::RawValue":"[1,2]"}"#, arena()).unwrap();
+        assert_eq!(t.to_string(), r#"{"$serde_json::private::RawValue":"[1,2]"}"#);
     }
 
     #[test]

@@ -3,11 +3,11 @@
 //!
 //! Why not serde_json's `Deserializer`: under `arbitrary_precision` (issue 14's exact digits)
 //! it hands every number over as an owned `String`, about 560 allocations per 50-mutation
-//! push, and its visitor protocol cannot tell a number from an object whose one key is
-//! `$serde_json::private::Number`. The crates that borrow (simd-json, sonic-rs, jiter,
-//! serde_json_borrow) turn numbers into `f64`/`i64` and lose the digits. This parser borrows
-//! numbers as written and gathers each container's items on one reused stack, then moves
-//! them into the arena at their exact size.
+//! push, and its visitor protocol cannot tell a number (or raw JSON) from an object whose
+//! first key is `$serde_json::private::Number` (or `...::RawValue`). The crates that borrow
+//! (simd-json, sonic-rs, jiter, serde_json_borrow) turn numbers into `f64`/`i64` and lose the
+//! digits. This parser borrows numbers as written and gathers each container's items on one
+//! reused stack, then moves them into the arena at their exact size.
 //!
 //! It accepts exactly what serde_json accepts and yields what serde_json's `Value` holds:
 //! checked against serde_json by the tests below, a proptest and the `json` fuzz target.
