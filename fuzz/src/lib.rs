@@ -39,6 +39,9 @@ const CARRIERS: &[(&str, Option<&str>, bool)] = &[
     ("{\"inner\":\"{\\\"secret\\\":\\\"{s}\\\"}\"}", Some("secret"), false),
     ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.{s} end", None, false),
     ("-----BEGIN PRIVATE KEY-----\n{s}\n-----END PRIVATE KEY-----", None, false),
+    // A PEM block cut short, then a pair whose quoted value its body cut must not pass
+    // (found by the redact fuzz target, 2 December).
+    ("-----BEGIN RSA PRIVATE KEY-----\nMIIEab\nmy api_key: \"{s}\"", Some("api_key"), false),
 ];
 
 /// Ordinary text around a token, which the value rules must leave as it is.

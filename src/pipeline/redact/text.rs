@@ -154,7 +154,7 @@ impl Redactor {
         if !may_hold_credential(text.as_bytes()) {
             return None;
         }
-        let pem = redact_pem(text);
+        let pem = self.redact_pem(text);
         let source: &str = pem.as_deref().unwrap_or(text);
         let mut out = String::new();
         if self.scrub_into(source, nesting, &mut out) {
@@ -475,47 +475,85 @@ fn pem_body_end(b: &[u8]) -> usize {
     b.len()
 }
 
-/// PEM private key blocks with their base64 body replaced; `None` when there are none.
-fn redact_pem(text: &str) -> Option<String> {
-    const BEGIN: &str = "-----BEGIN ";
-    if !text.contains("PRIVATE KEY-----") {
-        return None;
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    let mut changed = false;
-    while let Some(b) = rest.find(BEGIN) {
-        let after = b + BEGIN.len();
-        let label_end = rest[after..].find("-----").map(|e| after + e + 5);
-        let label = label_end.map(|e| &rest[after..e - 5]);
-        // A BEGIN line that is not closed on its own line (cut, or garbled) is skipped, so
-        // it cannot swallow the BEGIN line of the block after it (found by fuzzing).
-        let (Some(label_end), Some(label)) = (label_end, label.filter(|l| !l.contains(['\n', '\r']) && !l.contains("BEGIN"))) else {
-            out.push_str(&rest[..after]);
-            rest = &rest[after..];
-            continue;
-        };
-        out.push_str(&rest[..label_end]);
-        rest = &rest[label_end..];
-        if !label.ends_with("PRIVATE KEY") {
-            continue;
+impl Redactor {
+    /// PEM private key blocks with their base64 body replaced; `None` when there are none.
+    fn redact_pem(&self, text: &str) -> Option<String> {
+        const BEGIN: &str = "-----BEGIN ";
+        if !text.contains("PRIVATE KEY-----") {
+            return None;
         }
-        // The body runs to the END line, or to the end of the text when it was cut off, and
-        // never over a quote or a backslash: a BEGIN in one JSON string and an END in a later
-        // one must not cut the structure between them, nor may an escape lose its backslash
-        // (both found by the redact fuzz target). A block escaped inside a JSON string stops
-        // at its first `\n` here and is redacted when the string itself is scanned.
-        let end_line = rest.find("-----END").unwrap_or(rest.len());
-        let body_end = pem_body_end(&rest.as_bytes()[..end_line]);
-        if body_end == 0 {
-            continue;
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        let mut changed = false;
+        while let Some(b) = rest.find(BEGIN) {
+            let after = b + BEGIN.len();
+            let label_end = rest[after..].find("-----").map(|e| after + e + 5);
+            let label = label_end.map(|e| &rest[after..e - 5]);
+            // A BEGIN line that is not closed on its own line (cut, or garbled) is skipped, so
+            // it cannot swallow the BEGIN line of the block after it (found by fuzzing).
+            let (Some(label_end), Some(label)) = (label_end, label.filter(|l| !l.contains(['\n', '\r']) && !l.contains("BEGIN"))) else {
+                out.push_str(&rest[..after]);
+                rest = &rest[after..];
+                continue;
+            };
+            out.push_str(&rest[..label_end]);
+            rest = &rest[label_end..];
+            if !label.ends_with("PRIVATE KEY") {
+                continue;
+            }
+            // The body runs to the END line, or to the end of the text when it was cut off, and
+            // never over a quote or a backslash: a BEGIN in one JSON string and an END in a later
+            // one must not cut the structure between them, nor may an escape lose its backslash
+            // (both found by the redact fuzz target). Line breaks written as `\n` / `\r` escapes
+            // (a block inside a JSON string) are part of the body.
+            let end_line = rest.find("-----END").unwrap_or(rest.len());
+            let mut body_end = pem_body_end(&rest.as_bytes()[..end_line]);
+            if body_end < end_line {
+                body_end = self.keep_last_pair(&rest[..body_end]);
+                // Nothing but line breaks left to cut.
+                if rest[..body_end].replace("\\n", "").replace("\\r", "").trim().is_empty() {
+                    body_end = 0;
+                }
+            }
+            if body_end == 0 {
+                continue;
+            }
+            out.push_str(REDACTED);
+            rest = &rest[body_end..];
+            changed = true;
         }
-        out.push_str(REDACTED);
-        rest = &rest[body_end..];
-        changed = true;
+        out.push_str(rest);
+        changed.then_some(out)
     }
-    out.push_str(rest);
-    changed.then_some(out)
+
+    /// For a PEM body cut that stopped early, at a quote or a backslash: where the cut ends so
+    /// that a `key: "value"` or `key={...` on its last line stays for the key rules. Cutting the
+    /// key and stopping at its value's quote would keep the value (found by the redact fuzz
+    /// target: `-----BEGIN ... PRIVATE KEY-----` then `my api_key: "<secret>"`). A base64 line,
+    /// `=` padding included, has no `:` and no sensitive word before an `=`, so it is still cut.
+    fn keep_last_pair(&self, cut: &str) -> usize {
+        let b = cut.as_bytes();
+        // The last line starts after a line break, raw or written as `\n` / `\r`.
+        let line_start = (0..b.len())
+            .rev()
+            .find_map(|k| match b[k] {
+                b'\n' | b'\r' => Some(k + 1),
+                b'n' | b'r' if k > 0 && b[k - 1] == b'\\' => Some(k + 1),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let line = &b[line_start..];
+        let pair = line.contains(&b':')
+            || line.iter().enumerate().any(|(k, &c)| {
+                if c != b'=' {
+                    return false;
+                }
+                let word_end = line_start + line[..k].iter().rposition(|&c| c != b' ' && c != b'\t').map_or(0, |p| p + 1);
+                let word_start = b[line_start..word_end].iter().rposition(|&c| !is_word_byte(c)).map_or(line_start, |p| line_start + p + 1);
+                word_start < word_end && self.word_matches(&cut[word_start..word_end])
+            });
+        if pair { line_start } else { b.len() }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -859,6 +897,20 @@ mod tests {
                 "{\"k\":\"-----BEGIN PRIVATE KEY-----\\nMIIEsecret\\n-----END PRIVATE KEY-----\"}",
                 "{\"k\":\"-----BEGIN PRIVATE KEY-----[REDACTED]-----END PRIVATE KEY-----\"}",
             ),
+            // Found by the redact fuzz target (2 December): a PEM body cut that stopped at a
+            // quote took the key before it and kept its value.
+            ("-----BEGIN RSA PRIVATE KEY-----\nmy api_key: \"sEcr3t\"", "-----BEGIN RSA PRIVATE KEY-----\nmy api_key: \"[REDACTED]\""),
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEab\nmy api_key: {\"a\": \"sEcr3t\"}",
+                "-----BEGIN RSA PRIVATE KEY-----[REDACTED]my api_key: \"[REDACTED]\"",
+            ),
+            (
+                "{\"k\":\"-----BEGIN RSA PRIVATE KEY-----\\nMIIEab\\npassword=\\\"sEcr3t\\\"\"}",
+                "{\"k\":\"-----BEGIN RSA PRIVATE KEY-----[REDACTED]password=\\\"[REDACTED]\\\"\"}",
+            ),
+            ("----BEGIN x\n-----BEGIN EC PRIVATE KEY-----\n  token = 'sEcr3t'", "----BEGIN x\n-----BEGIN EC PRIVATE KEY-----\n  token = \"[REDACTED]\""),
+            // A base64 line before the quote, `=` padding and all, is still cut.
+            ("-----BEGIN RSA PRIVATE KEY-----\nMIIEsEcr3t==\"", "-----BEGIN RSA PRIVATE KEY-----[REDACTED]\""),
         ] {
             assert_eq!(r.redact_text(input), expected, "{input:?}");
         }
