@@ -42,6 +42,9 @@ struct Round {
     /// exporter's final flush, (a) nothing.
     deferred_ms: u64,
     rss_kib: u64,
+    /// CPU of the embedded ClickHouse per push, from the window's start until it was idle
+    /// again (inserts, materialized views, merges); `None` with `CLICKHOUSE_URL`.
+    clickhouse_us_per_push: Option<f64>,
     spans: u64,
     metric_exports: u64,
     /// Trace export bodies the receiver got, MiB.
@@ -103,8 +106,10 @@ fn paced_latency(rt: &tokio::runtime::Runtime, s: &Setup, plain_rate: f64) {
     for round in 1..=rounds {
         for variant in Variant::ALL {
             let (server, _receiver) = spawn_variant(s, variant);
+            let ch_start = support::clickhouse_pid().and_then(support::tree_cpu_time);
             let p = rt.block_on(load::run_paced(&server.push_url, &s.bodies, s.warmup, rate));
             let stats = server.stop();
+            let ch = ch_start.and_then(support::clickhouse_cpu_since).map(|cpu| cpu.as_secs_f64() * 1e6 / p.latencies.len().max(1) as f64);
             assert_eq!(p.errors, 0, "{variant:?}: failed pushes at the paced rate");
             let ms = |q| p.quantile(q).as_secs_f64() * 1000.0;
             let (p50, p90, p99) = (ms(0.5), ms(0.9), ms(0.99));
@@ -115,6 +120,9 @@ fn paced_latency(rt: &tokio::runtime::Runtime, s: &Setup, plain_rate: f64) {
             );
             if variant.is_tether() {
                 line += &format!("  dropped {}", stat_u64(&stats, "dropped") + stat_u64(&stats, "buffer_dropped"));
+            }
+            if let Some(ch) = ch {
+                line += &format!("  clickhouse cpu {ch:.0} us/push");
             }
             println!("{line}  load {}", support::load_average());
             quantiles.entry(variant).or_default().push((p50, p90, p99));
@@ -166,6 +174,7 @@ fn run_round(rt: &tokio::runtime::Runtime, s: &Setup, variant: Variant) -> Round
     let (server, receiver) = spawn_variant(s, variant);
     let pid = server.pid;
     let rows_before = rt.block_on(support::count(&s.ch_url, &s.database, "sync_mutations"));
+    let ch_start = support::clickhouse_pid().and_then(support::tree_cpu_time);
     let measured = rt.block_on(load::run_fixed(&server.push_url, &s.bodies, s.warmup, pid));
     let rss_kib = support::rss_kib(pid).map(|(rss, _)| rss).unwrap_or(0);
     let drained_ms = variant.is_tether().then(|| {
@@ -173,6 +182,8 @@ fn run_round(rt: &tokio::runtime::Runtime, s: &Setup, variant: Variant) -> Round
         rt.block_on(wait_for_rows(s, want))
     });
     let stats = server.stop();
+    let clickhouse_us_per_push =
+        ch_start.and_then(support::clickhouse_cpu_since).map(|cpu| cpu.as_secs_f64() * 1e6 / measured.pushes.max(1) as f64);
     let deferred_ms = drained_ms.unwrap_or_else(|| stat_u64(&stats, "flush_ms"));
     let (spans, metric_exports, otlp_mib) = receiver.map_or((0, 0, 0.0), |r| {
         assert_eq!(r.rejected(), 0, "the receiver could not decode an export");
@@ -181,7 +192,7 @@ fn run_round(rt: &tokio::runtime::Runtime, s: &Setup, variant: Variant) -> Round
     });
     let total_us = stat_u64(&stats, "cpu_us") as f64 - measured.server_cpu_at_start.as_micros() as f64;
     let cpu_us_per_push_total = total_us / (measured.pushes as f64);
-    Round { measured, cpu_us_per_push_total, deferred_ms, rss_kib, spans, metric_exports, otlp_mib, stats }
+    Round { measured, cpu_us_per_push_total, deferred_ms, rss_kib, clickhouse_us_per_push, spans, metric_exports, otlp_mib, stats }
 }
 
 /// Waits until ClickHouse holds `want` mutation rows, or the count has not moved for 10 s
@@ -233,6 +244,9 @@ fn print_round(round: usize, variant: Variant, r: &Round) {
             stat_u64(&r.stats, "records_failed"),
             r.deferred_ms
         );
+    }
+    if let Some(ch) = r.clickhouse_us_per_push {
+        line += &format!("  clickhouse cpu {ch:.0} us/push");
     }
     println!("{line}  load {}", support::load_average());
     // Where the process's CPU went in the window, per push, by thread name.
@@ -328,6 +342,20 @@ fn summarize(results: &HashMap<Variant, Vec<Round>>) {
         );
     }
     println!("  c/a = {ca:.3} (per-round median {:.3});  b/c = {bc:.3} (per-round median {:.3})", paired(c, a), paired(b, c));
+    // Target 1 counts the host's process only. On this harness ClickHouse shares the machine,
+    // and its inserts and merges compete with the host for targets 2 and 3.
+    let ch = |v: Variant| median(results[&v].iter().filter_map(|r| r.clickhouse_us_per_push).collect::<Vec<_>>());
+    if results[&a].iter().all(|r| r.clickhouse_us_per_push.is_some()) {
+        for v in [b, Variant::TetherSampled, Variant::TetherCounts] {
+            println!(
+                "  embedded ClickHouse {:<18} {:>5.0} us/push (inserts, views, merges; a: {:.0});  host + ClickHouse per push over (a): {:.3}",
+                v.name(),
+                ch(v),
+                ch(a),
+                (cpu_total(v) + ch(v)) / (cpu_total(a) + ch(a))
+            );
+        }
+    }
 }
 
 /// Not performance: that the harness measured what it claims (every push answered with all

@@ -218,6 +218,12 @@ impl LocalClickHouse {
         &self.url
     }
 
+    /// The process id of the server (the launcher runs ClickHouse in-process), e.g. to read
+    /// its CPU time from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the server cleanly (see [`Drop`]). ClickHouse waits up to ~5 s for idle
     /// keep-alive connections, so drop its clients first for a fast stop.
     pub fn stop(self) {
