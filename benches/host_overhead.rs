@@ -90,6 +90,7 @@ fn main() {
     }
     summarize(&results);
     check_real_work(&rt, &setup, &results);
+    rt.block_on(codec_sizes(&setup));
     paced_latency(&rt, &setup, median(results[&Variant::Plain].iter().map(|r| r.measured.per_second()).collect()));
     rt.block_on(support::drop_database(&setup.ch_url, &setup.database));
 }
@@ -381,3 +382,46 @@ fn check_real_work(rt: &tokio::runtime::Runtime, s: &Setup, results: &HashMap<Va
     assert_eq!(in_clickhouse, written, "rows in ClickHouse vs rows the pipeline reports written");
     println!("checked: every push applied all 50 mutations; {in_clickhouse} mutation rows in ClickHouse; spans and metrics received");
 }
+
+/// The large text columns of `sync_mutations` (payload, states, diff, reason data) under each
+/// candidate codec, on this run's own rows: stored bytes per row, and the embedded
+/// ClickHouse's CPU to insert them into a copy of the table and merge it into one part.
+async fn codec_sizes(s: &Setup) {
+    const COLUMNS: [&str; 5] = ["reason_data", "payload", "state_before", "state_after", "diff"];
+    let client = support::server_client(&s.ch_url).with_database(&s.database);
+    let rows = support::count(&s.ch_url, &s.database, "sync_mutations").await.max(1);
+    let (mut line, mut raw) = (Vec::new(), 0.0);
+    for (name, codec) in [("zstd3", "ZSTD(3)"), ("zstd1", "ZSTD(1)"), ("lz4", "LZ4")] {
+        let table = format!("codec_size_{name}");
+        let alter: Vec<String> = COLUMNS.iter().map(|c| format!("MODIFY COLUMN {c} CODEC({codec})")).collect();
+        let cpu0 = support::clickhouse_pid().and_then(support::tree_cpu_time);
+        for sql in [
+            format!("CREATE TABLE {table} AS sync_mutations"),
+            format!("ALTER TABLE {table} {}", alter.join(", ")),
+            format!("INSERT INTO {table} SELECT * FROM sync_mutations"),
+            format!("OPTIMIZE TABLE {table} FINAL"),
+        ] {
+            client.query(&sql).execute().await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        let cpu = cpu0.and_then(|c0| support::clickhouse_pid().and_then(support::tree_cpu_time).map(|c1| c1.saturating_sub(c0)));
+        let list = COLUMNS.map(|c| format!("'{c}'")).join(", ");
+        let (compressed, uncompressed): (u64, u64) = client
+            .query(&format!(
+                "SELECT sum(data_compressed_bytes), sum(data_uncompressed_bytes) FROM system.columns \
+                 WHERE database = currentDatabase() AND table = '{table}' AND name IN ({list})"
+            ))
+            .fetch_one()
+            .await
+            .expect("column sizes");
+        let _ = client.query(&format!("DROP TABLE {table}")).execute().await;
+        raw = uncompressed as f64 / rows as f64;
+        let cpu = cpu.map_or("-".to_owned(), |c| format!("{:.1}", c.as_secs_f64() * 1e6 / rows as f64));
+        line.push(format!(
+            "{codec} {:.0} B/row ({:.1}x), insert + merge {cpu} us/row",
+            compressed as f64 / rows as f64,
+            uncompressed as f64 / compressed.max(1) as f64
+        ));
+    }
+    println!("stored text columns of {rows} mutation rows ({raw:.0} B/row uncompressed): {}", line.join("; "));
+}
+

@@ -211,6 +211,13 @@ fn serve_tether(rt: &tokio::runtime::Runtime, server: SyncServer, applied: Appli
     if let Ok(v) = std::env::var("HOST_BENCH_PIPELINE_NICE") {
         cfg.pipeline_nice = v.parse()?;
     }
+    // For experiments with the insert cadence (BENCHMARKS.md section 6).
+    if let Ok(v) = std::env::var("HOST_BENCH_BATCH_ROWS") {
+        cfg.batch_rows = v.parse()?;
+    }
+    if let Ok(v) = std::env::var("HOST_BENCH_BATCH_INTERVAL_MS") {
+        cfg.batch_interval_ms = v.parse()?;
+    }
     let (telemetry, mut telemetry_guard) = tether_pro::telemetry::init("tether-bench-server")?;
     anyhow::ensure!(telemetry.traces_enabled() && telemetry.metrics_enabled(), "OTLP export must be on for this variant");
     let writer = ClickHouseWriter::new(super::server_client(&env(ENV_CH_URL)).with_database(env(ENV_CH_DB)));

@@ -47,8 +47,8 @@ impl ClusterLayout<'_> {
     /// - `CREATE MATERIALIZED VIEW ... TO t AS SELECT ... FROM s`: reads and writes the local
     ///   tables.
     /// - `ALTER TABLE t ADD|MODIFY COLUMN`: on `t_local` and on `t` (the `Distributed` table
-    ///   carries the columns too); every other `ALTER` (settings, projections, TTL,
-    ///   mutations) on `t_local` only.
+    ///   carries the columns too); a codec change and every other `ALTER` (settings,
+    ///   projections, TTL, mutations) on `t_local` only.
     /// - `INSERT INTO t SELECT ... FROM s` (backfills): local to local, each node its shard.
     /// - Views and anything else: as written (views read the `Distributed` tables).
     pub fn rewrite(&self, stmt: &str) -> Vec<String> {
@@ -162,7 +162,11 @@ fn operations(tail: &str) -> Vec<&str> {
 
 /// `ADD|MODIFY|DROP|RENAME|COMMENT COLUMN ...`: what changes the columns a table shows.
 fn is_column_op(op: &str) -> bool {
-    let words: Vec<String> = op.split_whitespace().take(2).map(str::to_ascii_uppercase).collect();
+    let words: Vec<String> = op.split_whitespace().take(4).map(str::to_ascii_uppercase).collect();
+    // A codec is how the local table stores a column; the Distributed table stores nothing.
+    if words.get(..2) == Some(&["MODIFY".to_owned(), "COLUMN".to_owned()][..]) && words.iter().skip(2).any(|w| w.starts_with("CODEC(")) {
+        return false;
+    }
     matches!(words.first().map(String::as_str), Some("ADD" | "MODIFY" | "DROP" | "RENAME" | "COMMENT"))
         && words.get(1).map(String::as_str) == Some("COLUMN")
 }
@@ -254,6 +258,7 @@ mod tests {
             "ALTER TABLE sync_requests_5m MODIFY SETTING a = 1",
             "ALTER TABLE sync_requests_5m ADD PROJECTION IF NOT EXISTS p (SELECT 1)",
             "ALTER TABLE sync_requests_5m MATERIALIZE PROJECTION p",
+            "ALTER TABLE sync_mutations MODIFY COLUMN payload CODEC(ZSTD(1))",
         ] {
             let out = PLAIN.rewrite(local_only);
             assert_eq!(out.len(), 1, "{local_only}");

@@ -33,6 +33,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 8, name: "metrics_projections", sql: include_str!("migrations/0008_metrics_projections.sql") },
     Migration { version: 9, name: "clock_anomalies", sql: include_str!("migrations/0009_clock_anomalies.sql") },
     Migration { version: 10, name: "replay_links_across_replicas", sql: include_str!("migrations/0010_replay_links_across_replicas.sql") },
+    Migration { version: 11, name: "cheaper_compression", sql: include_str!("migrations/0011_cheaper_compression.sql") },
 ];
 
 /// The columns the capture pipeline inserts, with the types the migrations give them (as
