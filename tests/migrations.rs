@@ -59,6 +59,32 @@ async fn every_table_and_view_exists_and_answers() {
         ))
         .await;
     assert_eq!(undocumented, 0, "a new column without a COMMENT");
+    // Migration 0011: the large text columns are ZSTD(1), the comments kept.
+    let codecs = ch
+        .rows(&format!(
+            "SELECT table, name, compression_codec, comment FROM system.columns WHERE database = '{}' \
+             AND table IN ('sync_requests', 'sync_mutations') AND compression_codec != '' ORDER BY table, name",
+            ch.database
+        ))
+        .await;
+    let got: Vec<(String, String)> = codecs
+        .iter()
+        .map(|r| (format!("{}.{}", r["table"].as_str().unwrap(), r["name"].as_str().unwrap()), r["compression_codec"].as_str().unwrap().to_owned()))
+        .collect();
+    let want: Vec<(String, String)> = [
+        "sync_mutations.diff",
+        "sync_mutations.payload",
+        "sync_mutations.reason_data",
+        "sync_mutations.state_after",
+        "sync_mutations.state_before",
+        "sync_requests.request_body",
+        "sync_requests.response_body",
+    ]
+    .iter()
+    .map(|c| (c.to_string(), "CODEC(ZSTD(1))".to_owned()))
+    .collect();
+    assert_eq!(got, want);
+    assert!(codecs.iter().all(|r| !r["comment"].as_str().unwrap().is_empty()), "a codec change dropped a comment: {codecs:?}");
 }
 
 #[tokio::test]
