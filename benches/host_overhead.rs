@@ -45,6 +45,8 @@ struct Round {
     /// CPU of the embedded ClickHouse per push, from the window's start until it was idle
     /// again (inserts, materialized views, merges); `None` with `CLICKHOUSE_URL`.
     clickhouse_us_per_push: Option<f64>,
+    /// The same CPU by ClickHouse thread name.
+    clickhouse_threads: std::collections::BTreeMap<String, std::time::Duration>,
     spans: u64,
     metric_exports: u64,
     /// Trace export bodies the receiver got, MiB.
@@ -176,6 +178,7 @@ fn run_round(rt: &tokio::runtime::Runtime, s: &Setup, variant: Variant) -> Round
     let pid = server.pid;
     let rows_before = rt.block_on(support::count(&s.ch_url, &s.database, "sync_mutations"));
     let ch_start = support::clickhouse_pid().and_then(support::tree_cpu_time);
+    let ch_threads = support::clickhouse_pid().map(support::tree_thread_cpu);
     let measured = rt.block_on(load::run_fixed(&server.push_url, &s.bodies, s.warmup, pid));
     let rss_kib = support::rss_kib(pid).map(|(rss, _)| rss).unwrap_or(0);
     let drained_ms = variant.is_tether().then(|| {
@@ -185,6 +188,12 @@ fn run_round(rt: &tokio::runtime::Runtime, s: &Setup, variant: Variant) -> Round
     let stats = server.stop();
     let clickhouse_us_per_push =
         ch_start.and_then(support::clickhouse_cpu_since).map(|cpu| cpu.as_secs_f64() * 1e6 / measured.pushes.max(1) as f64);
+    // ClickHouse's CPU by thread name: `MergeMutate` is its background merges, the insert
+    // itself runs on the `HTTPHandler` thread (which ClickHouse renames while it works).
+    let clickhouse_threads = ch_threads
+        .zip(support::clickhouse_pid())
+        .map(|(before, pid)| support::thread_cpu_delta(&before, &support::tree_thread_cpu(pid)))
+        .unwrap_or_default();
     let deferred_ms = drained_ms.unwrap_or_else(|| stat_u64(&stats, "flush_ms"));
     let (spans, metric_exports, otlp_mib) = receiver.map_or((0, 0, 0.0), |r| {
         assert_eq!(r.rejected(), 0, "the receiver could not decode an export");
@@ -193,7 +202,7 @@ fn run_round(rt: &tokio::runtime::Runtime, s: &Setup, variant: Variant) -> Round
     });
     let total_us = stat_u64(&stats, "cpu_us") as f64 - measured.server_cpu_at_start.as_micros() as f64;
     let cpu_us_per_push_total = total_us / (measured.pushes as f64);
-    Round { measured, cpu_us_per_push_total, deferred_ms, rss_kib, clickhouse_us_per_push, spans, metric_exports, otlp_mib, stats }
+    Round { measured, cpu_us_per_push_total, deferred_ms, rss_kib, clickhouse_us_per_push, clickhouse_threads, spans, metric_exports, otlp_mib, stats }
 }
 
 /// Waits until ClickHouse holds `want` mutation rows, or the count has not moved for 10 s
@@ -258,6 +267,12 @@ fn print_round(round: usize, variant: Variant, r: &Round) {
         .map(|(name, cpu)| format!("{name} {:.0}", cpu.as_secs_f64() * 1e6 / m.pushes.max(1) as f64))
         .collect();
     println!("        cpu us/push by thread: {}", by_thread.join(", "));
+    let mut ch: Vec<(&String, &std::time::Duration)> = r.clickhouse_threads.iter().filter(|(_, cpu)| !cpu.is_zero()).collect();
+    ch.sort_by(|x, y| y.1.cmp(x.1));
+    if !ch.is_empty() {
+        let top: Vec<String> = ch.iter().take(5).map(|(name, cpu)| format!("{name} {:.0}", cpu.as_secs_f64() * 1e6 / m.pushes.max(1) as f64)).collect();
+        println!("        clickhouse cpu us/push by thread: {}", top.join(", "));
+    }
 }
 
 fn summarize(results: &HashMap<Variant, Vec<Round>>) {

@@ -350,6 +350,19 @@ pub fn tree_cpu_time(pid: u32) -> Option<Duration> {
     Some(total)
 }
 
+/// [`thread_cpu`] of a process and all its descendants.
+pub fn tree_thread_cpu(pid: u32) -> std::collections::HashMap<u32, (String, Duration)> {
+    let mut out = thread_cpu(pid);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+            out.extend(tree_thread_cpu(child));
+        }
+    }
+    out
+}
+
 /// CPU time (user + system) a process has used so far.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
