@@ -42,6 +42,10 @@ const CARRIERS: &[(&str, Option<&str>, bool)] = &[
     // A PEM block cut short, then a pair whose quoted value its body cut must not pass
     // (found by the redact fuzz target, 2 December).
     ("-----BEGIN RSA PRIVATE KEY-----\nMIIEab\nmy api_key: \"{s}\"", Some("api_key"), false),
+    // The same with the key's value over several lines, and a block on one line whose body
+    // a pair follows (found by a fresh-eyes test of that fix).
+    ("-----BEGIN RSA PRIVATE KEY-----\nMIIEab\napi_key: {\n  \"a\": \"{s}\"\n}", Some("api_key"), false),
+    ("-----BEGIN PRIVATE KEY-----MIIE{s} note: \"x\"", None, false),
 ];
 
 /// Ordinary text around a token, which the value rules must leave as it is.

@@ -491,7 +491,12 @@ impl Redactor {
             let label = label_end.map(|e| &rest[after..e - 5]);
             // A BEGIN line that is not closed on its own line (cut, or garbled) is skipped, so
             // it cannot swallow the BEGIN line of the block after it (found by fuzzing).
-            let (Some(label_end), Some(label)) = (label_end, label.filter(|l| !l.contains(['\n', '\r']) && !l.contains("BEGIN"))) else {
+            // Nor may its label end at the dashes of the next BEGIN line (`paste it after
+            // -----BEGIN here: -----BEGIN PRIVATE KEY-----`; found by a fresh-eyes test).
+            let opens_next = label_end.is_some_and(|e| rest[e - 5..].starts_with("-----BEGIN"));
+            let (Some(label_end), Some(label)) =
+                (label_end, label.filter(|l| !opens_next && !l.contains(['\n', '\r']) && !l.contains("BEGIN")))
+            else {
                 out.push_str(&rest[..after]);
                 rest = &rest[after..];
                 continue;
@@ -527,32 +532,69 @@ impl Redactor {
     }
 
     /// For a PEM body cut that stopped early, at a quote or a backslash: where the cut ends so
-    /// that a `key: "value"` or `key={...` on its last line stays for the key rules. Cutting the
-    /// key and stopping at its value's quote would keep the value (found by the redact fuzz
-    /// target: `-----BEGIN ... PRIVATE KEY-----` then `my api_key: "<secret>"`). A base64 line,
-    /// `=` padding included, has no `:` and no sensitive word before an `=`, so it is still cut.
+    /// that a pair whose value starts there stays for the key rules. Cutting the key and
+    /// stopping at its value's quote kept the value (found by the redact fuzz target:
+    /// `-----BEGIN ... PRIVATE KEY-----` then `my api_key: "<secret>"`).
+    ///
+    /// The pair is the `key:` (or sensitive `key=`, `key =>`) right before the stop, past
+    /// blanks, line breaks and opening brackets (`api_key: {\n  "a": ...`), together with the
+    /// pairs chained before it on its line (`api_key: note: "x"`). Everything before the pair
+    /// is still cut, base64 and `Proc-Type:` headers included, and so is a base64 line's `=`
+    /// padding. The blanks before the kept key stay too, so the marker does not join the
+    /// next word (`[REDACTED]Bearer` is no scheme word; found by a fresh-eyes test).
     fn keep_last_pair(&self, cut: &str) -> usize {
         let b = cut.as_bytes();
-        // The last line starts after a line break, raw or written as `\n` / `\r`.
-        let line_start = (0..b.len())
-            .rev()
-            .find_map(|k| match b[k] {
-                b'\n' | b'\r' => Some(k + 1),
-                b'n' | b'r' if k > 0 && b[k - 1] == b'\\' => Some(k + 1),
-                _ => None,
-            })
-            .unwrap_or(0);
-        let line = &b[line_start..];
-        let pair = line.contains(&b':')
-            || line.iter().enumerate().any(|(k, &c)| {
-                if c != b'=' {
-                    return false;
+        let blank = |c: u8| c == b' ' || c == b'\t';
+        let escaped_break = |k: usize| k >= 2 && b[k - 2] == b'\\' && matches!(b[k - 1], b'n' | b'r');
+        // Back over what may open the value: blanks, line breaks (raw or escaped), brackets.
+        let mut k = b.len();
+        loop {
+            if k > 0 && (blank(b[k - 1]) || matches!(b[k - 1], b'\n' | b'\r' | b'{' | b'[')) {
+                k -= 1;
+            } else if escaped_break(k) {
+                k -= 2;
+            } else {
+                break;
+            }
+        }
+        let mut keep = b.len();
+        loop {
+            let (colon, sep) = match k {
+                _ if k >= 2 && &b[k - 2..k] == b"=>" => (false, k - 2),
+                _ if k >= 1 && b[k - 1] == b':' => (true, k - 1),
+                _ if k >= 1 && b[k - 1] == b'=' => (false, k - 1),
+                _ => break,
+            };
+            let mut word_end = sep;
+            while word_end > 0 && blank(b[word_end - 1]) {
+                word_end -= 1;
+            }
+            let mut word_start = b[..word_end].iter().rposition(|&c| !is_word_byte(c)).map_or(0, |p| p + 1);
+            // The `n` of an escaped line break (`\npassword=`) is not the key's.
+            if word_start > 0 && b[word_start - 1] == b'\\' {
+                word_start += 1;
+            }
+            if word_start >= word_end || !(colon || self.word_matches(&cut[word_start..word_end])) {
+                break;
+            }
+            keep = word_start;
+            k = word_start;
+            while k > 0 && blank(b[k - 1]) {
+                k -= 1;
+            }
+        }
+        if keep < b.len() {
+            loop {
+                if keep > 0 && (blank(b[keep - 1]) || matches!(b[keep - 1], b'\n' | b'\r')) {
+                    keep -= 1;
+                } else if escaped_break(keep) {
+                    keep -= 2;
+                } else {
+                    break;
                 }
-                let word_end = line_start + line[..k].iter().rposition(|&c| c != b' ' && c != b'\t').map_or(0, |p| p + 1);
-                let word_start = b[line_start..word_end].iter().rposition(|&c| !is_word_byte(c)).map_or(line_start, |p| line_start + p + 1);
-                word_start < word_end && self.word_matches(&cut[word_start..word_end])
-            });
-        if pair { line_start } else { b.len() }
+            }
+        }
+        keep
     }
 }
 
@@ -898,19 +940,82 @@ mod tests {
                 "{\"k\":\"-----BEGIN PRIVATE KEY-----[REDACTED]-----END PRIVATE KEY-----\"}",
             ),
             // Found by the redact fuzz target (2 December): a PEM body cut that stopped at a
-            // quote took the key before it and kept its value.
-            ("-----BEGIN RSA PRIVATE KEY-----\nmy api_key: \"sEcr3t\"", "-----BEGIN RSA PRIVATE KEY-----\nmy api_key: \"[REDACTED]\""),
+            // quote took the key before it and kept its value. Then, by a fresh-eyes test of that
+            // fix: a block on one line kept whole, a credential glued to the marker, a bracketed
+            // value over several lines, pairs chained on a line, a BEGIN left open before the real
+            // one. A base64 line before the quote, `=` padding and all, is still cut.
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nmy api_key: \"sEcr3t\"",
+                "-----BEGIN RSA PRIVATE KEY-----[REDACTED] api_key: \"[REDACTED]\"",
+            ),
             (
                 "-----BEGIN RSA PRIVATE KEY-----\nMIIEab\nmy api_key: {\"a\": \"sEcr3t\"}",
-                "-----BEGIN RSA PRIVATE KEY-----[REDACTED]my api_key: \"[REDACTED]\"",
+                "-----BEGIN RSA PRIVATE KEY-----[REDACTED] api_key: \"[REDACTED]\"",
             ),
             (
                 "{\"k\":\"-----BEGIN RSA PRIVATE KEY-----\\nMIIEab\\npassword=\\\"sEcr3t\\\"\"}",
-                "{\"k\":\"-----BEGIN RSA PRIVATE KEY-----[REDACTED]password=\\\"[REDACTED]\\\"\"}",
+                "{\"k\":\"-----BEGIN RSA PRIVATE KEY-----[REDACTED]\\npassword=\\\"[REDACTED]\\\"\"}",
             ),
-            ("----BEGIN x\n-----BEGIN EC PRIVATE KEY-----\n  token = 'sEcr3t'", "----BEGIN x\n-----BEGIN EC PRIVATE KEY-----\n  token = \"[REDACTED]\""),
-            // A base64 line before the quote, `=` padding and all, is still cut.
-            ("-----BEGIN RSA PRIVATE KEY-----\nMIIEsEcr3t==\"", "-----BEGIN RSA PRIVATE KEY-----[REDACTED]\""),
+            (
+                "----BEGIN x\n-----BEGIN EC PRIVATE KEY-----\n  token = 'sEcr3t'",
+                "----BEGIN x\n-----BEGIN EC PRIVATE KEY-----\n  token = \"[REDACTED]\"",
+            ),
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEsEcr3t==\"",
+                "-----BEGIN RSA PRIVATE KEY-----[REDACTED]\"",
+            ),
+            (
+                "{\"k\":\"-----BEGIN PRIVATE KEY-----MIIEZZSEC1 note: \\\"x\\\"\"}",
+                "{\"k\":\"-----BEGIN PRIVATE KEY-----[REDACTED] note: \\\"x\\\"\"}",
+            ),
+            (
+                "invalid key -----BEGIN RSA PRIVATE KEY-----MIIEpAIBAAKCAQEAZZSEC1... (truncated): asn1: \"syntax error\"",
+                "invalid key -----BEGIN RSA PRIVATE KEY-----[REDACTED] asn1: \"syntax error\"",
+            ),
+            (
+                "-----BEGIN RSA PRIVATE KEY----- Proc-Type: 4,ENCRYPTED DEK-Info: AES-128-CBC,AB MIIEZZSEC1'",
+                "-----BEGIN RSA PRIVATE KEY-----[REDACTED]'",
+            ),
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,AB MIIEZZSEC1\"",
+                "-----BEGIN RSA PRIVATE KEY-----[REDACTED]\"",
+            ),
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEab\nBearer ZZSEC9abc at 10:00 \"x\"",
+                "-----BEGIN RSA PRIVATE KEY-----[REDACTED]\"x\"",
+            ),
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEab\nToken ZZSEC9abc note: \"x\"",
+                "-----BEGIN RSA PRIVATE KEY-----[REDACTED] note: \"x\"",
+            ),
+            (
+                "{\"k\":\"-----BEGIN RSA PRIVATE KEY-----\\nMIIEab\\nBearer ZZSEC9abc at 10:00 \\\"x\\\"\"}",
+                "{\"k\":\"-----BEGIN RSA PRIVATE KEY-----[REDACTED]\\\"x\\\"\"}",
+            ),
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEab\napi_key: {\n  \"a\": \"ZZSEC1\"\n}",
+                "-----BEGIN RSA PRIVATE KEY-----[REDACTED]\napi_key: \"[REDACTED]\"",
+            ),
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEab\ntokens: [\n  \"ZZSEC1\",\n  \"ZZSEC2\"\n]",
+                "-----BEGIN RSA PRIVATE KEY-----[REDACTED]\ntokens: \"[REDACTED]\"",
+            ),
+            (
+                "{\"k\":\"-----BEGIN RSA PRIVATE KEY-----\\nMIIEab\\ntokens: [\\n  \\\"ZZSEC1\\\"\\n]\"}",
+                "{\"k\":\"-----BEGIN RSA PRIVATE KEY-----[REDACTED]\\ntokens: \\\"[REDACTED]\\\"\"}",
+            ),
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEab\napi_key: note: \"ZZSEC1\"",
+                "-----BEGIN RSA PRIVATE KEY-----[REDACTED]\napi_key: [REDACTED]",
+            ),
+            (
+                "Paste the key after -----BEGIN here: -----BEGIN PRIVATE KEY-----\nZZSEC1\n-----END PRIVATE KEY-----",
+                "Paste the key after -----BEGIN here: -----BEGIN PRIVATE KEY-----[REDACTED]-----END PRIVATE KEY-----",
+            ),
+            (
+                "-----BEGIN -----BEGIN PRIVATE KEY-----\nZZSEC1\n-----END PRIVATE KEY-----",
+                "-----BEGIN -----BEGIN PRIVATE KEY-----[REDACTED]-----END PRIVATE KEY-----",
+            ),
         ] {
             assert_eq!(r.redact_text(input), expected, "{input:?}");
         }
