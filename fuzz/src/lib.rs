@@ -46,6 +46,9 @@ const CARRIERS: &[(&str, Option<&str>, bool)] = &[
     // a pair follows (found by a fresh-eyes test of that fix).
     ("-----BEGIN RSA PRIVATE KEY-----\nMIIEab\napi_key: {\n  \"a\": \"{s}\"\n}", Some("api_key"), false),
     ("-----BEGIN PRIVATE KEY-----MIIE{s} note: \"x\"", None, false),
+    // A scheme word or a JWT right after a byte that joins a word (found by a fresh-eyes test).
+    ("[Bearer {s}]", None, false),
+    ("«eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.{s}»", None, false),
 ];
 
 /// Ordinary text around a token, which the value rules must leave as it is.

@@ -186,8 +186,10 @@ impl Redactor {
             }
             if let Some(ws) = word_start.take() {
                 let word = &text[ws..i];
-                // `Bearer <credential>`.
-                if (c == b' ' || c == b'\t') && SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(word)) {
+                // `Bearer <credential>`, also after a byte that is not a letter or digit but
+                // joins a word (`[Bearer x]`, `«Bearer x»`, `h=Bearer+x`: found by a fresh-eyes
+                // test).
+                if (c == b' ' || c == b'\t') && ends_with_scheme(word.as_bytes()) {
                     let cs = skip_inline_space(b, i);
                     let ce = credential_end(b, cs);
                     // `Bearer Bearer <credential>` (a client that adds the scheme twice): the
@@ -218,12 +220,10 @@ impl Redactor {
                         continue;
                     }
                 }
-                // A token that ends a sentence keeps its full stop.
-                let token = word.trim_end_matches('.');
-                if is_jwt(token.as_bytes()) {
-                    out.push_str(&text[emitted..ws]);
+                if let Some((js, je)) = jwt_in_word(word) {
+                    out.push_str(&text[emitted..ws + js]);
                     out.push_str(REDACTED);
-                    emitted = ws + token.len();
+                    emitted = ws + je;
                 }
                 // An unquoted word ends at `i`: `word=`, `word:`, `word":` or `word':`.
                 let mut j = i;
@@ -299,13 +299,12 @@ impl Redactor {
             }
             i = str_end;
         }
-        if let Some(ws) = word_start {
-            let token = text[ws..].trim_end_matches('.');
-            if is_jwt(token.as_bytes()) {
-                out.push_str(&text[emitted..ws]);
-                out.push_str(REDACTED);
-                emitted = ws + token.len();
-            }
+        if let Some(ws) = word_start
+            && let Some((js, je)) = jwt_in_word(&text[ws..])
+        {
+            out.push_str(&text[emitted..ws + js]);
+            out.push_str(REDACTED);
+            emitted = ws + je;
         }
         if emitted == 0 {
             return false;
@@ -365,7 +364,8 @@ static MARKS: [u8; 256] = {
 };
 const HIT: u8 = 1;
 
-/// Whether the blank at `space` follows a scheme word that starts the text or a non-word byte.
+/// Whether the blank at `space` follows a scheme word that starts the text or follows a byte
+/// that is not a letter or digit.
 fn follows_scheme(b: &[u8], space: usize) -> bool {
     // Every scheme ends in `r`, `c` or `n` (checked by a test): most blanks in prose follow
     // another byte, and need no comparison.
@@ -374,7 +374,7 @@ fn follows_scheme(b: &[u8], space: usize) -> bool {
     }
     SCHEMES.iter().any(|s| {
         let n = s.len();
-        space >= n && s.as_bytes().eq_ignore_ascii_case(&b[space - n..space]) && (space == n || !is_word_byte(b[space - n - 1]))
+        space >= n && s.as_bytes().eq_ignore_ascii_case(&b[space - n..space]) && (space == n || !b[space - n - 1].is_ascii_alphanumeric())
     })
 }
 
@@ -408,9 +408,10 @@ fn redact_pair_value(text: &str, emitted: usize, sep: usize, mode: Mode, skip: f
     vend
 }
 
-/// Bytes of an HTTP credential (RFC 9110 token68, plus `=` padding).
+/// Bytes of an HTTP credential (RFC 9110 token68, plus `=` padding), and `|`, which
+/// Laravel Sanctum's tokens hold (`5|AbCd...`; found by a fresh-eyes test).
 fn is_credential_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=' | b'|')
 }
 
 fn credential_end(b: &[u8], start: usize) -> usize {
@@ -434,6 +435,25 @@ fn ends_with_scheme(w: &[u8]) -> bool {
 fn looks_like_credential(w: &[u8]) -> bool {
     w.len() >= 6
         && (w.iter().any(|c| c.is_ascii_digit() || !c.is_ascii_alphanumeric()) || w[1..].iter().any(u8::is_ascii_uppercase))
+}
+
+/// Where a JSON Web Token sits in a word: from an `eyJ` that starts the word or follows a byte
+/// that is not a letter or digit (`[eyJ...]`, `x-eyJ...`, `«eyJ...»`; found by a fresh-eyes
+/// test), to the end of the word less what cannot end a token (a full stop ending a
+/// sentence, a closing bracket). Byte offsets in `word`.
+fn jwt_in_word(word: &str) -> Option<(usize, usize)> {
+    let b = word.as_bytes();
+    let mut from = 0;
+    while let Some(p) = word[from..].find("eyJ").map(|p| from + p) {
+        if p == 0 || !b[p - 1].is_ascii_alphanumeric() {
+            let token = word[p..].trim_end_matches(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+            if is_jwt(token.as_bytes()) {
+                return Some((p, p + token.len()));
+            }
+        }
+        from = p + 3;
+    }
+    None
 }
 
 /// A JSON Web Token: `eyJ` (base64url of `{"`), three base64url segments, the first two
@@ -849,7 +869,7 @@ mod tests {
 
     #[test]
     fn the_prefilter_lets_through_what_a_rule_could_match_and_nothing_else() {
-        for yes in ["a:b", "k=v", "say \"x\"", "a\\b", "xeyJhb", "-----BEGIN PRIVATE KEY", "Bearer abc", "x/token abc", "basic\tx"] {
+        for yes in ["a:b", "k=v", "say \"x\"", "a\\b", "xeyJhb", "-----BEGIN PRIVATE KEY", "Bearer abc", "x/token abc", "basic\tx", "[Bearer abc", "«token abc"] {
             assert!(may_hold_credential_short(yes.as_bytes()) && may_hold_credential(yes.as_bytes()), "{yes}");
         }
         for no in ["Buy oat milk", "subtoken abc", "JSON Key", "ey J", "Bearerx y", ""] {
@@ -939,6 +959,18 @@ mod tests {
                 "{\"k\":\"-----BEGIN PRIVATE KEY-----\\nMIIEsecret\\n-----END PRIVATE KEY-----\"}",
                 "{\"k\":\"-----BEGIN PRIVATE KEY-----[REDACTED]-----END PRIVATE KEY-----\"}",
             ),
+            // Found by a fresh-eyes test (2 December): a scheme word or a JWT after a byte that
+            // joins a word but is no letter or digit, and a Laravel Sanctum token (`5|...`).
+            ("[eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJaWlNFQyJ9.sEcr3tsig9]", "[[REDACTED]]"),
+            ("header=Bearer+eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJaWlNFQyJ9.sEcr3tsig9", "header=Bearer+[REDACTED]"),
+            ("x-eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJaWlNFQyJ9.sEcr3tsig9 end", "x-[REDACTED] end"),
+            ("«eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJaWlNFQyJ9.sEcr3tsig9»", "«[REDACTED]»"),
+            ("[Bearer sEcr3t9abc]", "[Bearer [REDACTED]]"),
+            ("{\"k\":\"[Bearer sEcr3t9abc]\"}", "{\"k\":\"[Bearer [REDACTED]]\"}"),
+            ("«Bearer sEcr3t9abc»", "«Bearer [REDACTED]»"),
+            ("Bearer 5|sEcr3tAbCdEf123", "Bearer [REDACTED]"),
+            ("the bearer of bonds", "the bearer of bonds"),
+            ("subtoken QZX7abc9 api_token abc", "subtoken QZX7abc9 api_token abc"),
             // Found by the redact fuzz target (2 December): a PEM body cut that stopped at a
             // quote took the key before it and kept its value. Then, by a fresh-eyes test of that
             // fix: a block on one line kept whole, a credential glued to the marker, a bracketed
