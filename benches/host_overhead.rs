@@ -109,10 +109,10 @@ fn paced_latency(rt: &tokio::runtime::Runtime, s: &Setup, plain_rate: f64) {
     for round in 1..=rounds {
         for variant in Variant::ALL {
             let (server, _receiver) = spawn_variant(s, variant);
-            let ch_start = support::clickhouse_pid().and_then(support::tree_cpu_time);
+            let ch_cpu = support::ClickHouseCpu::start();
             let p = rt.block_on(load::run_paced(&server.push_url, &s.bodies, s.warmup, rate));
             let stats = server.stop();
-            let ch = ch_start.and_then(support::clickhouse_cpu_since).map(|cpu| cpu.as_secs_f64() * 1e6 / p.latencies.len().max(1) as f64);
+            let ch = ch_cpu.map(|c| c.per_push(p.latencies.len() as u64).0);
             assert_eq!(p.errors, 0, "{variant:?}: failed pushes at the paced rate");
             let ms = |q| p.quantile(q).as_secs_f64() * 1000.0;
             let (p50, p90, p99) = (ms(0.5), ms(0.9), ms(0.99));
@@ -177,8 +177,7 @@ fn run_round(rt: &tokio::runtime::Runtime, s: &Setup, variant: Variant) -> Round
     let (server, receiver) = spawn_variant(s, variant);
     let pid = server.pid;
     let rows_before = rt.block_on(support::count(&s.ch_url, &s.database, "sync_mutations"));
-    let ch_start = support::clickhouse_pid().and_then(support::tree_cpu_time);
-    let ch_threads = support::clickhouse_pid().map(support::tree_thread_cpu);
+    let ch_cpu = support::ClickHouseCpu::start();
     let measured = rt.block_on(load::run_fixed(&server.push_url, &s.bodies, s.warmup, pid));
     let rss_kib = support::rss_kib(pid).map(|(rss, _)| rss).unwrap_or(0);
     let drained_ms = variant.is_tether().then(|| {
@@ -186,14 +185,12 @@ fn run_round(rt: &tokio::runtime::Runtime, s: &Setup, variant: Variant) -> Round
         rt.block_on(wait_for_rows(s, want))
     });
     let stats = server.stop();
-    let clickhouse_us_per_push =
-        ch_start.and_then(support::clickhouse_cpu_since).map(|cpu| cpu.as_secs_f64() * 1e6 / measured.pushes.max(1) as f64);
     // ClickHouse's CPU by thread name: `MergeMutate` is its background merges, the insert
     // itself runs on the `HTTPHandler` thread (which ClickHouse renames while it works).
-    let clickhouse_threads = ch_threads
-        .zip(support::clickhouse_pid())
-        .map(|(before, pid)| support::thread_cpu_delta(&before, &support::tree_thread_cpu(pid)))
-        .unwrap_or_default();
+    let (clickhouse_us_per_push, clickhouse_threads) = match ch_cpu.map(|c| c.per_push(measured.pushes)) {
+        Some((us, threads)) => (Some(us), threads),
+        None => (None, Default::default()),
+    };
     let deferred_ms = drained_ms.unwrap_or_else(|| stat_u64(&stats, "flush_ms"));
     let (spans, metric_exports, otlp_mib) = receiver.map_or((0, 0, 0.0), |r| {
         assert_eq!(r.rejected(), 0, "the receiver could not decode an export");

@@ -73,23 +73,39 @@ pub fn clickhouse_pid() -> Option<u32> {
     LOCAL.get().map(LocalClickHouse::pid)
 }
 
-/// CPU the embedded ClickHouse used since `start` (its `cpu_time`), waiting first until it is
-/// idle (under 5 % of a core over 500 ms, at most 20 s) so the background merges a round's
-/// inserts caused are counted in that round and not in the next.
-pub fn clickhouse_cpu_since(start: Duration) -> Option<Duration> {
-    let pid = clickhouse_pid()?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut last = tree_cpu_time(pid)?;
-    while std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = tree_cpu_time(pid)?;
-        let busy = now.saturating_sub(last);
-        last = now;
-        if busy < Duration::from_millis(25) {
-            break;
-        }
+/// The embedded ClickHouse's CPU over a window (none with `CLICKHOUSE_URL`: a server
+/// elsewhere, whose CPU is not ours to read).
+pub struct ClickHouseCpu {
+    pid: u32,
+    start: Duration,
+    threads: std::collections::HashMap<u32, (String, Duration)>,
+}
+
+impl ClickHouseCpu {
+    /// Starts the window now.
+    pub fn start() -> Option<Self> {
+        let pid = clickhouse_pid()?;
+        Some(ClickHouseCpu { pid, start: tree_cpu_time(pid)?, threads: tree_thread_cpu(pid) })
     }
-    Some(last.saturating_sub(start))
+
+    /// Ends the window once ClickHouse is idle again (under 5 % of a core over 500 ms, at
+    /// most 20 s), so the background merges a round's inserts caused are counted in that
+    /// round and not in the next. Returns the CPU per push, in µs, and the CPU by thread name.
+    pub fn per_push(self, pushes: u64) -> (f64, std::collections::BTreeMap<String, Duration>) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut last = tree_cpu_time(self.pid).unwrap_or(self.start);
+        while std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = tree_cpu_time(self.pid).unwrap_or(last);
+            let busy = now.saturating_sub(last);
+            last = now;
+            if busy < Duration::from_millis(25) {
+                break;
+            }
+        }
+        let us = last.saturating_sub(self.start).as_secs_f64() * 1e6 / pushes.max(1) as f64;
+        (us, thread_cpu_delta(&self.threads, &tree_thread_cpu(self.pid)))
+    }
 }
 
 /// `CLICKHOUSE_URL`, or the embedded ClickHouse. Panics loudly when there is none.
@@ -336,31 +352,35 @@ fn stat_cpu(rest: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 
-/// CPU time of a process and all its descendants (the launcher runs ClickHouse in a child
-/// Python process).
-pub fn tree_cpu_time(pid: u32) -> Option<Duration> {
-    let mut total = cpu_time(pid)?;
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Some(total) };
-    for task in tasks.flatten() {
-        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
-            total += tree_cpu_time(child).unwrap_or_default();
+/// A process and all its descendants (the launcher runs ClickHouse in a child Python
+/// process).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    let mut k = 0;
+    while k < pids.len() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", pids[k])) else {
+            k += 1;
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            pids.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
         }
+        k += 1;
     }
-    Some(total)
+    pids
+}
+
+/// CPU time of a process and all its descendants.
+pub fn tree_cpu_time(pid: u32) -> Option<Duration> {
+    let mut tree = process_tree(pid).into_iter();
+    let own = cpu_time(tree.next()?)?;
+    Some(own + tree.filter_map(cpu_time).sum::<Duration>())
 }
 
 /// [`thread_cpu`] of a process and all its descendants.
 pub fn tree_thread_cpu(pid: u32) -> std::collections::HashMap<u32, (String, Duration)> {
-    let mut out = thread_cpu(pid);
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
-    for task in tasks.flatten() {
-        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
-            out.extend(tree_thread_cpu(child));
-        }
-    }
-    out
+    process_tree(pid).into_iter().flat_map(thread_cpu).collect()
 }
 
 /// CPU time (user + system) a process has used so far.

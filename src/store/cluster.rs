@@ -163,12 +163,12 @@ fn operations(tail: &str) -> Vec<&str> {
 /// `ADD|MODIFY|DROP|RENAME|COMMENT COLUMN ...`: what changes the columns a table shows.
 fn is_column_op(op: &str) -> bool {
     let words: Vec<String> = op.split_whitespace().take(4).map(str::to_ascii_uppercase).collect();
-    // A codec is how the local table stores a column; the Distributed table stores nothing.
-    if words.get(..2) == Some(&["MODIFY".to_owned(), "COLUMN".to_owned()][..]) && words.iter().skip(2).any(|w| w.starts_with("CODEC(")) {
-        return false;
+    match words.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        // A codec is how the local table stores a column; the Distributed table stores nothing.
+        ["MODIFY", "COLUMN", ref rest @ ..] if rest.iter().any(|w| w.starts_with("CODEC(")) => false,
+        ["ADD" | "MODIFY" | "DROP" | "RENAME" | "COMMENT", "COLUMN", ..] => true,
+        _ => false,
     }
-    matches!(words.first().map(String::as_str), Some("ADD" | "MODIFY" | "DROP" | "RENAME" | "COMMENT"))
-        && words.get(1).map(String::as_str) == Some("COLUMN")
 }
 
 /// Every table name of [`SHARDED`] after the words `FROM`, `JOIN`, `TO` or `INTO` (any case,

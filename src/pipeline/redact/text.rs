@@ -565,18 +565,18 @@ impl Redactor {
     fn keep_last_pair(&self, cut: &str) -> usize {
         let b = cut.as_bytes();
         let blank = |c: u8| c == b' ' || c == b'\t';
-        let escaped_break = |k: usize| k >= 2 && b[k - 2] == b'\\' && matches!(b[k - 1], b'n' | b'r');
-        // Back over what may open the value: blanks, line breaks (raw or escaped), brackets.
-        let mut k = b.len();
-        loop {
-            if k > 0 && (blank(b[k - 1]) || matches!(b[k - 1], b'\n' | b'\r' | b'{' | b'[')) {
+        // Back from `k` over blanks and line breaks (raw or escaped), and with `brackets` over
+        // what may open a value.
+        let back_over = |mut k: usize, brackets: bool| loop {
+            if k > 0 && (blank(b[k - 1]) || matches!(b[k - 1], b'\n' | b'\r') || (brackets && matches!(b[k - 1], b'{' | b'['))) {
                 k -= 1;
-            } else if escaped_break(k) {
+            } else if k >= 2 && b[k - 2] == b'\\' && matches!(b[k - 1], b'n' | b'r') {
                 k -= 2;
             } else {
-                break;
+                return k;
             }
-        }
+        };
+        let mut k = back_over(b.len(), true);
         let mut keep = b.len();
         loop {
             let (colon, sep) = match k {
@@ -603,18 +603,7 @@ impl Redactor {
                 k -= 1;
             }
         }
-        if keep < b.len() {
-            loop {
-                if keep > 0 && (blank(b[keep - 1]) || matches!(b[keep - 1], b'\n' | b'\r')) {
-                    keep -= 1;
-                } else if escaped_break(keep) {
-                    keep -= 2;
-                } else {
-                    break;
-                }
-            }
-        }
-        keep
+        if keep < b.len() { back_over(keep, false) } else { keep }
     }
 }
 
