@@ -439,16 +439,21 @@ fn looks_like_credential(w: &[u8]) -> bool {
 
 /// Where a JSON Web Token sits in a word: from an `eyJ` that starts the word or follows a byte
 /// that is not a letter or digit (`[eyJ...]`, `x-eyJ...`, `«eyJ...»`; found by a fresh-eyes
-/// test), to the end of the word less what cannot end a token (a full stop ending a
-/// sentence, a closing bracket). Byte offsets in `word`.
+/// test), over base64url bytes and dots. Byte offsets in `word`.
 fn jwt_in_word(word: &str) -> Option<(usize, usize)> {
     let b = word.as_bytes();
     let mut from = 0;
     while let Some(p) = word[from..].find("eyJ").map(|p| from + p) {
         if p == 0 || !b[p - 1].is_ascii_alphanumeric() {
-            let token = word[p..].trim_end_matches(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'));
-            if is_jwt(token.as_bytes()) {
-                return Some((p, p + token.len()));
+            // The token runs over base64url and dots (`...sig+thanks`, `...sig%20x`: found by
+            // a fresh-eyes test). A final dot is its empty signature (`alg: none`) or the full
+            // stop of a sentence.
+            let len = word[p..].bytes().take_while(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')).count();
+            let token = &word[p..p + len];
+            for t in [token, token.trim_end_matches('.')] {
+                if is_jwt(t.as_bytes()) {
+                    return Some((p, p + t.len()));
+                }
             }
         }
         from = p + 3;
@@ -581,6 +586,7 @@ impl Redactor {
         loop {
             let (colon, sep) = match k {
                 _ if k >= 2 && &b[k - 2..k] == b"=>" => (false, k - 2),
+                _ if k >= 2 && &b[k - 2..k] == b":=" => (true, k - 2),
                 _ if k >= 1 && b[k - 1] == b':' => (true, k - 1),
                 _ if k >= 1 && b[k - 1] == b'=' => (false, k - 1),
                 _ => break,
@@ -601,6 +607,24 @@ impl Redactor {
             k = word_start;
             while k > 0 && blank(b[k - 1]) {
                 k -= 1;
+            }
+        }
+        // A sensitive pair earlier on the last line whose value the stop falls inside
+        // (`password: it's <secret>`, `Authorization: Bearer "<secret>"`; found by a
+        // fresh-eyes test): its key stays too.
+        let line_start = (0..b.len())
+            .rev()
+            .find(|&p| matches!(b[p], b'\n' | b'\r') || (p > 0 && b[p - 1] == b'\\' && matches!(b[p], b'n' | b'r')))
+            .map_or(0, |p| p + 1);
+        for sep in (line_start..keep.min(b.len())).filter(|&p| matches!(b[p], b':' | b'=')) {
+            let mut word_end = sep;
+            while word_end > line_start && blank(b[word_end - 1]) {
+                word_end -= 1;
+            }
+            let word_start = line_start + b[line_start..word_end].iter().rposition(|&c| !is_word_byte(c)).map_or(0, |p| p + 1);
+            if word_start < word_end && self.word_matches(&cut[word_start..word_end]) {
+                keep = word_start;
+                break;
             }
         }
         if keep < b.len() { back_over(keep, false) } else { keep }
@@ -960,6 +984,57 @@ mod tests {
             ("Bearer 5|sEcr3tAbCdEf123", "Bearer [REDACTED]"),
             ("the bearer of bonds", "the bearer of bonds"),
             ("subtoken QZX7abc9 api_token abc", "subtoken QZX7abc9 api_token abc"),
+            // Found by a second fresh-eyes test (2 December): `:=`, a stop inside a sensitive
+            // pair's value on the last line, JWTs with an empty signature or a byte after them
+            // that is not base64url.
+            (
+                "-----BEGIN PRIVATE KEY-----\nMIIabcdef\napi_key := \"hunter2secret\"",
+                "-----BEGIN PRIVATE KEY-----[REDACTED]\napi_key :[REDACTED]",
+            ),
+            (
+                "-----BEGIN PRIVATE KEY-----\nMIIabcdef\nAuthorization: Bearer \"abcDEF123secret\"",
+                "-----BEGIN PRIVATE KEY-----[REDACTED]\nAuthorization: [REDACTED]",
+            ),
+            (
+                "-----BEGIN PRIVATE KEY-----\nMIIabcdef\npassword: it's hunter2secret",
+                "-----BEGIN PRIVATE KEY-----[REDACTED]\npassword: [REDACTED]",
+            ),
+            (
+                "-----BEGIN PRIVATE KEY-----\nMIIabcdef\npassword: abc\"def hunter2secret",
+                "-----BEGIN PRIVATE KEY-----[REDACTED]\npassword: [REDACTED]",
+            ),
+            (
+                "{\"k\":\"-----BEGIN PRIVATE KEY-----\\nMIIabcdef\\npassword: it's hunter2secret\"}",
+                "{\"k\":\"-----BEGIN PRIVATE KEY-----[REDACTED]\\npassword: [REDACTED]\"}",
+            ),
+            (
+                "eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.",
+                "[REDACTED]",
+            ),
+            (
+                "x-eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.",
+                "x-[REDACTED]",
+            ),
+            (
+                "q=my+token+is+eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_abc+thanks",
+                "q=my+token+is+[REDACTED]+thanks",
+            ),
+            (
+                "q=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_abc%20thanks",
+                "q=[REDACTED]%20thanks",
+            ),
+            (
+                "see eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnX3NFY3IzdA.",
+                "see [REDACTED].",
+            ),
+            (
+                "-----BEGIN RSA PRIVATE KEY----- Proc-Type: 4,ENCRYPTED DEK-Info: AES-128-CBC,AB MIIEZZSEC1'",
+                "-----BEGIN RSA PRIVATE KEY-----[REDACTED]'",
+            ),
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEsEcr3t==\"",
+                "-----BEGIN RSA PRIVATE KEY-----[REDACTED]\"",
+            ),
             // Found by the redact fuzz target (2 December): a PEM body cut that stopped at a
             // quote took the key before it and kept its value. Then, by a fresh-eyes test of that
             // fix: a block on one line kept whole, a credential glued to the marker, a bracketed
