@@ -249,7 +249,12 @@ impl Builder {
         } else {
             (Telemetry::disabled(), TelemetryGuard::disabled())
         };
-        let writer = ClickHouseWriter::new(server_client(&url, &config.clickhouse).with_database(&config.clickhouse.database));
+        // Compressed inserts: batches held as LZ4 frames, compressed once when built.
+        let framing = match config.clickhouse.compression.resolve(&url) {
+            crate::store::config::Compression::None => crate::store::encoded::Framing::Plain,
+            _ => crate::store::encoded::Framing::Lz4,
+        };
+        let writer = ClickHouseWriter::new(server_client(&url, &config.clickhouse).with_database(&config.clickhouse.database)).with_framing(framing);
         let before = (self.migrate && config.capture.enabled).then(|| {
             let (clickhouse, retention, timeout) = (config.clickhouse.clone(), config.retention, self.migrate_timeout);
             let url = url.clone();

@@ -31,6 +31,7 @@ use crate::capture::{CaptureInterest, CaptureLayer, CaptureLimits, CaptureQueue,
 use config::CaptureConfig;
 pub use rows::{MutationRow, RequestRow, RowSettings, Rows};
 
+use crate::store::encoded::{EncodedRows, Framing};
 use crate::telemetry::Telemetry;
 pub use spool::{Spool, SpooledBatch};
 pub use crate::store::writer::{ClickHouseWriter, DEFAULT_SCHEMA_GRACE, WriteError};
@@ -223,13 +224,54 @@ fn lower_priority(nice: i32) {
     let _ = nice;
 }
 
-/// One batch being assembled.
-#[derive(Default)]
+/// One batch being assembled: its rows already encoded for the insert (RowBinary, in LZ4
+/// frames when the writer compresses), so that a batch waiting for ClickHouse costs its
+/// encoded size, not a struct and a few heap strings per column per row.
 struct Batch {
-    requests: Vec<RequestRow>,
-    mutations: Vec<MutationRow>,
+    requests: EncodedRows<RequestRow>,
+    mutations: EncodedRows<MutationRow>,
     records: u64,
-    row_bytes: usize,
+}
+
+impl Batch {
+    fn new(framing: Framing) -> Self {
+        Batch { requests: EncodedRows::new(framing), mutations: EncodedRows::new(framing), records: 0 }
+    }
+
+    /// Appends one record's rows, all or none.
+    fn push(&mut self, rows: &Rows) -> Result<(), crate::store::rowbinary::Error> {
+        let (r, m) = (self.requests.mark(), self.mutations.mark());
+        let pushed = self.requests.append(&rows.request).and_then(|()| rows.mutations.iter().try_for_each(|row| self.mutations.append(row)));
+        if let Err(e) = pushed {
+            self.requests.roll_back(r);
+            self.mutations.roll_back(m);
+            return Err(e);
+        }
+        self.requests.close_full_chunk();
+        self.mutations.close_full_chunk();
+        self.records += 1;
+        Ok(())
+    }
+
+    fn rows(&self) -> usize {
+        self.requests.rows() + self.mutations.rows()
+    }
+
+    /// RowBinary bytes of the rows (what `capture.batch_bytes` bounds).
+    fn encoded_bytes(&self) -> usize {
+        self.requests.encoded_bytes() + self.mutations.encoded_bytes()
+    }
+
+    /// Ready to send: the open chunks closed.
+    fn finish(&mut self) {
+        self.requests.finish();
+        self.mutations.finish();
+    }
+
+    /// The rows as structs, for the disk spool and the dead letters.
+    fn to_spooled(&self, token: String) -> Result<SpooledBatch, crate::store::encoded::DecodeError> {
+        Ok(SpooledBatch::new(token, self.records, self.requests.decode()?, self.mutations.decode()?))
+    }
 }
 
 /// The spool, shared by the two stages on the pipeline thread (never borrowed across an await).
@@ -265,7 +307,8 @@ async fn run(
     let spool: SharedSpool = Rc::new(RefCell::new(spool));
     let writer_failing = Arc::new(AtomicBool::new(false));
     let out = Outlet { batches: batches_tx, stats: stats.clone(), spool: spool.clone(), writer_failing: writer_failing.clone() };
-    let process = process_loop(rx, out, settings, cfg.clone(), stats.clone(), shutdown, telemetry.clone(), stop_at.clone(), stopped_at);
+    let framing = writer.framing();
+    let process = process_loop(rx, out, settings, cfg.clone(), framing, stats.clone(), shutdown, telemetry.clone(), stop_at.clone(), stopped_at);
     let sinks = Sinks { spool, dead_letters, stats: stats.clone() };
     let write = write_loop(batches_rx, writer, stats, telemetry, stop_at, sinks, writer_failing);
     tokio::join!(process, write);
@@ -277,6 +320,7 @@ async fn process_loop(
     out: Outlet,
     settings: RowSettings,
     cfg: CaptureConfig,
+    framing: Framing,
     stats: Arc<CaptureStats>,
     mut shutdown: watch::Receiver<bool>,
     telemetry: Telemetry,
@@ -294,7 +338,7 @@ async fn process_loop(
     // The batch being filled. It is handed over at the end of an interval only when the
     // write buffer has room; otherwise it keeps filling across intervals (ClickHouse slow or
     // away), and only a full batch that finds no room is spilled to disk or dropped.
-    let mut batch = Batch::default();
+    let mut batch = Batch::new(framing);
     loop {
         let (mut stopping, mut woken) = (false, false);
         tokio::select! {
@@ -325,17 +369,16 @@ async fn process_loop(
                 telemetry.record(&rec, &rows);
                 drop(rec);
                 rx.release(bytes);
-                batch.row_bytes += rows.request.request_body.len() + rows.request.response_body.len() + 512;
-                batch.row_bytes += rows
-                    .mutations
-                    .iter()
-                    .map(|m| m.payload.len() + m.state_before.len() + m.state_after.len() + m.diff.len() + 256)
-                    .sum::<usize>();
-                batch.requests.push(rows.request);
-                batch.mutations.extend(rows.mutations);
-                batch.records += 1;
-                if batch.mutations.len() + batch.requests.len() >= cfg.batch_rows || batch.row_bytes >= cfg.batch_bytes {
-                    out.hand_over_full(std::mem::take(&mut batch)).await;
+                if let Err(e) = batch.push(&rows) {
+                    // Unreachable with our row types (tests encode every column); counted
+                    // like a refused record rather than a panic on the host's behalf.
+                    stats.bad_data.fetch_add(1, Ordering::Relaxed);
+                    stats.records_failed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("tether-pro: a captured request could not be encoded for ClickHouse (not written): {e}");
+                }
+                drop(rows);
+                if batch.rows() >= cfg.batch_rows || batch.encoded_bytes() >= cfg.batch_bytes {
+                    out.hand_over_full(std::mem::replace(&mut batch, Batch::new(framing))).await;
                 }
             }
             // The writer shares this thread: give it a turn between chunks of a burst.
@@ -349,7 +392,7 @@ async fn process_loop(
         }
         if woken || Instant::now() >= next_hand_over {
             if out.has_room() {
-                out.hand_over(std::mem::take(&mut batch));
+                out.hand_over(std::mem::replace(&mut batch, Batch::new(framing)));
             }
             next_hand_over = Instant::now() + interval;
         }
@@ -371,7 +414,8 @@ impl Outlet {
     /// A full batch waits for room while the writer is making progress (a healthy but busy
     /// ClickHouse: the queue absorbs the pause); when the writer is failing it is spilled to
     /// disk or dropped at once, so processing goes on.
-    async fn hand_over_full(&self, batch: Batch) {
+    async fn hand_over_full(&self, mut batch: Batch) {
+        batch.finish();
         loop {
             if self.writer_failing.load(Ordering::Relaxed) {
                 return self.hand_over(batch);
@@ -388,7 +432,8 @@ impl Outlet {
         self.batches.capacity() > 0
     }
 
-    async fn hand_over_waiting(&self, batch: Batch) {
+    async fn hand_over_waiting(&self, mut batch: Batch) {
+        batch.finish();
         if batch.records == 0 {
             return;
         }
@@ -399,10 +444,11 @@ impl Outlet {
     }
 
     /// Hands a batch to the writer, or spills/drops it when the write buffer is full.
-    fn hand_over(&self, batch: Batch) {
+    fn hand_over(&self, mut batch: Batch) {
         if batch.records == 0 {
             return;
         }
+        batch.finish();
         if let Err(e) = self.batches.try_send(batch) {
             let batch = match e {
                 tokio::sync::mpsc::error::TrySendError::Full(b) | tokio::sync::mpsc::error::TrySendError::Closed(b) => b,
@@ -418,7 +464,9 @@ impl Outlet {
 fn spill_or_drop(spool: &SharedSpool, stats: &CaptureStats, batch: Batch, token: String) -> bool {
     let records = batch.records;
     if let Some(spool) = spool.borrow_mut().as_mut() {
-        return match spool.push(&SpooledBatch::new(token, records, batch.requests, batch.mutations)) {
+        let spooled = batch.to_spooled(token);
+        drop(batch);
+        return match spooled.map_err(|e| e.to_string()).and_then(|b| spool.push(&b).map_err(|e| e.to_string())) {
             Ok(_) => true,
             Err(e) => {
                 if stats.spool_dropped.fetch_add(records, Ordering::Relaxed) == 0 {
@@ -530,16 +578,21 @@ async fn write_loop(
         };
         let token = ulid::Ulid::new().to_string();
         let started = Instant::now();
-        match writer.write(&batch.requests, &batch.mutations, &token, &deadline, &on_failure).await {
+        match writer.write_encoded(&batch.requests, &batch.mutations, &token, &deadline, &on_failure).await {
             Ok(()) => {
-                written(batch.requests.len(), batch.mutations.len(), started);
+                written(batch.requests.rows(), batch.mutations.rows(), started);
                 drop(batch);
                 return_freed_memory();
             }
             Err(WriteError::GaveUp(e)) => sinks.unwritten_at_shutdown(&e, batch, token),
-            Err(WriteError::BadData(e)) => {
-                sinks.refused(&e, &SpooledBatch::new(token, batch.records, batch.requests, batch.mutations));
-            }
+            Err(WriteError::BadData(e)) => match batch.to_spooled(token) {
+                Ok(spooled) => {
+                    sinks.refused(&e, &spooled);
+                }
+                Err(decode) => {
+                    sinks.refused(&format!("{e} (and the batch could not be read back for the dead letters: {decode})"), &SpooledBatch::new(String::new(), batch.records, Vec::new(), Vec::new()));
+                }
+            },
         }
     }
 }

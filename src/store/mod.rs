@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub(crate) mod config;
+pub(crate) mod encoded;
 pub(crate) mod links;
 #[cfg(feature = "cli")]
 #[doc(hidden)]
@@ -9,6 +10,7 @@ pub mod local;
 pub mod migrate;
 pub(crate) mod queries;
 pub(crate) mod rows;
+pub(crate) mod rowbinary;
 pub mod schema;
 pub(crate) mod writer;
 

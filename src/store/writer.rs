@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
 
+use super::encoded::{EncodedRows, Framing, TableRow};
 use super::rows::{MutationRow, RequestRow};
 
 /// Deadline of one insert attempt unless the pipeline sets `capture.insert_timeout_ms`.
@@ -33,12 +34,16 @@ const BAD_DATA_CODES: &[u32] = &[117, 53, 27, 6, 16];
 /// migrated) finishes well within it.
 pub const DEFAULT_SCHEMA_GRACE: Duration = Duration::from_secs(30);
 
-/// A refusal that a migration in progress explains: 16 NO_SUCH_COLUMN_IN_TABLE, or the
-/// client's own check of the row against the table's columns.
+/// A refusal that a migration in progress explains: 16 NO_SUCH_COLUMN_IN_TABLE, or a column
+/// whose type is not the one the insert's header names (117 "while reading header").
 fn is_schema_error(err: &clickhouse::error::Error) -> bool {
     match err {
         clickhouse::error::Error::SchemaMismatch(_) => true,
-        clickhouse::error::Error::BadResponse(body) => error_code(body) == Some(16),
+        clickhouse::error::Error::BadResponse(body) => match error_code(body) {
+            Some(16) => true,
+            Some(117) => body.contains("while reading header"),
+            _ => false,
+        },
         _ => false,
     }
 }
@@ -71,6 +76,7 @@ pub struct ClickHouseWriter {
     max_backoff: Duration,
     insert_timeout: Duration,
     schema_grace: Duration,
+    framing: Framing,
 }
 
 impl ClickHouseWriter {
@@ -82,6 +88,7 @@ impl ClickHouseWriter {
             max_backoff: Duration::from_secs(5),
             insert_timeout: DEFAULT_INSERT_TIMEOUT,
             schema_grace: DEFAULT_SCHEMA_GRACE,
+            framing: Framing::Plain,
         }
     }
 
@@ -112,36 +119,66 @@ impl ClickHouseWriter {
         self
     }
 
-    async fn insert_once<T>(&self, table: &str, rows: &[T], token: &str) -> clickhouse::error::Result<()>
-    where
-        T: clickhouse::RowOwned + clickhouse::RowWrite,
-    {
+    /// How the pipeline should hold batches for this writer: LZ4 frames when the client
+    /// compresses (a remote ClickHouse), so that they are compressed once and held small.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// Batches in LZ4 frames (`clickhouse.compression = lz4`, or `auto` for a remote server).
+    pub fn with_framing(mut self, framing: Framing) -> Self {
+        self.framing = framing;
+        self
+    }
+
+    async fn insert_once<T: TableRow>(&self, rows: &EncodedRows<T>, token: &str) -> clickhouse::error::Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
+        // Frames already compressed go out as they are (`decompress=1`), past the client's
+        // own compression.
+        let client = match rows.framing() {
+            Framing::Plain => self.client.clone(),
+            Framing::Lz4 => self.client.clone().with_compression(clickhouse::Compression::None),
+        };
         // The token makes a retried insert of the same batch a no-op if the first attempt
         // landed but its answer was lost (tables set non_replicated_deduplication_window).
         // deduplicate_blocks_in_dependent_materialized_views: the token also guards the
         // five-minute aggregates (their tables set the window too, migration 0005); it is the
         // default on ClickHouse 26.9 and set here so older servers behave the same.
-        let mut insert = self
-            .client
-            .insert::<T>(table)
-            .await?
+        let mut insert = client
+            .insert_formatted_with(EncodedRows::<T>::insert_sql())
             .with_setting("insert_deduplication_token", token)
             .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
-        for row in rows {
-            insert.write(row).await?;
+        if rows.framing() == Framing::Lz4 {
+            insert = insert.with_setting("decompress", "1");
+        }
+        for chunk in rows.chunks() {
+            insert.send(chunk.clone()).await?;
         }
         insert.end().await
     }
 
-    /// Inserts with retries until `deadline()` (re-read before every retry: it appears when
-    /// shutdown begins). `on_failure` is called for every failed attempt.
+    /// [`write_encoded`](Self::write_encoded) for rows as structs.
     pub async fn write(
         &self,
         requests: &[RequestRow],
         mutations: &[MutationRow],
+        token: &str,
+        deadline: &dyn Fn() -> Option<Instant>,
+        on_failure: &(dyn Fn(&clickhouse::error::Error) + Sync),
+    ) -> Result<(), WriteError> {
+        let requests = EncodedRows::from_rows(self.framing, requests).map_err(|e| WriteError::BadData(e.to_string()))?;
+        let mutations = EncodedRows::from_rows(self.framing, mutations).map_err(|e| WriteError::BadData(e.to_string()))?;
+        self.write_encoded(&requests, &mutations, token, deadline, on_failure).await
+    }
+
+    /// Inserts with retries until `deadline()` (re-read before every retry: it appears when
+    /// shutdown begins). `on_failure` is called for every failed attempt.
+    pub async fn write_encoded(
+        &self,
+        requests: &EncodedRows<RequestRow>,
+        mutations: &EncodedRows<MutationRow>,
         token: &str,
         deadline: &dyn Fn() -> Option<Instant>,
         on_failure: &(dyn Fn(&clickhouse::error::Error) + Sync),
@@ -162,10 +199,10 @@ impl ClickHouseWriter {
             }
             let attempt = async {
                 if !done_mutations {
-                    self.insert_once("sync_mutations", mutations, &format!("{token}-m")).await?;
+                    self.insert_once(mutations, &format!("{token}-m")).await?;
                     done_mutations = true;
                 }
-                self.insert_once("sync_requests", requests, &format!("{token}-r")).await
+                self.insert_once(requests, &format!("{token}-r")).await
             };
             // Bounded by the insert timeout and by the shutdown deadline, whichever comes
             // first: dropping the attempt aborts the HTTP request, so nothing half-sent lands.
@@ -239,6 +276,9 @@ mod tests {
     fn a_missing_column_is_a_schema_refusal_that_gets_a_grace() {
         assert!(is_schema_error(&clickhouse::error::Error::BadResponse("Code: 16. DB::Exception: No such column redacted_paths".into())));
         assert!(is_schema_error(&clickhouse::error::Error::SchemaMismatch("sync_mutations: column redacted_paths is missing".into())));
+        assert!(is_schema_error(&clickhouse::error::Error::BadResponse(
+            "Code: 117. DB::Exception: Type of 'duration_us' must be String, not UInt64: (while reading header): While executing BinaryRowInputFormat. (INCORRECT_DATA)".into()
+        )));
         assert!(!is_schema_error(&clickhouse::error::Error::BadResponse("Code: 117. DB::Exception: Cannot parse input".into())));
     }
 
