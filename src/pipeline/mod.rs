@@ -31,9 +31,10 @@ use crate::capture::{CaptureInterest, CaptureLayer, CaptureLimits, CaptureQueue,
 use config::CaptureConfig;
 pub use rows::{MutationRow, RequestRow, RowSettings, Rows};
 
-use crate::store::encoded::{EncodedRows, Framing};
+use crate::store::encoded::EncodedRows;
 use crate::telemetry::Telemetry;
 pub use spool::{Spool, SpooledBatch};
+pub use crate::store::encoded::Framing;
 pub use crate::store::writer::{ClickHouseWriter, DEFAULT_SCHEMA_GRACE, WriteError};
 
 /// A running capture pipeline: hands out layers and reports its counters.
