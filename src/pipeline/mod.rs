@@ -278,8 +278,10 @@ impl Batch {
 /// The spool, shared by the two stages on the pipeline thread (never borrowed across an await).
 type SharedSpool = Rc<RefCell<Option<Spool>>>;
 
-/// Batches waiting for ClickHouse at most (each up to `batch_rows` / `batch_bytes`).
-pub const WRITE_BUFFER_BATCHES: usize = 4;
+/// Batches waiting for ClickHouse at most (each up to `batch_rows` / `batch_bytes`). Two of
+/// 6 MiB hold about what four of 4 MiB held before batches were encoded, and inserting fewer,
+/// larger batches is what saves ClickHouse's CPU (issue 15, BENCHMARKS.md section 6).
+pub const WRITE_BUFFER_BATCHES: usize = 2;
 
 /// Finished batches the pipeline holds in memory at most: the write buffer, the batch being
 /// written and the one being filled. With the queue caps, the bound on its memory while
