@@ -171,6 +171,16 @@ impl<R: TableRow> EncodedRows<R> {
         self.held_bytes += chunk.len();
         self.chunks.push(chunk);
         self.open.clear();
+        // A large record leaves a buffer sized for it: let it go rather than hold it for the
+        // rest of the batch beside what `batch_bytes` counts.
+        if self.open.capacity() > 2 * CHUNK_BYTES {
+            self.open = Vec::new();
+        }
+    }
+
+    /// Every row is in a closed chunk (nothing would be left out of an insert).
+    pub fn is_finished(&self) -> bool {
+        self.open.is_empty()
     }
 
     pub fn rows(&self) -> usize {
@@ -251,7 +261,12 @@ fn lz4_frame(plain: &[u8]) -> Bytes {
         buf[CHECKSUM + 5..META].copy_from_slice(&(plain.len() as u32).to_le_bytes());
         let sum = cityhash_rs::cityhash_102_128(&buf[CHECKSUM..]).rotate_right(64);
         buf[..CHECKSUM].copy_from_slice(&sum.to_le_bytes());
-        Bytes::copy_from_slice(buf)
+        let frame = Bytes::copy_from_slice(buf);
+        // Kept for the next chunk, but not at the size of one outsized record.
+        if buf.capacity() > 2 * CHUNK_BYTES {
+            *buf = Vec::new();
+        }
+        frame
     })
 }
 
@@ -331,6 +346,23 @@ mod tests {
         assert_eq!(enc.decode().unwrap(), vec![mutation(1), mutation(4)]);
         assert_eq!(enc.rows(), 2);
         assert_eq!(enc.encoded_bytes(), EncodedRows::from_rows(Framing::Plain, &[mutation(1), mutation(4)]).unwrap().encoded_bytes());
+    }
+
+    #[test]
+    fn an_outsized_record_does_not_leave_its_buffer_behind() {
+        let mut big = mutation(1);
+        big.payload = "y".repeat(3 * CHUNK_BYTES);
+        for framing in [Framing::Plain, Framing::Lz4] {
+            let mut enc = EncodedRows::new(framing);
+            enc.push(&big).unwrap();
+            assert!(enc.is_finished(), "{framing:?}: the outsized row closed its chunk");
+            enc.push(&mutation(2)).unwrap();
+            assert!(!enc.is_finished());
+            assert!(enc.held_bytes() < enc.encoded_bytes() + 2 * CHUNK_BYTES, "{framing:?}: held {} for {} encoded", enc.held_bytes(), enc.encoded_bytes());
+            enc.finish();
+            assert_eq!(enc.decode().unwrap(), vec![big.clone(), mutation(2)]);
+        }
+        SCRATCH.with_borrow(|b| assert!(b.capacity() <= 2 * CHUNK_BYTES, "the LZ4 scratch buffer shrank back"));
     }
 
     #[test]

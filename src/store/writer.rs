@@ -135,6 +135,10 @@ impl ClickHouseWriter {
         if rows.is_empty() {
             return Ok(());
         }
+        // Rows still in the open chunk would be left out while the insert succeeds.
+        if !rows.is_finished() {
+            return Err(clickhouse::error::Error::InvalidParams("a batch was sent before it was finished (a tether-pro bug)".into()));
+        }
         // Frames already compressed go out as they are (`decompress=1`), past the client's
         // own compression.
         let client = match rows.framing() {
